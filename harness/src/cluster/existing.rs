@@ -1,0 +1,57 @@
+//! A cluster someone else runs, reached by a kubeconfig and an optional context.
+//! The harness starts and stops nothing here; teardown only removes what it created, which
+//! the scenario runner does by run-id label.
+
+use std::path::PathBuf;
+
+use futures::future::BoxFuture;
+
+use super::{kubeconfig, Cluster, ClusterProvider, ClusterSpec, Running, SimNode};
+use crate::error::{Error, Result};
+use crate::run::Run;
+
+#[derive(Debug, Clone, Default)]
+pub struct Existing {
+    pub kubeconfig: Option<PathBuf>,
+    pub context: Option<String>,
+}
+
+impl ClusterProvider for Existing {
+    fn name(&self) -> &'static str {
+        "existing"
+    }
+
+    fn start<'a>(&'a self, _spec: &'a ClusterSpec, _run: &'a Run) -> BoxFuture<'a, Result<Cluster>> {
+        Box::pin(async move {
+            let path = self
+                .kubeconfig
+                .clone()
+                .or_else(|| std::env::var_os("KUBECONFIG").map(PathBuf::from))
+                .or_else(|| dirs::home_dir().map(|h| h.join(".kube/config")))
+                .ok_or_else(|| Error::Invalid("no kubeconfig: pass --kubeconfig or set KUBECONFIG".into()))?;
+            if !path.is_file() {
+                return Err(Error::Invalid(format!(
+                    "kubeconfig {} does not exist; pass --kubeconfig FILE for the existing provider",
+                    path.display()
+                )));
+            }
+            let client = kubeconfig::client(&path, self.context.as_deref()).await?;
+            let version = client.apiserver_version().await.map_err(Error::kube("read the server version"))?;
+            Ok(Cluster::new(client, path, version.git_version, "existing", Box::new(Nothing)))
+        })
+    }
+}
+
+struct Nothing;
+
+impl Running for Nothing {
+    fn teardown(self: Box<Self>) -> BoxFuture<'static, Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn logs(&self) -> Vec<PathBuf> {
+        Vec::new()
+    }
+    fn sim_nodes(&self) -> Option<&[SimNode]> {
+        None
+    }
+}

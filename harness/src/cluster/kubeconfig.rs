@@ -1,0 +1,57 @@
+//! Kubeconfig files and clients made from them.
+
+use std::path::Path;
+
+use base64::Engine;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+
+use crate::error::{Error, Result};
+
+/// Writes a kubeconfig for `server` with client-certificate credentials, readable by the
+/// owner only.
+pub fn write(path: &Path, cluster: &str, server: &str, ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<()> {
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let doc = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": cluster, "cluster": {"server": server, "certificate-authority-data": b64(ca_pem)}}],
+        "users": [{"name": "lily-e2e-admin", "user": {"client-certificate-data": b64(cert_pem), "client-key-data": b64(key_pem)}}],
+        "contexts": [{"name": cluster, "context": {"cluster": cluster, "user": "lily-e2e-admin"}}],
+        "current-context": cluster,
+    });
+    let text = crate::yaml::to_string(&doc)?;
+    write_private(path, text.as_bytes())
+}
+
+/// Writes a file only its owner can read (keys, kubeconfigs, passwords).
+pub fn write_private(path: &Path, data: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(Error::io(format!("write {}", path.display())))?;
+    f.write_all(data).map_err(Error::io(format!("write {}", path.display())))
+}
+
+/// A client for the kubeconfig at `path`, with `context` (or its current context).
+pub async fn client(path: &Path, context: Option<&str>) -> Result<Client> {
+    let kc = Kubeconfig::read_from(path).map_err(|e| Error::Tool {
+        what: format!("cannot read kubeconfig {}", path.display()),
+        source: Some(Box::new(e)),
+    })?;
+    let opts = KubeConfigOptions { context: context.map(str::to_string), ..Default::default() };
+    let config = Config::from_custom_kubeconfig(kc, &opts).await.map_err(|e| Error::Tool {
+        what: format!(
+            "cannot use kubeconfig {}{}",
+            path.display(),
+            context.map(|c| format!(" with context `{c}`")).unwrap_or_default()
+        ),
+        source: Some(Box::new(e)),
+    })?;
+    Client::try_from(config).map_err(Error::kube("build a client"))
+}

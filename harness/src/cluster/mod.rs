@@ -1,0 +1,126 @@
+//! Cluster providers: where the chart is installed.
+//!
+//! A [`ClusterProvider`] starts a [`Cluster`]: a kube [`Client`], a kubeconfig file, the
+//! Kubernetes version, and an explicit async [`Cluster::teardown`] (dropping it is a
+//! best-effort fallback that still stops every child process).
+//!
+//! - [`local::Local`], the embedded default: etcd, kube-apiserver, kube-controller-manager,
+//!   kube-scheduler and kwok as child processes on loopback, with simulated nodes.
+//! - [`existing::Existing`]: a cluster someone else runs, reached by kubeconfig and context.
+
+pub mod existing;
+pub mod kubeconfig;
+pub mod local;
+pub mod nodes;
+
+use std::path::{Path, PathBuf};
+
+use futures::future::BoxFuture;
+use kube::Client;
+
+use crate::error::Result;
+use crate::run::Run;
+
+pub use nodes::{NodePlan, SimNode};
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct ClusterSpec {
+    /// Simulated nodes (local provider).
+    pub nodes: usize,
+    /// Zones the nodes are spread across, round robin; one node pool per zone.
+    pub zones: usize,
+    /// Allocatable CPU cores per simulated node.
+    pub node_cpu: u32,
+    /// Allocatable memory per simulated node, in GiB.
+    pub node_memory_gib: u32,
+    /// A fixed API server port; `None` picks a free one.
+    pub apiserver_port: Option<u16>,
+}
+
+impl Default for ClusterSpec {
+    fn default() -> Self {
+        ClusterSpec { nodes: 3, zones: 2, node_cpu: 64, node_memory_gib: 512, apiserver_port: None }
+    }
+}
+
+/// Something that can start clusters.
+pub trait ClusterProvider: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn start<'a>(&'a self, spec: &'a ClusterSpec, run: &'a Run) -> BoxFuture<'a, Result<Cluster>>;
+}
+
+/// The provider-specific part of a running cluster.
+pub trait Running: Send + Sync {
+    /// Stops everything the provider started (TERM, grace, KILL for processes).
+    fn teardown(self: Box<Self>) -> BoxFuture<'static, Result<()>>;
+    /// Log files of the cluster's components, for artifacts.
+    fn logs(&self) -> Vec<PathBuf>;
+    /// The simulated nodes, if the provider simulates nodes.
+    fn sim_nodes(&self) -> Option<&[SimNode]>;
+    /// The label whose presence keeps kwok managing (heartbeating) a simulated node.
+    fn heartbeat_label(&self) -> Option<(&str, &str)> {
+        None
+    }
+}
+
+/// A started cluster.
+pub struct Cluster {
+    pub client: Client,
+    pub kubeconfig: PathBuf,
+    pub version: String,
+    pub provider: &'static str,
+    running: Option<Box<dyn Running>>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("provider", &self.provider)
+            .field("kubeconfig", &self.kubeconfig)
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cluster {
+    pub fn new(client: Client, kubeconfig: PathBuf, version: String, provider: &'static str, running: Box<dyn Running>) -> Self {
+        Cluster { client, kubeconfig, version, provider, running: Some(running) }
+    }
+
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    pub fn logs(&self) -> Vec<PathBuf> {
+        self.running.as_ref().map(|r| r.logs()).unwrap_or_default()
+    }
+
+    pub fn sim_nodes(&self) -> Option<&[SimNode]> {
+        self.running.as_ref().and_then(|r| r.sim_nodes())
+    }
+
+    pub fn heartbeat_label(&self) -> Option<(&str, &str)> {
+        self.running.as_ref().and_then(|r| r.heartbeat_label())
+    }
+
+    /// Stops the cluster and waits for it.
+    pub async fn teardown(mut self) -> Result<()> {
+        match self.running.take() {
+            Some(r) => r.teardown().await,
+            None => Ok(()),
+        }
+    }
+}
+
+/// The provider named on the command line.
+pub fn provider(name: &str, existing: existing::Existing) -> Result<Box<dyn ClusterProvider>> {
+    match name {
+        "local" => Ok(Box::new(local::Local::new(crate::tools::Tools::new()))),
+        "existing" => Ok(Box::new(existing)),
+        "kind" => Err(crate::Error::Invalid(
+            "the kind provider is not available yet; use --provider local (the default) or --provider existing".into(),
+        )),
+        other => Err(crate::Error::Invalid(format!("unknown cluster provider `{other}`; choose local or existing"))),
+    }
+}

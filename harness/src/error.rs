@@ -1,0 +1,115 @@
+//! The library's error type.
+//!
+//! Messages are lowercase fragments that say what went wrong and, where the user can act,
+//! what to do; the underlying cause is only ever a `#[source]`, never pasted into the
+//! message, so that a chain prints once (`anyhow`'s `{:#}` at the binary edge).
+//! No variant carries a secret: callers pass redacted text only.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot {what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error(transparent)]
+    Yaml(#[from] crate::yaml::YamlError),
+
+    #[error("cannot encode {what} as json")]
+    Json {
+        what: String,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    #[error("{tool} {version} is not installed (looked in {}); run `lily-e2e tools install`", .path.display())]
+    ToolMissing {
+        tool: String,
+        version: String,
+        path: PathBuf,
+    },
+
+    #[error("{what}")]
+    Tool {
+        what: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+
+    #[error("kubernetes api: cannot {what}")]
+    Kube {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+
+    #[error("timed out after {}s waiting for {what}; last seen: {last_seen}", .after.as_secs())]
+    Timeout {
+        what: String,
+        after: Duration,
+        last_seen: String,
+    },
+
+    #[error("port {port} on 127.0.0.1 is already in use ({what}); free it or pick another port")]
+    PortBusy { port: u16, what: String },
+
+    #[error("{name} exited before it was ready ({status}); its log is {}{}", .log.display(), tail_suffix(.tail))]
+    ChildExited {
+        name: String,
+        status: String,
+        log: PathBuf,
+        tail: String,
+    },
+
+    #[error("{what}")]
+    Helm {
+        what: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+
+    #[error("{what}")]
+    Postgres {
+        what: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+
+    #[error("{0}")]
+    Invalid(String),
+
+    #[error("interrupted")]
+    Interrupted,
+}
+
+fn tail_suffix(tail: &str) -> String {
+    if tail.trim().is_empty() {
+        String::new()
+    } else {
+        format!("; it ended with:\n{}", tail.trim_end())
+    }
+}
+
+impl Error {
+    pub fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+        let what = what.into();
+        move |source| Error::Io { what, source }
+    }
+
+    pub fn kube(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
+        let what = what.into();
+        move |source| Error::Kube { what, source }
+    }
+
+    pub fn json(what: impl Into<String>) -> impl FnOnce(serde_json::Error) -> Error {
+        let what = what.into();
+        move |source| Error::Json { what, source }
+    }
+}

@@ -1,0 +1,1 @@
+//! The helm driver, chart sources, and the local chart repository.

@@ -1,0 +1,22 @@
+//! lily-e2e: an end-to-end test harness and conformance suite for the Lily Helm chart.
+//!
+//! The crate is built from small pieces:
+//! - [`tools`]: the pinned external tools and `tools install`;
+//! - [`process`] and [`run`]: process supervision and the run registry;
+//! - [`cluster`]: cluster providers (the local control plane, an existing cluster);
+//! - [`helm`]: the helm driver, chart sources and the local chart repository;
+//! - [`postgres`]: PostgreSQL providers, the storage Secret and the database contract check;
+//! - [`pki`], [`wait`], [`yaml`]: shared plumbing.
+
+pub mod cluster;
+pub mod error;
+pub mod helm;
+pub mod pki;
+pub mod postgres;
+pub mod process;
+pub mod run;
+pub mod tools;
+pub mod wait;
+pub mod yaml;
+
+pub use error::{Error, Result};

@@ -1,0 +1,1 @@
+//! PostgreSQL providers, the documented storage Secret, and the database contract check.

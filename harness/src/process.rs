@@ -1,0 +1,298 @@
+//! Process supervision: every child in its own process group, its output in a log file,
+//! and teardown by TERM, a grace period, then KILL, on every exit path.
+
+use std::ffi::OsString;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+
+use crate::error::{Error, Result};
+use crate::run::{Run, RUN_ENV};
+
+/// The default grace period between TERM and KILL.
+pub const GRACE: Duration = Duration::from_secs(5);
+
+/// How to start one supervised child.
+#[derive(Debug, Clone)]
+pub struct ChildSpec {
+    pub name: String,
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
+    pub env: Vec<(OsString, OsString)>,
+    pub cwd: Option<PathBuf>,
+    /// Run as this uid/gid (PostgreSQL refuses to run as root).
+    pub user: Option<(u32, u32)>,
+    /// The signal that asks the child to stop; TERM for most, INT for a fast PostgreSQL shutdown.
+    pub stop_signal: Signal,
+}
+
+impl ChildSpec {
+    pub fn new(name: impl Into<String>, program: impl Into<PathBuf>) -> Self {
+        ChildSpec {
+            name: name.into(),
+            program: program.into(),
+            args: Vec::new(),
+            env: Vec::new(),
+            cwd: None,
+            user: None,
+            stop_signal: Signal::SIGTERM,
+        }
+    }
+    pub fn arg(mut self, a: impl Into<OsString>) -> Self {
+        self.args.push(a.into());
+        self
+    }
+    pub fn args<I: IntoIterator<Item = S>, S: Into<OsString>>(mut self, it: I) -> Self {
+        self.args.extend(it.into_iter().map(Into::into));
+        self
+    }
+    pub fn env(mut self, k: impl Into<OsString>, v: impl Into<OsString>) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+    pub fn user(mut self, uid: u32, gid: u32) -> Self {
+        self.user = Some((uid, gid));
+        self
+    }
+    pub fn stop_signal(mut self, s: Signal) -> Self {
+        self.stop_signal = s;
+        self
+    }
+}
+
+/// A running child. Dropping it without [`Supervised::terminate`] still stops its whole
+/// process group (TERM, grace, KILL), so a panic leaks nothing.
+#[derive(Debug)]
+pub struct Supervised {
+    name: String,
+    child: tokio::process::Child,
+    pgid: Pid,
+    log: PathBuf,
+    stop_signal: Signal,
+    grace: Duration,
+    done: bool,
+}
+
+impl Supervised {
+    /// Starts `spec` in a new process group, stdout and stderr appended to
+    /// `<run dir>/logs/<name>.log`, with the run id in its environment.
+    pub fn spawn(spec: ChildSpec, run: &Run) -> Result<Self> {
+        let logs = run.subdir("logs")?;
+        let log = logs.join(format!("{}.log", spec.name));
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(Error::io(format!("open {}", log.display())))?;
+        let err = out.try_clone().map_err(Error::io("duplicate a log file handle"))?;
+        if let Some((uid, gid)) = spec.user {
+            let _ = nix::unistd::chown(&log, Some(uid.into()), Some(gid.into()));
+        }
+        let mut cmd = tokio::process::Command::new(&spec.program);
+        cmd.args(&spec.args)
+            .envs(spec.env.iter().map(|(k, v)| (k, v)))
+            .env(RUN_ENV, run.id().as_str())
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .process_group(0)
+            .kill_on_drop(false);
+        if let Some(dir) = &spec.cwd {
+            cmd.current_dir(dir);
+        }
+        if let Some((uid, gid)) = spec.user {
+            cmd.uid(uid).gid(gid);
+        }
+        let child = cmd.spawn().map_err(Error::io(format!("start {} ({})", spec.name, spec.program.display())))?;
+        let pid = child.id().expect("a just-spawned child has a pid") as i32;
+        tracing::debug!(name = %spec.name, pid, log = %log.display(), "started");
+        Ok(Supervised {
+            name: spec.name,
+            child,
+            pgid: Pid::from_raw(pid),
+            log,
+            stop_signal: spec.stop_signal,
+            grace: GRACE,
+            done: false,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    pub fn pid(&self) -> i32 {
+        self.pgid.as_raw()
+    }
+    pub fn log(&self) -> &Path {
+        &self.log
+    }
+
+    /// If the child has exited, an error naming it, its status and its log's tail.
+    pub fn check_alive(&mut self) -> Result<()> {
+        match self.child.try_wait() {
+            Ok(Some(status)) => {
+                self.done = true;
+                // Members of its group may still run.
+                let _ = killpg(self.pgid, Signal::SIGKILL);
+                Err(Error::ChildExited {
+                    name: self.name.clone(),
+                    status: status.to_string(),
+                    log: self.log.clone(),
+                    tail: log_tail(&self.log, 15),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Resolves when the child exits (for racing against readiness waits).
+    pub async fn exited(&mut self) -> Error {
+        let status = self.child.wait().await;
+        self.done = true;
+        let _ = killpg(self.pgid, Signal::SIGKILL);
+        Error::ChildExited {
+            name: self.name.clone(),
+            status: status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()),
+            log: self.log.clone(),
+            tail: log_tail(&self.log, 15),
+        }
+    }
+
+    /// Stops the process group: the stop signal, up to the grace period, then KILL.
+    pub async fn terminate(&mut self) -> Result<()> {
+        if self.done {
+            return Ok(());
+        }
+        let _ = killpg(self.pgid, self.stop_signal);
+        let exited = tokio::time::timeout(self.grace, self.child.wait()).await;
+        if exited.is_err() {
+            tracing::warn!(name = %self.name, "did not stop within {:?}; killing", self.grace);
+        }
+        // KILL the group in either case: children of the leader may outlive it.
+        let _ = killpg(self.pgid, Signal::SIGKILL);
+        let _ = self.child.wait().await;
+        self.done = true;
+        Ok(())
+    }
+}
+
+impl Drop for Supervised {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let _ = killpg(self.pgid, self.stop_signal);
+        if !wait_pid_exit(self.pgid.as_raw(), self.grace) {
+            tracing::warn!(name = %self.name, "did not stop within {:?}; killing", self.grace);
+        }
+        let _ = killpg(self.pgid, Signal::SIGKILL);
+        let _ = self.child.start_kill();
+        let _ = self.child.try_wait();
+        self.done = true;
+    }
+}
+
+/// Blocks until `pid` exits or `timeout` passes, with a pidfd and `poll`: no sleep loop.
+/// Returns whether it exited. Usable from `Drop` and from `clean`.
+pub fn wait_pid_exit(pid: i32, timeout: Duration) -> bool {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return true; // already gone
+    }
+    // SAFETY: the fd was just returned to us and is owned by nothing else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let mut fds = [nix::poll::PollFd::new(fd.as_fd(), nix::poll::PollFlags::POLLIN)];
+        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+        match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms)) {
+            Ok(n) if n > 0 => return true,
+            Ok(_) if Instant::now() >= deadline => return false,
+            Ok(_) => continue,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// TERM to each pid, up to `grace` for them all to exit, then KILL to those left.
+/// Used by `clean` on processes of a run whose owner died.
+pub fn terminate_pids(pids: &[i32], grace: Duration) {
+    use nix::sys::signal::kill;
+    for &p in pids {
+        let _ = kill(Pid::from_raw(p), Signal::SIGTERM);
+    }
+    let deadline = Instant::now() + grace;
+    for &p in pids {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if !wait_pid_exit(p, left) {
+            let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+        }
+    }
+    for &p in pids {
+        let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+    }
+}
+
+/// The last `lines` lines of a log file (reads at most its last 64 KiB).
+pub fn log_tail(path: &Path, lines: usize) -> String {
+    let Ok(mut f) = std::fs::File::open(path) else { return String::new() };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(64 * 1024)));
+    let mut buf = Vec::new();
+    let _ = f.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf);
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Runs a short-lived command to completion in its own process group, killing the group if
+/// `timeout` passes. Returns its output. For tool invocations (helm, kubectl, go).
+pub async fn run_command(
+    program: &Path,
+    args: &[OsString],
+    env: &[(OsString, OsString)],
+    cwd: Option<&Path>,
+    timeout: Duration,
+) -> std::io::Result<std::process::Output> {
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    if let Some(d) = cwd {
+        cmd.current_dir(d);
+    }
+    let child = cmd.spawn()?;
+    let pid = child.id().map(|p| Pid::from_raw(p as i32));
+    let guard = GroupGuard(pid);
+    let out = tokio::time::timeout(timeout, child.wait_with_output()).await;
+    drop(guard);
+    match out {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("{} did not finish within {}s", program.display(), timeout.as_secs()),
+        )),
+    }
+}
+
+/// Kills a short-lived command's process group when dropped (timeout, cancellation, panic).
+struct GroupGuard(Option<Pid>);
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.0 {
+            let _ = killpg(p, Signal::SIGKILL);
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! A run: its id, its temporary directory, and its entry in the run registry.
+//!
+//! Every object and process a run creates carries its id: Kubernetes objects as the label
+//! [`RUN_LABEL`], child processes as the environment variable [`RUN_ENV`]. The registry
+//! (`~/.cache/lily-e2e/runs/<id>.json`) lets `lily-e2e clean` find what a killed run left.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Label put on every Kubernetes object the harness creates.
+pub const RUN_LABEL: &str = "lily-e2e.io/run-id";
+/// Environment variable set on every child process the harness starts.
+pub const RUN_ENV: &str = "LILY_E2E_RUN_ID";
+
+/// A run id: short, random, valid as a label value and a DNS label part.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RunId(String);
+
+impl RunId {
+    pub fn new() -> Self {
+        use rand::Rng;
+        let n: u32 = rand::rng().random();
+        RunId(format!("r{n:08x}"))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for RunId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Display for RunId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Where the harness keeps state between runs: tool cache and run registry.
+pub fn cache_root() -> PathBuf {
+    if let Some(dir) = std::env::var_os("LILY_E2E_CACHE") {
+        return PathBuf::from(dir);
+    }
+    dirs::cache_dir().unwrap_or_else(std::env::temp_dir).join("lily-e2e")
+}
+
+fn registry_dir() -> PathBuf {
+    cache_root().join("runs")
+}
+
+/// What the registry records of a run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegistryEntry {
+    pub id: RunId,
+    pub owner_pid: u32,
+    /// The owner's start time (clock ticks since boot), so a reused pid is not mistaken for it.
+    pub owner_start: u64,
+    pub dirs: Vec<PathBuf>,
+}
+
+/// A live run. Dropping it removes its directory (unless kept) and its registry entry;
+/// the pieces that own processes tear those down themselves, before this is dropped.
+#[derive(Debug)]
+pub struct Run {
+    id: RunId,
+    dir: PathBuf,
+    keep: bool,
+    entry: RegistryEntry,
+}
+
+impl Run {
+    /// Creates a run with a fresh id, a temporary directory, and a registry entry.
+    pub fn create(keep: bool) -> Result<Self> {
+        let id = RunId::new();
+        let dir = std::env::temp_dir().join(format!("lily-e2e-{id}"));
+        std::fs::create_dir_all(&dir).map_err(Error::io(format!("create run directory {}", dir.display())))?;
+        let me = std::process::id();
+        let entry = RegistryEntry { id: id.clone(), owner_pid: me, owner_start: process_start(me).unwrap_or(0), dirs: vec![dir.clone()] };
+        let run = Run { id, dir, keep, entry };
+        run.save()?;
+        Ok(run)
+    }
+
+    pub fn id(&self) -> &RunId {
+        &self.id
+    }
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+    pub fn keep(&self) -> bool {
+        self.keep
+    }
+    pub fn set_keep(&mut self, keep: bool) {
+        self.keep = keep;
+    }
+
+    /// A subdirectory of the run directory, created on demand.
+    pub fn subdir(&self, name: &str) -> Result<PathBuf> {
+        let d = self.dir.join(name);
+        std::fs::create_dir_all(&d).map_err(Error::io(format!("create {}", d.display())))?;
+        Ok(d)
+    }
+
+    /// Records another directory that belongs to this run (removed by `clean`).
+    pub fn track_dir(&mut self, dir: PathBuf) -> Result<()> {
+        self.entry.dirs.push(dir);
+        self.save()
+    }
+
+    fn save(&self) -> Result<()> {
+        let reg = registry_dir();
+        std::fs::create_dir_all(&reg).map_err(Error::io(format!("create run registry {}", reg.display())))?;
+        let path = reg.join(format!("{}.json", self.id));
+        let tmp = reg.join(format!(".{}.json.tmp", self.id));
+        let text = serde_json::to_vec_pretty(&self.entry).map_err(Error::json("registry entry"))?;
+        std::fs::write(&tmp, text).map_err(Error::io(format!("write {}", tmp.display())))?;
+        std::fs::rename(&tmp, &path).map_err(Error::io(format!("write {}", path.display())))
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        if self.keep {
+            tracing::info!(run = %self.id, dir = %self.dir.display(), "run kept; `lily-e2e clean` removes it");
+            return;
+        }
+        for d in &self.entry.dirs {
+            let _ = std::fs::remove_dir_all(d);
+        }
+        let _ = std::fs::remove_file(registry_dir().join(format!("{}.json", self.id)));
+    }
+}
+
+/// A process's start time in clock ticks since boot (field 22 of `/proc/PID/stat`).
+pub fn process_start(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces; fields start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn owner_alive(e: &RegistryEntry) -> bool {
+    e.owner_pid != 0 && process_start(e.owner_pid).is_some_and(|s| s == e.owner_start)
+}
+
+/// Pids of live processes whose environment carries `LILY_E2E_RUN_ID=<id>`.
+pub fn processes_of(id: &RunId) -> Vec<i32> {
+    let needle = format!("{RUN_ENV}={id}");
+    let mut pids = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return pids };
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        if let Ok(env) = std::fs::read(e.path().join("environ")) {
+            if env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()) {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}
+
+/// What `clean` did for one registered run.
+#[derive(Debug, Serialize)]
+pub struct Cleaned {
+    pub id: RunId,
+    pub killed: Vec<i32>,
+    pub removed: Vec<PathBuf>,
+    pub skipped_live: bool,
+}
+
+/// Removes what runs whose owner is gone left behind: their processes (TERM, a grace
+/// period, KILL) and their directories. Runs whose owner still lives are left alone unless
+/// `force` is set.
+pub fn clean(force: bool, grace: std::time::Duration) -> Result<Vec<Cleaned>> {
+    let reg = registry_dir();
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(&reg) else { return Ok(out) };
+    for e in entries.flatten() {
+        let path = e.path();
+        if path.extension().and_then(|x| x.to_str()) != Some("json") {
+            continue;
+        }
+        let Ok(text) = std::fs::read(&path) else { continue };
+        let Ok(entry) = serde_json::from_slice::<RegistryEntry>(&text) else {
+            let _ = std::fs::remove_file(&path);
+            continue;
+        };
+        if owner_alive(&entry) && !force {
+            out.push(Cleaned { id: entry.id, killed: vec![], removed: vec![], skipped_live: true });
+            continue;
+        }
+        let killed = processes_of(&entry.id);
+        crate::process::terminate_pids(&killed, grace);
+        let mut removed = Vec::new();
+        for d in &entry.dirs {
+            if d.exists() && std::fs::remove_dir_all(d).is_ok() {
+                removed.push(d.clone());
+            }
+        }
+        let _ = std::fs::remove_file(&path);
+        out.push(Cleaned { id: entry.id, killed, removed, skipped_live: false });
+    }
+    Ok(out)
+}

@@ -1,0 +1,141 @@
+//! Watch-based waits, always under a deadline.
+//!
+//! Every wait names what it waits for; a timeout reports that name and a summary of the
+//! last state the watch saw, so a failing test says where things got stuck.
+
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use kube::runtime::wait::{await_condition, Condition};
+use kube::runtime::{reflector, watcher};
+use kube::{Api, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+
+/// A short, single-line summary of an object for "last seen" messages: its name and status.
+pub fn summarize<K: Serialize + ResourceExt>(obj: &K) -> String {
+    let v = serde_json::to_value(obj).unwrap_or_default();
+    let status = v.get("status").map(|s| s.to_string()).unwrap_or_else(|| "no status".into());
+    let mut s = format!("{} {}", obj.name_any(), status);
+    truncate(&mut s, 800);
+    s
+}
+
+fn truncate(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push_str("…");
+    }
+}
+
+/// Waits until object `name` satisfies `cond` (which sees `None` while it does not exist).
+pub async fn until<K, C>(api: &Api<K>, name: &str, what: &str, timeout: Duration, cond: C) -> Result<Option<K>>
+where
+    K: Clone + Debug + Send + Sync + DeserializeOwned + Serialize + Resource + 'static,
+    C: Fn(Option<&K>) -> bool,
+{
+    let last: Arc<Mutex<Option<String>>> = Arc::default();
+    let seen = last.clone();
+    let recording = move |obj: Option<&K>| {
+        *seen.lock().unwrap() = Some(obj.map(summarize).unwrap_or_else(|| format!("{name} does not exist")));
+        cond(obj)
+    };
+    match tokio::time::timeout(timeout, await_condition(api.clone(), name, Recording(recording))).await {
+        Ok(Ok(obj)) => Ok(obj),
+        Ok(Err(e)) => Err(Error::Tool { what: format!("watch failed while waiting for {what}"), source: Some(Box::new(e)) }),
+        Err(_) => Err(Error::Timeout {
+            what: what.to_string(),
+            after: timeout,
+            last_seen: last.lock().unwrap().clone().unwrap_or_else(|| "nothing (no watch event arrived)".into()),
+        }),
+    }
+}
+
+struct Recording<F>(F);
+impl<K, F: Fn(Option<&K>) -> bool> Condition<K> for Recording<F> {
+    fn matches_object(&self, obj: Option<&K>) -> bool {
+        (self.0)(obj)
+    }
+}
+
+/// Waits until the set of objects selected by `config` satisfies `cond`; returns that set.
+pub async fn until_list<K, C>(api: &Api<K>, config: watcher::Config, what: &str, timeout: Duration, cond: C) -> Result<Vec<K>>
+where
+    K: Clone + Debug + Send + Sync + DeserializeOwned + Serialize + Resource + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+    C: Fn(&[Arc<K>]) -> bool,
+{
+    let (store, writer) = reflector::store::<K>();
+    let stream = reflector(writer, watcher(api.clone(), config));
+    let mut last = String::from("nothing (no watch event arrived)");
+    let fut = async {
+        let mut stream = std::pin::pin!(stream);
+        let mut listed = false;
+        loop {
+            match stream.try_next().await {
+                Ok(Some(watcher::Event::InitDone)) => listed = true,
+                Ok(Some(watcher::Event::Apply(_) | watcher::Event::Delete(_))) => {}
+                Ok(Some(_)) => continue,
+                Ok(None) => return Err(Error::Tool { what: format!("watch ended while waiting for {what}"), source: None }),
+                Err(e) => {
+                    return Err(Error::Tool { what: format!("watch failed while waiting for {what}"), source: Some(Box::new(e)) })
+                }
+            }
+            if !listed {
+                continue;
+            }
+            let state = store.state();
+            last = describe_set(&state);
+            if cond(&state) {
+                return Ok(state.iter().map(|o| (**o).clone()).collect());
+            }
+        }
+    };
+    let res = tokio::time::timeout(timeout, fut).await;
+    match res {
+        Ok(r) => r,
+        Err(_) => Err(Error::Timeout { what: what.to_string(), after: timeout, last_seen: last }),
+    }
+}
+
+fn describe_set<K: Serialize + ResourceExt>(objs: &[Arc<K>]) -> String {
+    if objs.is_empty() {
+        return "no objects".into();
+    }
+    let mut s = objs.iter().map(|o| summarize(o.as_ref())).collect::<Vec<_>>().join("; ");
+    truncate(&mut s, 2000);
+    s
+}
+
+/// Consumes a watch stream until `pred` holds for an event object, under a deadline.
+pub async fn until_event<K, C>(stream: impl futures::Stream<Item = Result<K, watcher::Error>>, what: &str, timeout: Duration, pred: C) -> Result<K>
+where
+    K: Serialize + ResourceExt,
+    C: Fn(&K) -> bool,
+{
+    let mut last = String::from("nothing (no watch event arrived)");
+    let mut stream = std::pin::pin!(stream);
+    let fut = async {
+        while let Some(item) = stream.next().await {
+            let obj = item.map_err(|e| Error::Tool { what: format!("watch failed while waiting for {what}"), source: Some(Box::new(e)) })?;
+            last = summarize(&obj);
+            if pred(&obj) {
+                return Ok(obj);
+            }
+        }
+        Err(Error::Tool { what: format!("watch ended while waiting for {what}"), source: None })
+    };
+    let res = tokio::time::timeout(timeout, fut).await;
+    match res {
+        Ok(r) => r,
+        Err(_) => Err(Error::Timeout { what: what.to_string(), after: timeout, last_seen: last }),
+    }
+}
