@@ -14,7 +14,13 @@ pub mod helm;
 pub mod pki;
 pub mod postgres;
 pub mod process;
+#[cfg(feature = "wip")]
+pub mod report;
 pub mod run;
+#[cfg(feature = "wip")]
+pub mod scenario;
+pub mod sim;
+pub mod snapshot;
 pub mod tools;
 pub mod wait;
 pub mod yaml;

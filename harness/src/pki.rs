@@ -80,9 +80,11 @@ impl Ca {
     }
 }
 
-/// A bare key pair (PKCS#8 PEM), e.g. the service-account signing key.
-pub fn key_pem() -> Result<String> {
-    Ok(KeyPair::generate().map_err(pki_err("a key"))?.serialize_pem())
+/// A bare key pair as (PKCS#8 private key PEM, public key PEM), e.g. the service-account
+/// signing key.
+pub fn key_pair_pem() -> Result<(String, String)> {
+    let k = KeyPair::generate().map_err(pki_err("a key"))?;
+    Ok((k.serialize_pem(), k.public_key_pem()))
 }
 
 fn dn(cn: &str, orgs: &[&str]) -> DistinguishedName {

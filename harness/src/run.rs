@@ -84,6 +84,7 @@ impl Run {
         let entry = RegistryEntry { id: id.clone(), owner_pid: me, owner_start: process_start(me).unwrap_or(0), dirs: vec![dir.clone()] };
         let run = Run { id, dir, keep, entry };
         run.save()?;
+        LIVE.lock().unwrap_or_else(|e| e.into_inner()).push(run.id.clone());
         Ok(run)
     }
 
@@ -126,6 +127,7 @@ impl Run {
 
 impl Drop for Run {
     fn drop(&mut self) {
+        LIVE.lock().unwrap_or_else(|e| e.into_inner()).retain(|r| r != &self.id);
         if self.keep {
             tracing::info!(run = %self.id, dir = %self.dir.display(), "run kept; `lily-e2e clean` removes it");
             return;
@@ -135,6 +137,45 @@ impl Drop for Run {
         }
         let _ = std::fs::remove_file(registry_dir().join(format!("{}.json", self.id)));
     }
+}
+
+/// Runs of this process that are still live, for [`cleanup_on_signal`].
+static LIVE: std::sync::Mutex<Vec<RunId>> = std::sync::Mutex::new(Vec::new());
+
+/// Stops every live run of this process (its processes: TERM, grace, KILL; its directories
+/// and registry entries), e.g. from a signal handler where no destructor will run.
+pub fn cleanup_live_runs(grace: std::time::Duration) {
+    let ids: Vec<RunId> = LIVE.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let reg = registry_dir();
+    for id in ids {
+        crate::process::terminate_pids(&processes_of(&id), grace);
+        if let Ok(text) = std::fs::read(reg.join(format!("{id}.json"))) {
+            if let Ok(entry) = serde_json::from_slice::<RegistryEntry>(&text) {
+                for d in &entry.dirs {
+                    let _ = std::fs::remove_dir_all(d);
+                }
+            }
+        }
+        let _ = std::fs::remove_file(reg.join(format!("{id}.json")));
+    }
+}
+
+/// On SIGINT or SIGTERM, stops every live run of this process and exits with 130. For
+/// test binaries, where the default action would leave children running.
+pub fn cleanup_on_signal(handle: &tokio::runtime::Handle) {
+    handle.spawn(async {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(t) => t,
+            Err(_) => return,
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = term.recv() => {},
+        }
+        eprintln!("lily-e2e: interrupted; stopping what this process started");
+        cleanup_live_runs(crate::process::GRACE);
+        std::process::exit(130);
+    });
 }
 
 /// A process's start time in clock ticks since boot (field 22 of `/proc/PID/stat`).

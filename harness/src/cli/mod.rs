@@ -1,5 +1,7 @@
 //! Command-line interface.
 
+mod scenarios;
+
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,6 +39,51 @@ enum Command {
         #[command(subcommand)]
         command: ClusterCommand,
     },
+    /// List the scenarios, one line each.
+    List {
+        #[arg(long, default_value_os_t = lily_e2e::scenario::scenarios_dir())]
+        scenarios: PathBuf,
+    },
+    /// Run the whole conformance suite.
+    Suite {
+        #[command(flatten)]
+        args: scenarios::SuiteArgs,
+    },
+    /// Run some scenarios (`NAME` or `NAME/CASE`).
+    Run {
+        #[command(flatten)]
+        args: scenarios::SuiteArgs,
+        /// Keep the cluster, PostgreSQL and release up afterwards (pass or fail) until Ctrl-C,
+        /// and print how to reach them.
+        #[arg(long)]
+        keep: bool,
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Drive a failure scenario (pvc-node-affinity-conflict, multi-attach) into its failing
+    /// state and stop there, with everything kept and the runbook's commands printed.
+    Reproduce {
+        #[command(flatten)]
+        args: scenarios::SuiteArgs,
+        /// The case number (from 1), for scenarios with several cases.
+        #[arg(long)]
+        case: Option<usize>,
+        name: String,
+    },
+    /// Render a chart with helm and print the normalised manifests (what the snapshots hold).
+    Render {
+        /// DIR, DIR@X.Y.Z, FILE.tgz or https://REPO#CHART[@X.Y.Z].
+        #[arg(long)]
+        chart: String,
+        #[arg(long)]
+        version: Option<String>,
+        #[arg(long = "values", short = 'f')]
+        values: Vec<PathBuf>,
+        #[arg(long, default_value = "lily")]
+        release: String,
+    },
+    /// Print the JSON schema of scenario files.
+    Schema,
     /// Remove what earlier, killed runs left behind (processes, temporary directories).
     Clean {
         /// Also clean runs whose owning process still runs.
@@ -150,6 +197,12 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Cluster { command: ClusterCommand::Exec { cluster, keep, cmd } } => cluster_exec(cluster, keep, cmd).await,
+        Command::List { scenarios } => scenarios::list(&scenarios),
+        Command::Schema => scenarios::schema(),
+        Command::Suite { args } => scenarios::suite(args, Vec::new(), false).await,
+        Command::Run { args, keep, names } => scenarios::suite(args, names, keep).await,
+        Command::Reproduce { args, case, name } => scenarios::reproduce(args, name, case).await,
+        Command::Render { chart, version, values, release } => scenarios::render(chart, version, values, release).await,
         Command::Clean { force } => {
             let cleaned = lily_e2e::run::clean(force, lily_e2e::process::GRACE)?;
             if cleaned.is_empty() {
@@ -178,13 +231,20 @@ pub async fn interrupted() {
 
 async fn cluster_exec(args: ClusterArgs, keep: bool, cmd: Vec<OsString>) -> anyhow::Result<ExitCode> {
     let provider = args.provider()?;
-    let run = Run::create(false)?;
+    let mut run = Run::create(false)?;
     let spec = args.spec();
     let started = tokio::select! {
         c = provider.start(&spec, &run) => c,
         _ = interrupted() => { eprintln!("interrupted; stopping"); return Ok(ExitCode::from(130)); }
     };
-    let cluster = started.with_context(|| format!("cannot start the {} cluster", provider.name()))?;
+    let cluster = match started {
+        Ok(c) => c,
+        Err(e) => {
+            run.set_keep(true);
+            eprintln!("lily-e2e: logs kept in {} (`lily-e2e clean` removes them)", run.dir().display());
+            return Err(anyhow::Error::new(e).context(format!("cannot start the {} cluster", provider.name())));
+        }
+    };
     eprintln!("cluster up: Kubernetes {} ({}), KUBECONFIG={}", cluster.version, cluster.provider, cluster.kubeconfig.display());
 
     let tools = Tools::new();

@@ -71,7 +71,7 @@ impl ClusterProvider for Local {
         Box::pin(async move {
             let plan = NodePlan::new(spec.nodes, spec.zones, spec.node_cpu, spec.node_memory_gib)?;
             let bins = Binaries::resolve(&self.tools)?;
-            let mut cp = ControlPlane { children: Vec::new(), nodes: plan.nodes.clone() };
+            let mut cp = ControlPlane { children: Vec::new(), nodes: plan.nodes.clone(), sim: None };
             // On any error below, `cp` drops and stops what was started.
             let (client, kubeconfig) = cp.boot(self, spec, run, &bins, &plan).await?;
             let version = self.tools.kubernetes_version().to_string();
@@ -115,6 +115,8 @@ struct ControlPlane {
     /// In start order; stopped in reverse.
     children: Vec<Supervised>,
     nodes: Vec<SimNode>,
+    /// The simulated cloud (storage driver, kubelet volume state); stopped first.
+    sim: Option<crate::sim::SimCloud>,
 }
 
 impl ControlPlane {
@@ -150,7 +152,9 @@ impl ControlPlane {
         let ca_crt = write("ca.crt", &ca.cert_pem())?;
         let tls_crt = write("apiserver.crt", &serving.cert_pem)?;
         let tls_key = write("apiserver.key", &serving.key_pem)?;
-        let sa_key = write("sa.key", &pki::key_pem()?)?;
+        let (sa_private, sa_public) = pki::key_pair_pem()?;
+        let sa_key = write("sa.key", &sa_private)?;
+        let sa_pub = write("sa.pub", &sa_public)?;
         let server = format!("https://127.0.0.1:{apiserver_port}");
         let kcfg = dir.join("kubeconfig");
         kubeconfig::write(&kcfg, &format!("lily-e2e-{}", run.id()), &server, &ca.cert_pem(), &admin.cert_pem, &admin.key_pem)?;
@@ -180,7 +184,7 @@ impl ControlPlane {
                 format!("--tls-cert-file={}", p(&tls_crt)),
                 format!("--tls-private-key-file={}", p(&tls_key)),
                 format!("--client-ca-file={}", p(&ca_crt)),
-                format!("--service-account-key-file={}", p(&sa_key)),
+                format!("--service-account-key-file={}", p(&sa_pub)),
                 format!("--service-account-signing-key-file={}", p(&sa_key)),
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
                 "--service-cluster-ip-range=10.96.0.0/16".into(),
@@ -221,7 +225,7 @@ impl ControlPlane {
         )?);
         self.children.push(Supervised::spawn(common("kube-scheduler", &bins.scheduler).arg("--profiling=false"), run)?);
         let kwok_cfg = dir.join("kwok.yaml");
-        kubeconfig::write_private(&kwok_cfg, b"apiVersion: config.kwok.x-k8s.io/v1alpha1\nkind: KwokConfiguration\noptions: {}\n")?;
+        kubeconfig::write_private(&kwok_cfg, crate::sim::kwok_config().as_bytes())?;
         self.children.push(Supervised::spawn(
             ChildSpec::new("kwok", &bins.kwok).args([
                 format!("--kubeconfig={}", p(&kcfg)),
@@ -253,6 +257,8 @@ impl ControlPlane {
             Ok::<_, Error>(())
         };
         self.race(waits).await?;
+        let sim = self.race(crate::sim::SimCloud::start(&client, run, crate::sim::SimOptions::default())).await?;
+        self.sim = Some(sim);
         Ok((client, kcfg))
     }
 
@@ -311,8 +317,12 @@ impl ControlPlane {
 
 impl Running for ControlPlane {
     fn teardown(mut self: Box<Self>) -> BoxFuture<'static, Result<()>> {
+        let sim = self.sim.take();
         let children = self.stop_order();
         Box::pin(async move {
+            if let Some(sim) = sim {
+                sim.stop().await;
+            }
             for mut c in children {
                 c.terminate().await?;
             }
@@ -321,7 +331,9 @@ impl Running for ControlPlane {
     }
 
     fn logs(&self) -> Vec<PathBuf> {
-        self.children.iter().map(|c| c.log().to_path_buf()).collect()
+        let mut logs: Vec<PathBuf> = self.children.iter().map(|c| c.log().to_path_buf()).collect();
+        logs.extend(self.sim.as_ref().map(|s| s.log_path().to_path_buf()));
+        logs
     }
 
     fn sim_nodes(&self) -> Option<&[SimNode]> {
@@ -331,10 +343,16 @@ impl Running for ControlPlane {
     fn heartbeat_label(&self) -> Option<(&str, &str)> {
         Some(KWOK_LABEL)
     }
+
+    fn sim(&self) -> Option<&crate::sim::SimCloud> {
+        self.sim.as_ref()
+    }
 }
 
 impl Drop for ControlPlane {
     fn drop(&mut self) {
+        // The sim cloud's controllers first (their Drop aborts the tasks).
+        drop(self.sim.take());
         // Reverse start order; each Supervised's Drop stops its process group.
         for c in self.stop_order() {
             drop(c);

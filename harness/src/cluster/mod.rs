@@ -62,6 +62,10 @@ pub trait Running: Send + Sync {
     fn heartbeat_label(&self) -> Option<(&str, &str)> {
         None
     }
+    /// The simulated cloud (storage driver, kubelet volume state), if the provider runs one.
+    fn sim(&self) -> Option<&crate::sim::SimCloud> {
+        None
+    }
 }
 
 /// A started cluster.
@@ -102,6 +106,11 @@ impl Cluster {
 
     pub fn heartbeat_label(&self) -> Option<(&str, &str)> {
         self.running.as_ref().and_then(|r| r.heartbeat_label())
+    }
+
+    /// The simulated cloud and its fault knobs (local provider).
+    pub fn sim(&self) -> Option<&crate::sim::SimCloud> {
+        self.running.as_ref().and_then(|r| r.sim())
     }
 
     /// Stops the cluster and waits for it.

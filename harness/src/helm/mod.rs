@@ -1,1 +1,21 @@
 //! The helm driver, chart sources, and the local chart repository.
+//!
+//! - [`driver`]: [`Helm`], a typed driver over the pinned `helm` binary with its own
+//!   isolated helm home and an explicit kubeconfig;
+//! - [`chart`]: [`ChartSource`] (`DIR`, `DIR@X.Y.Z`, `FILE.tgz`, `https://REPO#CHART[@X.Y.Z]`),
+//!   the fixture chart's location and versions;
+//! - [`repo`]: [`ChartRepo`], several versions of one chart served as a chart repository on
+//!   loopback HTTP;
+//! - [`validate`]: server-side dry-run validation of rendered manifests.
+
+pub mod chart;
+pub mod driver;
+pub mod repo;
+pub mod validate;
+
+pub use chart::{default_sources, fixture_chart_dir, repo_root, values_dir, values_files, ChartMeta, ChartSource, Version, FIXTURE_VERSIONS};
+pub use driver::{
+    ChartRef, Helm, HelmOutput, HistoryEntry, InstallOpts, LintReport, ReleaseOpts, ReleaseState, ReleaseStatus, SearchHit, TemplateOpts,
+    Values,
+};
+pub use repo::{ChartRepo, DEFAULT_REPO_NAME};

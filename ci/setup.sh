@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Idempotent set-up for a fresh machine: system packages, the lily-e2e binary, pinned tools.
+# Everything is cached: a second run does (almost) nothing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }
+
+# System packages (Debian): PostgreSQL server binaries for the local Postgres provider.
+need_apt=()
+ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need_apt+=(postgresql)
+command -v go >/dev/null 2>&1 || need_apt+=(golang-go)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    log "missing packages: ${need_apt[*]}; install them with: sudo apt-get install -y ${need_apt[*]}"
+    exit 1
+  fi
+  log "installing ${need_apt[*]} from apt"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+  # Debian starts a cluster on install; the harness runs its own servers.
+  command -v pg_ctlcluster >/dev/null 2>&1 && { service postgresql stop >/dev/null 2>&1 || true; }
+fi
+
+command -v cargo >/dev/null 2>&1 || { log "cargo is not installed; install Rust (rustup) first"; exit 1; }
+
+log "building lily-e2e"
+cargo build --release -q -p lily-e2e --bin lily-e2e
+
+log "installing pinned tools (cached under ${LILY_E2E_CACHE:-$HOME/.cache/lily-e2e}/tools)"
+./target/release/lily-e2e tools install

@@ -1,0 +1,320 @@
+//! PostgreSQL in a container (testcontainers), when a Docker engine is reachable.
+//!
+//! The official image, TLS on like the local provider: a per-run certificate is copied in,
+//! and an init script (run by the image's entrypoint as the `postgres` user, before the
+//! real server starts) installs it in the data directory with mode 0600, turns `ssl` on and
+//! writes a pg_hba.conf that takes passwords over TLS only and rejects the rest. (Passing
+//! `-c ssl=on -c ssl_key_file=...` on the command line does not work with that image: the
+//! copied key belongs to root, and the entrypoint's temporary server would start with those
+//! flags before anything could fix the key's owner.)
+//!
+//! The superuser's password never enters the container's environment: the container starts
+//! with `trust` for its temporary setup server, and the init script sets the password as a
+//! SCRAM verifier. Readiness is a real TLS session from the harness, never a log line.
+//!
+//! The image is `postgres:15-alpine` unless `LILY_E2E_POSTGRES_IMAGE=name:tag` says
+//! otherwise.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use testcontainers::core::IntoContainerPort;
+use testcontainers::runners::AsyncRunner;
+use testcontainers::{ContainerAsync, CopyTargetOptions, ImageExt};
+use testcontainers_modules::postgres::Postgres as PostgresImage;
+
+use super::{dsn::DbUrl, Endpoint, Password, Postgres, PostgresProvider, PostgresSpec, Running, SslMode, START_TIMEOUT};
+use crate::error::{Error, Result};
+use crate::pki::{self, Usage};
+use crate::run::{Run, RUN_LABEL};
+
+/// Overrides the image: `name:tag`.
+pub const IMAGE_ENV: &str = "LILY_E2E_POSTGRES_IMAGE";
+pub const DEFAULT_IMAGE: (&str, &str) = ("postgres", "15-alpine");
+const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
+const TLS_DIR: &str = "/lily-e2e-tls";
+
+/// The container provider.
+#[derive(Debug, Clone)]
+pub struct Container {
+    pub image: String,
+    pub tag: String,
+}
+
+impl Default for Container {
+    fn default() -> Self {
+        Container { image: DEFAULT_IMAGE.0.into(), tag: DEFAULT_IMAGE.1.into() }
+    }
+}
+
+impl Container {
+    /// The default image, or the one `LILY_E2E_POSTGRES_IMAGE` names.
+    pub fn from_env() -> Result<Self> {
+        match std::env::var(IMAGE_ENV) {
+            Ok(v) if !v.trim().is_empty() => {
+                let (image, tag) = parse_image(v.trim())?;
+                Ok(Container { image, tag })
+            }
+            _ => Ok(Container::default()),
+        }
+    }
+}
+
+/// `name:tag` (the name may carry a registry with a port: the tag is after the last `:`
+/// that follows the last `/`).
+pub fn parse_image(s: &str) -> Result<(String, String)> {
+    let slash = s.rfind('/').map_or(0, |i| i + 1);
+    match s[slash..].rfind(':') {
+        Some(i) if i > 0 && slash + i + 1 < s.len() => Ok((s[..slash + i].to_string(), s[slash + i + 1..].to_string())),
+        _ => Err(Error::Invalid(format!("{IMAGE_ENV}=`{s}` is not name:tag (e.g. postgres:15-alpine)"))),
+    }
+}
+
+/// Where the Docker engine should answer: `DOCKER_HOST` or the default socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Engine {
+    Unix(PathBuf),
+    Tcp(String),
+    /// A scheme this check cannot try (ssh://, npipe://): left to testcontainers.
+    Other(String),
+}
+
+pub fn engine_address() -> Engine {
+    match std::env::var("DOCKER_HOST") {
+        Ok(h) if !h.is_empty() => {
+            if let Some(p) = h.strip_prefix("unix://") {
+                Engine::Unix(PathBuf::from(p))
+            } else if let Some(a) = h.strip_prefix("tcp://") {
+                Engine::Tcp(a.trim_end_matches('/').to_string())
+            } else {
+                Engine::Other(h)
+            }
+        }
+        _ => Engine::Unix(PathBuf::from(DEFAULT_SOCKET)),
+    }
+}
+
+/// Fails at once, with what to do, when no Docker engine answers a connection.
+pub fn check_engine() -> Result<()> {
+    let unreachable = |e: std::io::Error| Error::Tool {
+        what: "no docker engine is reachable (DOCKER_HOST or /var/run/docker.sock); use --postgres local".into(),
+        source: Some(Box::new(e)),
+    };
+    match engine_address() {
+        Engine::Unix(path) => std::os::unix::net::UnixStream::connect(&path).map(drop).map_err(unreachable),
+        Engine::Tcp(addr) => {
+            use std::net::ToSocketAddrs;
+            let sa = addr
+                .to_socket_addrs()
+                .map_err(unreachable)?
+                .next()
+                .ok_or_else(|| unreachable(std::io::Error::new(std::io::ErrorKind::NotFound, "DOCKER_HOST resolves to no address")))?;
+            std::net::TcpStream::connect_timeout(&sa, Duration::from_secs(2)).map(drop).map_err(unreachable)
+        }
+        Engine::Other(_) => Ok(()),
+    }
+}
+
+/// The init script: certificate, `ssl = on`, pg_hba.conf, the superuser's password as a
+/// SCRAM verifier. Runs as `postgres` with `$PGDATA` set, the temporary server up.
+pub fn init_script(tls: bool, verifier: &str) -> String {
+    let mut s = String::from("#!/bin/sh\n# written by lily-e2e\nset -e\n");
+    if tls {
+        s.push_str(&format!(
+            "cp {TLS_DIR}/server.crt \"$PGDATA/server.crt\"\n\
+             cp {TLS_DIR}/server.key \"$PGDATA/server.key\"\n\
+             chmod 0600 \"$PGDATA/server.key\"\n\
+             cat >> \"$PGDATA/postgresql.conf\" <<'CONF'\n\
+             ssl = on\n\
+             ssl_cert_file = 'server.crt'\n\
+             ssl_key_file = 'server.key'\n\
+             CONF\n\
+             cat > \"$PGDATA/pg_hba.conf\" <<'HBA'\n\
+             local     all all     trust\n\
+             hostssl   all all all scram-sha-256\n\
+             hostnossl all all all reject\n\
+             HBA\n"
+        ));
+    } else {
+        s.push_str(
+            "cat > \"$PGDATA/pg_hba.conf\" <<'HBA'\n\
+             local all all     trust\n\
+             host  all all all scram-sha-256\n\
+             HBA\n",
+        );
+    }
+    s.push_str(&format!(
+        "psql -v ON_ERROR_STOP=1 --username postgres --dbname postgres <<'SQL'\n\
+         ALTER ROLE postgres PASSWORD '{verifier}';\n\
+         SQL\n"
+    ));
+    s
+}
+
+impl PostgresProvider for Container {
+    fn name(&self) -> &'static str {
+        "container"
+    }
+
+    fn start<'a>(&'a self, spec: &'a PostgresSpec, run: &'a Run) -> BoxFuture<'a, Result<Postgres>> {
+        Box::pin(async move {
+            check_engine()?;
+            let password = Password::generate();
+            let mut request = PostgresImage::default()
+                .with_host_auth()
+                .with_name(&self.image)
+                .with_tag(&self.tag)
+                .with_label(RUN_LABEL, run.id().as_str())
+                .with_ready_conditions(Vec::new())
+                .with_startup_timeout(START_TIMEOUT)
+                .with_copy_to(
+                    CopyTargetOptions::new("/docker-entrypoint-initdb.d/00-lily-e2e.sh").with_mode(0o755),
+                    init_script(spec.tls, &password.scram_verifier()).into_bytes(),
+                );
+            let mut ca_pem = None;
+            if spec.tls {
+                let ca = pki::Ca::new("lily-e2e-postgres-ca")?;
+                let mut sans = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+                if let Engine::Tcp(addr) = engine_address() {
+                    if let Some((host, _)) = addr.rsplit_once(':') {
+                        sans.push(host.trim_matches(|c| c == '[' || c == ']').to_string());
+                    }
+                }
+                let sans: Vec<&str> = sans.iter().map(String::as_str).collect();
+                let pair = ca.issue("lily-e2e-postgres", &[], &sans, Usage::Server)?;
+                // Readable by `postgres` so the init script can copy it; the copy it uses
+                // is 0600 and its own.
+                request = request
+                    .with_copy_to(CopyTargetOptions::new(format!("{TLS_DIR}/server.crt")).with_mode(0o644), pair.cert_pem.into_bytes())
+                    .with_copy_to(CopyTargetOptions::new(format!("{TLS_DIR}/server.key")).with_mode(0o644), pair.key_pem.into_bytes());
+                ca_pem = Some(ca.cert_pem());
+            }
+            let image = format!("{}:{}", self.image, self.tag);
+            let container = request.start().await.map_err(|e| Error::Tool {
+                what: format!("cannot start a postgresql container from {image}"),
+                source: Some(Box::new(e)),
+            })?;
+            let running = ContainerServer { container: Some(container), image: image.clone() };
+            let (host, port) = {
+                let c = running.container.as_ref().expect("just started");
+                let host = c.get_host().await.map_err(|e| Error::Tool {
+                    what: format!("cannot read the host of the {image} container"),
+                    source: Some(Box::new(e)),
+                })?;
+                let port = c.get_host_port_ipv4(5432.tcp()).await.map_err(|e| Error::Tool {
+                    what: format!("cannot read the port of the {image} container"),
+                    source: Some(Box::new(e)),
+                })?;
+                (host.to_string(), port)
+            };
+            let mode = if spec.tls { SslMode::Require } else { SslMode::Disable };
+            let url = DbUrl::new("postgres", Some(password.clone()), &host, port, "postgres", mode);
+            let exited = running.exited();
+            match super::local::probe_until_ready(&url, ca_pem.as_deref(), START_TIMEOUT, exited).await {
+                Ok(version) => {
+                    let endpoint = Endpoint {
+                        host: url.host.clone(),
+                        port,
+                        tls: spec.tls,
+                        ca_pem,
+                        superuser: "postgres".into(),
+                        superuser_password: password,
+                        version,
+                    };
+                    Ok(Postgres::new("container", endpoint, Box::new(running)))
+                }
+                Err(e) => {
+                    let _ = Box::new(running).teardown().await;
+                    Err(e)
+                }
+            }
+        })
+    }
+}
+
+struct ContainerServer {
+    container: Option<ContainerAsync<PostgresImage>>,
+    image: String,
+}
+
+impl ContainerServer {
+    /// Resolves when the container stops running (checked every 500 ms), as an error
+    /// carrying the end of its log.
+    fn exited(&self) -> impl std::future::Future<Output = Error> + '_ {
+        async move {
+            let c = self.container.as_ref().expect("running");
+            let start = Instant::now();
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                if let Ok(false) = c.is_running().await {
+                    let log = c.stderr_to_vec().await.unwrap_or_default();
+                    let text = String::from_utf8_lossy(&log);
+                    let tail: Vec<&str> = text.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect();
+                    return Error::Tool {
+                        what: format!(
+                            "the postgresql container ({}) stopped {}s after it started; it ended with:\n{}",
+                            self.image,
+                            start.elapsed().as_secs(),
+                            tail.join("\n")
+                        ),
+                        source: None,
+                    };
+                }
+            }
+        }
+    }
+}
+
+impl Running for ContainerServer {
+    fn teardown(mut self: Box<Self>) -> BoxFuture<'static, Result<()>> {
+        let container = self.container.take();
+        let image = self.image.clone();
+        Box::pin(async move {
+            if let Some(c) = container {
+                c.rm().await.map_err(|e| Error::Tool {
+                    what: format!("cannot remove the postgresql container ({image})"),
+                    source: Some(Box::new(e)),
+                })?;
+            }
+            Ok(())
+        })
+    }
+
+    fn logs(&self) -> Vec<PathBuf> {
+        Vec::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rstest::rstest;
+
+    use super::*;
+
+    #[rstest]
+    #[case("postgres:15-alpine", "postgres", "15-alpine")]
+    #[case("registry.local:5000/pg/postgres:16", "registry.local:5000/pg/postgres", "16")]
+    fn postgres_image_override_is_name_and_tag(#[case] s: &str, #[case] name: &str, #[case] tag: &str) {
+        assert_eq!(parse_image(s).unwrap(), (name.to_string(), tag.to_string()));
+    }
+
+    #[rstest]
+    #[case("postgres")]
+    #[case("registry.local:5000/postgres")]
+    #[case("postgres:")]
+    #[case(":15")]
+    fn postgres_image_override_without_tag_is_refused(#[case] s: &str) {
+        assert!(parse_image(s).unwrap_err().to_string().contains("is not name:tag"));
+    }
+
+    #[test]
+    fn postgres_init_script_turns_tls_on_and_sets_a_verifier_only() {
+        let p = Password::generate();
+        let s = init_script(true, &p.scram_verifier());
+        assert!(s.contains("ssl = on") && s.contains("hostnossl all all all reject") && s.contains("chmod 0600"));
+        assert!(s.contains("ALTER ROLE postgres PASSWORD 'SCRAM-SHA-256$"));
+        assert!(!s.contains(p.expose()));
+        assert!(!init_script(false, "v").contains("ssl = on"));
+    }
+}

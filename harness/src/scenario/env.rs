@@ -1,0 +1,119 @@
+//! What scenario cases share: the run, a cluster, a PostgreSQL server, and the chart
+//! repository serving the chart versions under test.
+//!
+//! Scenarios that are not `exclusive` share one [`Env`] and run in parallel, each in its own
+//! namespace; an `exclusive` scenario (it breaks nodes or zones) gets an [`Env`] of its own.
+
+use std::path::PathBuf;
+
+use crate::cluster::{self, Cluster, ClusterSpec};
+use crate::error::Result;
+use crate::helm::{ChartRepo, ChartSource, Helm};
+use crate::postgres::{self, Postgres, PostgresSpec};
+use crate::run::Run;
+use crate::tools::Tools;
+
+/// The fixture versions the suite serves by default: a release line where each upgrade is
+/// compatible. The fixture's 0.3.0 (a forbidden volumeClaimTemplates change) is used only
+/// by the `fixture-only` scenario that expects its upgrade to fail.
+pub const SUITE_FIXTURE_VERSIONS: [&str; 2] = ["0.1.0", "0.2.0"];
+
+pub fn suite_sources() -> Vec<ChartSource> {
+    SUITE_FIXTURE_VERSIONS
+        .iter()
+        .map(|v| ChartSource::Dir {
+            path: crate::helm::fixture_chart_dir(),
+            version: Some(crate::helm::chart::parse_version(v).expect("fixture versions are semver")),
+        })
+        .collect()
+}
+
+/// How to build an environment.
+#[derive(Debug, Clone)]
+pub struct EnvOptions {
+    /// `local` or `existing`.
+    pub provider: String,
+    pub existing: cluster::existing::Existing,
+    pub cluster: ClusterSpec,
+    /// Chart sources; empty means the fixture chart at its fixture versions.
+    pub charts: Vec<ChartSource>,
+    /// `local` or `container`.
+    pub postgres: String,
+    /// Where failure artifacts go.
+    pub artifacts: PathBuf,
+    /// Keep everything after the run (until the process exits or Ctrl-C).
+    pub keep: bool,
+}
+
+impl Default for EnvOptions {
+    fn default() -> Self {
+        EnvOptions {
+            provider: "local".into(),
+            existing: Default::default(),
+            cluster: ClusterSpec::default(),
+            charts: Vec::new(),
+            postgres: std::env::var("LILY_E2E_POSTGRES").unwrap_or_else(|_| "local".into()),
+            artifacts: crate::helm::repo_root().join("target/lily-e2e/artifacts"),
+            keep: false,
+        }
+    }
+}
+
+/// A started environment. Tear it down with [`Env::teardown`]; dropping it still stops
+/// every process (each part's own Drop).
+pub struct Env {
+    pub cluster: Cluster,
+    pub postgres: Postgres,
+    pub repo: ChartRepo,
+    pub tools: Tools,
+    pub artifacts: PathBuf,
+    pub keep: bool,
+    /// Last, so it is dropped (its directory removed) after the parts above stopped.
+    pub run: Run,
+}
+
+impl Env {
+    /// Starts the cluster, PostgreSQL and the chart repository, concurrently.
+    pub async fn start(opts: &EnvOptions) -> Result<Env> {
+        let tools = Tools::new();
+        // Fail fast, before starting anything, on what the user can fix.
+        tools.path("helm")?;
+        tools.path("kubectl")?;
+        let charts = if opts.charts.is_empty() { suite_sources() } else { opts.charts.clone() };
+        for c in &charts {
+            c.check()?;
+        }
+        let provider = cluster::provider(&opts.provider, opts.existing.clone())?;
+        let pg_provider = postgres::provider(&opts.postgres)?;
+        let mut run = Run::create(opts.keep)?;
+        let helm = Helm::new(run.subdir("helm-repo")?)?;
+        let repo_dir = run.subdir("chart-repo")?;
+        let pg_spec = PostgresSpec::default();
+        let (cluster, pg, repo) = tokio::join!(
+            provider.start(&opts.cluster, &run),
+            pg_provider.start(&pg_spec, &run),
+            ChartRepo::serve(&helm, &charts, &repo_dir),
+        );
+        // Whatever started is stopped by its Drop if another part failed; the run directory
+        // (component logs) is kept for inspection and named.
+        let (cluster, postgres, repo) = match (cluster, pg, repo) {
+            (Ok(c), Ok(p), Ok(r)) => (c, p, r),
+            (c, p, r) => {
+                let err = [c.err(), p.err(), r.err()].into_iter().flatten().next().expect("one part failed");
+                run.set_keep(true);
+                eprintln!("lily-e2e: logs kept in {} (`lily-e2e clean` removes them)", run.dir().display());
+                return Err(err);
+            }
+        };
+        Ok(Env { cluster, postgres, repo, tools, artifacts: opts.artifacts.clone(), keep: opts.keep, run })
+    }
+
+    /// Stops everything, in reverse order of dependence.
+    pub async fn teardown(self) -> Result<()> {
+        let Env { cluster, postgres, repo, run, .. } = self;
+        drop(repo);
+        let (a, b) = tokio::join!(cluster.teardown(), postgres.teardown());
+        drop(run);
+        a.and(b)
+    }
+}

@@ -1,0 +1,454 @@
+//! The scenario file format.
+//!
+//! A scenario is a YAML file in `scenarios/`: a name, what it proves, and steps in
+//! `try` / `catch` / `finally` blocks (chainsaw's shape). Steps are an externally tagged
+//! enum: each step is a map with exactly one key, the step's kind. Unknown keys are errors.
+//! `lily-e2e schema` prints the JSON schema generated from these types, for editors.
+//!
+//! Strings in steps may use `${var}` placeholders, filled in when the step runs:
+//! `release`, `namespace`, `instance` (the StatefulSet the release created), `pod`
+//! (`<instance>-0`), `claim` (its datastore claim), `chart.latest`, `chart.previous`,
+//! `chart.oldest`, `zone-a`/`zone-b` (simulated zones), and names saved by earlier steps.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// One scenario file.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Scenario {
+    /// Unique name; also the test name (`cargo test <name>`) and the snapshot name.
+    pub name: String,
+    /// One line for `lily-e2e list`.
+    pub summary: String,
+    /// Longer description: what the guide says, what this proves.
+    #[serde(default)]
+    pub description: String,
+    /// Needs a cluster of its own (it breaks nodes or zones). Others share one cluster and
+    /// run in parallel, each in its own namespace.
+    #[serde(default)]
+    pub exclusive: bool,
+    /// Uses fixture chart versions by name (`fixture@0.3.0`): skipped, with the reason
+    /// printed, when the suite runs against other chart sources.
+    #[serde(default)]
+    pub fixture_only: bool,
+    /// The helm release name (default `lily`).
+    #[serde(default = "default_release")]
+    pub release: String,
+    /// Values files (relative to `scenarios/values/`, or absolute) given to every helm
+    /// install/upgrade step, before the step's own.
+    #[serde(default)]
+    pub values: Vec<String>,
+    /// Steps, when the scenario has one case.
+    #[serde(default, rename = "try")]
+    pub steps: Vec<Step>,
+    /// Several cases, each its own test (`<scenario>/<case>`).
+    #[serde(default)]
+    pub cases: Vec<Case>,
+    /// Steps run only if a step failed (after artifacts are collected).
+    #[serde(default)]
+    pub catch: Vec<Step>,
+    /// Steps always run at the end.
+    #[serde(default)]
+    pub finally: Vec<Step>,
+}
+
+fn default_release() -> String {
+    "lily".into()
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Case {
+    pub name: String,
+    #[serde(default)]
+    pub summary: String,
+    #[serde(rename = "try")]
+    pub steps: Vec<Step>,
+}
+
+/// A step. Later issues add kinds here; the enum is the extension point.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub enum Step {
+    /// Create the scenario's database and role, and the storage Secret exactly as the
+    /// guide's `kubectl create secret generic NAME --from-literal=url=postgres://...` does.
+    Postgres(PostgresStep),
+    /// `helm repo add NAME URL` (the served chart repository) and `helm repo update`.
+    HelmRepoAdd(HelmRepoAdd),
+    /// `helm upgrade --install RELEASE REPO/CHART [--version V] -f values... [--wait --timeout]`.
+    HelmUpgrade(HelmUpgrade),
+    /// `helm rollback RELEASE REVISION`.
+    HelmRollback(HelmRollback),
+    /// `helm uninstall RELEASE`.
+    HelmUninstall(Empty),
+    /// Check `helm status -o json` / `helm history`.
+    ExpectRelease(ExpectRelease),
+    /// Wait until the release's StatefulSet has rolled out (updated, ready, current ==
+    /// update revision): helm's `--wait` does not cover StatefulSet rollouts.
+    WaitRollout(WaitRollout),
+    /// Wait until a pod matches (phase, container present, zone, node).
+    ExpectPod(ExpectPod),
+    /// Wait until a PersistentVolumeClaim matches; optionally save its volume name.
+    ExpectClaim(ExpectClaim),
+    /// Wait for an event on an object whose message matches a catalogued wording or regex.
+    ExpectEvent(ExpectEvent),
+    /// Assert that no matching event arrives within a window (for negative tests).
+    ExpectNoEvent(ExpectEvent),
+    /// The database contract check (the chart's init-database step, performed by the harness).
+    ContractCheck(ContractCheck),
+    /// Run a documented runbook from `scenarios/runbooks/` with the pinned kubectl.
+    Runbook(RunbookStep),
+    /// Record the scenario's normalised outcome (checked against `snapshots/scenarios/`).
+    Snapshot(Empty),
+    /// Fault: nodes of a zone are lost (heartbeat stops, then the Node objects go).
+    LoseZone(ZoneRef),
+    /// Fault: a node's kubelet stops heartbeating (kwok stops managing it).
+    StopHeartbeat(NodeRef),
+    /// `kubectl cordon NODE`.
+    Cordon(NodeRef),
+    /// `kubectl drain NODE` (evicts the release's pods).
+    Drain(NodeRef),
+    /// Fault knob: how long the node's simulated kubelet takes to unmount a volume after its
+    /// pod is gone; `stuck: true` never unmounts.
+    UnmountDelay(UnmountDelay),
+    /// Taint a node `node.kubernetes.io/out-of-service=nodeshutdown:NoExecute`.
+    OutOfService(NodeRef),
+    /// Delete an object (`kubectl delete` equivalent), optionally waiting until it is gone.
+    Delete(DeleteStep),
+    /// Save the node a pod runs on under a name, for later steps (`${name}`).
+    SaveNode(SaveNode),
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Empty {}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PostgresStep {
+    /// The Secret's name (the guide's `<deployed_secret_name>`); must match the values.
+    #[serde(default = "default_secret")]
+    pub secret: String,
+    /// The storage entry's name (`storage.postgresql[].name`).
+    #[serde(default = "default_storage_name")]
+    pub name: String,
+}
+
+fn default_secret() -> String {
+    "lily-db".into()
+}
+fn default_storage_name() -> String {
+    "db".into()
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct HelmRepoAdd {
+    /// Local name of the repository (the guide uses `filecoin`).
+    #[serde(default = "default_repo")]
+    pub name: String,
+}
+
+fn default_repo() -> String {
+    "filecoin".into()
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct HelmUpgrade {
+    /// `--version`; omitted means the newest version (as in the guide). Placeholders such as
+    /// `${chart.previous}` work.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// Install from this chart source instead of the added repository: `fixture@X.Y.Z` is
+    /// the fixture chart packaged as that version (for `fixture-only` scenarios).
+    #[serde(default)]
+    pub chart: Option<String>,
+    /// More values files, after the scenario's.
+    #[serde(default)]
+    pub values: Vec<String>,
+    /// Inline values (as a values file would hold them), applied last.
+    #[serde(default)]
+    pub set: Option<serde_json::Value>,
+    /// `--wait`.
+    #[serde(default)]
+    pub wait: bool,
+    /// `--timeout` and the step's own deadline, e.g. `120s`.
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// The upgrade is expected to fail with a message matching this regex.
+    #[serde(default)]
+    pub expect_failure: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct HelmRollback {
+    pub revision: u32,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ExpectRelease {
+    #[serde(default)]
+    pub revision: Option<u32>,
+    /// Chart version deployed, e.g. `0.2.0` or `${chart.latest}`.
+    #[serde(default)]
+    pub chart_version: Option<String>,
+    /// `deployed`, `failed`, ...
+    #[serde(default)]
+    pub status: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct WaitRollout {
+    #[serde(default)]
+    pub timeout: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ExpectPod {
+    /// Default `${pod}`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `Running`, `Pending`, ...
+    #[serde(default)]
+    pub phase: Option<String>,
+    /// A container that must exist in the pod spec.
+    #[serde(default)]
+    pub container: Option<String>,
+    /// The zone of the node it runs on (`zone-a`), or `${...}`.
+    #[serde(default)]
+    pub zone: Option<String>,
+    /// The node it runs on.
+    #[serde(default)]
+    pub node: Option<String>,
+    /// The node it must NOT run on.
+    #[serde(default)]
+    pub not_node: Option<String>,
+    #[serde(default)]
+    pub timeout: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ExpectClaim {
+    /// Default `${claim}`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `Bound` or `Pending`.
+    #[serde(default)]
+    pub phase: Option<String>,
+    /// Save the bound volume's name as `${<save-volume>}`.
+    #[serde(default)]
+    pub save_volume: Option<String>,
+    /// The bound volume must be this one (e.g. `${before}`) ...
+    #[serde(default)]
+    pub volume: Option<String>,
+    /// ... or must not be this one.
+    #[serde(default)]
+    pub not_volume: Option<String>,
+    /// The zone the bound volume is pinned to.
+    #[serde(default)]
+    pub zone: Option<String>,
+    #[serde(default)]
+    pub timeout: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ExpectEvent {
+    /// `Pod/${pod}` style reference to the involved object.
+    pub object: String,
+    pub reason: String,
+    /// A catalogue entry (`volume-node-affinity-conflict`, `multi-attach`) whose wording for
+    /// the running Kubernetes version must match ...
+    #[serde(default)]
+    pub catalogue: Option<String>,
+    /// ... or a regex.
+    #[serde(default)]
+    pub message: Option<String>,
+    #[serde(default)]
+    pub timeout: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ContractCheck {
+    /// Default `${pod}`.
+    #[serde(default)]
+    pub pod: Option<String>,
+    /// The application name the chart's values give (default `lily`).
+    #[serde(default)]
+    pub application_name: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RunbookStep {
+    /// A file in `scenarios/runbooks/` without `.yaml`.
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ZoneRef {
+    pub zone: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct NodeRef {
+    pub node: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct UnmountDelay {
+    pub node: String,
+    /// e.g. `20s`.
+    #[serde(default)]
+    pub delay: Option<String>,
+    #[serde(default)]
+    pub stuck: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct DeleteStep {
+    /// `Pod/NAME`, `PersistentVolumeClaim/NAME`, `Node/NAME`.
+    pub object: String,
+    #[serde(default)]
+    pub wait: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SaveNode {
+    /// Default `${pod}`.
+    #[serde(default)]
+    pub pod: Option<String>,
+    /// The variable to save the node name as.
+    #[serde(rename = "as")]
+    pub as_: String,
+}
+
+impl Step {
+    /// The step's kind, as written in the file.
+    pub fn kind(&self) -> String {
+        let v = serde_json::to_value(self).unwrap_or_default();
+        v.as_object().and_then(|m| m.keys().next().cloned()).unwrap_or_else(|| "step".into())
+    }
+}
+
+impl Scenario {
+    pub fn load(path: &Path) -> Result<Scenario> {
+        let s: Scenario = crate::yaml::from_file(path)?;
+        s.validate().map_err(|e| Error::Invalid(format!("scenario {}: {e}", path.display())))?;
+        Ok(s)
+    }
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        if self.steps.is_empty() == self.cases.is_empty() {
+            return Err("give either `try` steps or `cases`, not both or neither".into());
+        }
+        let mut seen = BTreeMap::new();
+        for c in &self.cases {
+            if seen.insert(c.name.clone(), ()).is_some() {
+                return Err(format!("case `{}` appears twice", c.name));
+            }
+        }
+        Ok(())
+    }
+
+    /// The test cases: `(test name, steps)`.
+    pub fn cases(&self) -> Vec<(String, Option<String>, &[Step])> {
+        if self.cases.is_empty() {
+            vec![(self.name.clone(), None, &self.steps[..])]
+        } else {
+            self.cases.iter().map(|c| (format!("{}/{}", self.name, c.name), Some(c.name.clone()), &c.steps[..])).collect()
+        }
+    }
+}
+
+/// Every scenario file in `dir`, sorted by name.
+pub fn discover(dir: &Path) -> Result<Vec<(std::path::PathBuf, Scenario)>> {
+    let mut out = Vec::new();
+    let rd = std::fs::read_dir(dir).map_err(Error::io(format!("read scenario directory {}", dir.display())))?;
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.extension().and_then(|x| x.to_str()) == Some("yaml") && p.is_file() {
+            out.push((p.clone(), Scenario::load(&p)?));
+        }
+    }
+    out.sort_by(|a, b| a.1.name.cmp(&b.1.name));
+    Ok(out)
+}
+
+/// The JSON schema of scenario files.
+pub fn schema() -> serde_json::Value {
+    serde_json::to_value(schemars::schema_for!(Scenario)).unwrap_or_default()
+}
+
+/// Parses `90s`, `2m`, `500ms`.
+pub fn duration(s: &str) -> Result<std::time::Duration> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().map_err(|_| Error::Invalid(format!("`{s}` is not a duration like 90s or 2m")))?;
+    Ok(match unit {
+        "ms" => std::time::Duration::from_millis(n),
+        "s" | "" => std::time::Duration::from_secs(n),
+        "m" => std::time::Duration::from_secs(n * 60),
+        _ => return Err(Error::Invalid(format!("`{s}` is not a duration like 90s or 2m"))),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    #[test]
+    fn steps_are_externally_tagged_and_strict() {
+        let s: Scenario = crate::yaml::from_str(
+            "name: x\nsummary: y\ntry:\n  - helm-upgrade: {version: '0.1.0', wait: true}\n  - snapshot: {}\n",
+        )
+        .unwrap();
+        assert_eq!(s.steps[0].kind(), "helm-upgrade");
+        let bad = crate::yaml::from_str::<Scenario>("name: x\nsummary: y\ntry:\n  - helm-upgrade: {versoin: '0.1.0'}\n");
+        assert!(bad.is_err(), "a typo'd field must be rejected");
+        let two = crate::yaml::from_str::<Scenario>("name: x\nsummary: y\ntry:\n  - {snapshot: {}, helm-uninstall: {}}\n");
+        assert!(two.is_err(), "a step has exactly one kind");
+    }
+
+    #[rstest]
+    #[case("90s", 90_000)]
+    #[case("2m", 120_000)]
+    #[case("250ms", 250)]
+    #[case("7", 7_000)]
+    fn durations(#[case] s: &str, #[case] ms: u128) {
+        assert_eq!(duration(s).unwrap().as_millis(), ms);
+    }
+
+    #[test]
+    fn bad_durations_are_errors() {
+        assert!(duration("soon").is_err());
+        assert!(duration("5h").is_err());
+    }
+
+    #[test]
+    fn schema_names_the_step_kinds() {
+        let text = schema().to_string();
+        for k in ["helm-upgrade", "expect-event", "runbook", "lose-zone"] {
+            assert!(text.contains(k), "{k} missing from schema");
+        }
+    }
+}
