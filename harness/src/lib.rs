@@ -6,6 +6,9 @@
 //! - [`cluster`]: cluster providers (the local control plane, an existing cluster);
 //! - [`helm`]: the helm driver, chart sources and the local chart repository;
 //! - [`postgres`]: PostgreSQL providers, the storage Secret and the database contract check;
+//! - [`sim`]: the simulated cloud (zonal block storage) and kubelet volume state;
+//! - [`scenario`]: the scenario model, runner, runbooks and outcomes; [`report`]: JUnit and summaries;
+//! - [`snapshot`]: normalisation of rendered manifests;
 //! - [`pki`], [`wait`], [`yaml`]: shared plumbing.
 
 pub mod cluster;
@@ -14,10 +17,8 @@ pub mod helm;
 pub mod pki;
 pub mod postgres;
 pub mod process;
-#[cfg(feature = "wip")]
 pub mod report;
 pub mod run;
-#[cfg(feature = "wip")]
 pub mod scenario;
 pub mod sim;
 pub mod snapshot;

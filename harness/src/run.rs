@@ -50,8 +50,26 @@ pub fn cache_root() -> PathBuf {
     dirs::cache_dir().unwrap_or_else(std::env::temp_dir).join("lily-e2e")
 }
 
-fn registry_dir() -> PathBuf {
-    cache_root().join("runs")
+/// The run registry: `$LILY_E2E_RUNS`, or `<cache>/runs`.
+pub fn registry_dir() -> PathBuf {
+    match std::env::var_os("LILY_E2E_RUNS") {
+        Some(d) => PathBuf::from(d),
+        None => cache_root().join("runs"),
+    }
+}
+
+/// The registry entries of every run (live or not).
+pub fn registered() -> Vec<RegistryEntry> {
+    registered_in(&registry_dir())
+}
+
+/// The registry entries in a registry directory (see `LILY_E2E_RUNS`).
+pub fn registered_in(dir: &Path) -> Vec<RegistryEntry> {
+    let Ok(rd) = std::fs::read_dir(dir) else { return Vec::new() };
+    rd.flatten()
+        .filter(|e| e.path().extension().and_then(|x| x.to_str()) == Some("json"))
+        .filter_map(|e| serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok())
+        .collect()
 }
 
 /// What the registry records of a run.

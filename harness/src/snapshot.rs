@@ -209,7 +209,6 @@ mod tests {
         )
     }
 
-
     #[test]
     fn two_renders_with_different_random_secrets_normalise_identically() {
         let a = normalize_manifests(&secret_stream("Zq8sT0kLr1aB2cD3eF4gH5iJ6kL7mN8o", "hunter2hunter2")).unwrap();
@@ -217,7 +216,10 @@ mod tests {
         assert_eq!(a, b);
         let token = "Zq8sT0kLr1aB2cD3eF4gH5iJ6kL7mN8o";
         let b64 = base64::engine::general_purpose::STANDARD.encode(token);
-        let sum = { use sha2::Digest; hex::encode(sha2::Sha256::digest(token.as_bytes())) };
+        let sum = {
+            use sha2::Digest;
+            hex::encode(sha2::Sha256::digest(token.as_bytes()))
+        };
         for secret in [token, "hunter2hunter2", &b64, &sum[..16]] {
             assert!(!a.contains(secret), "{secret} leaked into:\n{a}");
         }
@@ -250,7 +252,13 @@ mod tests {
                 serde_json::json!({"apiVersion": "v1", "kind": k, "metadata": meta})
             })
             .collect();
-        let got: Vec<String> = normalize(docs).iter().map(|d| { let (k, ns, n) = sort_key(d); format!("{k}/{ns}/{n}") }).collect();
+        let got: Vec<String> = normalize(docs)
+            .iter()
+            .map(|d| {
+                let (k, ns, n) = sort_key(d);
+                format!("{k}/{ns}/{n}")
+            })
+            .collect();
         assert_eq!(got, want);
     }
 

@@ -42,7 +42,10 @@ fn insta_settings(version: &str, values: &Path) -> insta::Settings {
     s.set_snapshot_path(snapshot_dir());
     s.set_prepend_module_to_snapshot(false);
     s.set_omit_expression(true);
-    s.set_description(format!("fixture chart lily {version}, release rel, namespace lily, values scenarios/values/{}", values.file_name().unwrap().to_string_lossy()));
+    s.set_description(format!(
+        "fixture chart lily {version}, release rel, namespace lily, values scenarios/values/{}",
+        values.file_name().unwrap().to_string_lossy()
+    ));
     s
 }
 
@@ -80,7 +83,11 @@ async fn rendered_manifests_match_snapshots(#[case] version: &str) {
         let settings = insta_settings(version, values);
         let res = std::panic::catch_unwind(AssertUnwindSafe(|| settings.bind(|| insta::assert_snapshot!(name.clone(), text))));
         if res.is_err() {
-            failures.push(format!("{case}: rendered manifests differ from snapshots/manifests/{name}.snap"));
+            if snapshot_dir().join(format!("{name}.snap")).is_file() {
+                failures.push(format!("{case}: rendered manifests differ from snapshots/manifests/{name}.snap"));
+            } else {
+                failures.push(format!("{case}: snapshots/manifests/{name}.snap does not exist yet"));
+            }
         }
     }
     assert!(failures.is_empty(), "{} of {} cases failed:\n  {}", failures.len(), cases.len(), failures.join("\n  "));
@@ -248,7 +255,7 @@ async fn missing_chart_path_is_reported_with_the_accepted_forms() {
         missing.display()
     );
     let src = ChartSource::parse(&format!("{}@0.2.0", missing.display())).unwrap();
-    let e = ChartRepo::serve(&helm, &[src.clone()], &tmp.path().join("repo")).await.unwrap_err();
+    let e = ChartRepo::serve(&helm, std::slice::from_ref(&src), &tmp.path().join("repo")).await.unwrap_err();
     assert_eq!(e.to_string(), want);
     let e = snapshot::render(&helm, &RenderRequest::new(src)).await.unwrap_err();
     assert_eq!(e.to_string(), want);

@@ -5,7 +5,8 @@
 //! Each test starts its own local cluster (the pinned tools must be installed: `lily-e2e
 //! tools install`; without them the tests say so and pass vacuously). The tests take a
 //! lock so that only one cluster runs at a time. Observed timings are printed (run with
-//! `--nocapture` to see them); they are not asserted.
+//! `--nocapture` to see them); they are not asserted. `LILY_E2E_KEEP=1` keeps each run's
+//! directory (logs, including `logs/sim-cloud.log`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::api::storage::v1::{StorageClass, VolumeAttachment};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use lily_e2e::cluster::local::Local;
@@ -45,7 +46,7 @@ struct Env {
 impl Env {
     /// A local cluster (3 nodes, 2 zones) and a namespace; `None` if the tools are missing.
     async fn start(ns: &str) -> Option<Env> {
-        let run = Run::create(false).expect("create run");
+        let run = Run::create(std::env::var_os("LILY_E2E_KEEP").is_some()).expect("create run");
         let t0 = Instant::now();
         let cluster = match Local::new(Tools::new()).start(&ClusterSpec::default(), &run).await {
             Ok(c) => c,
@@ -78,6 +79,24 @@ impl Env {
     }
 
     async fn teardown(self) {
+        if std::env::var_os("LILY_E2E_KEEP").is_some() {
+            let events: Api<Event> = Api::namespaced(self.client(), &self.ns);
+            let mut evs = events.list(&Default::default()).await.map(|l| l.items).unwrap_or_default();
+            evs.sort_by_key(|e| e.metadata.resource_version.clone().and_then(|r| r.parse::<u64>().ok()));
+            for e in evs {
+                let o = &e.involved_object;
+                eprintln!(
+                    "[event] {} {}/{} uid={} {} {}: {}",
+                    e.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string()).unwrap_or_default(),
+                    o.kind.clone().unwrap_or_default(),
+                    o.name.clone().unwrap_or_default(),
+                    o.uid.clone().unwrap_or_default(),
+                    e.source.as_ref().and_then(|s| s.component.clone()).unwrap_or_default(),
+                    e.reason.clone().unwrap_or_default(),
+                    e.message.clone().unwrap_or_default()
+                );
+            }
+        }
         let log = self.sim().log_path().to_path_buf();
         eprintln!("--- {} ---\n{}", log.display(), std::fs::read_to_string(&log).unwrap_or_default());
         self.cluster.teardown().await.expect("teardown");
@@ -102,7 +121,6 @@ fn statefulset(run: &Run, storage_class: Option<&str>) -> StatefulSet {
                 metadata: Some(ObjectMeta { labels: Some(labels), ..Default::default() }),
                 spec: Some(PodSpec {
                     node_selector: Some([(POOL_LABEL.to_string(), "pool-a".to_string())].into()),
-                    termination_grace_period_seconds: Some(0),
                     containers: vec![Container {
                         name: "db".into(),
                         image: Some("postgres:17".into()),
@@ -173,7 +191,7 @@ async fn cordon(client: &Client, node: &str, on: bool) {
 /// Deletes db-0 and waits for its replacement to be scheduled; returns it.
 async fn replace_db0(env: &Env, old: &Pod) -> Pod {
     let pods: Api<Pod> = Api::namespaced(env.client(), &env.ns);
-    pods.delete("db-0", &DeleteParams::default()).await.expect("delete db-0");
+    pods.delete("db-0", &delete_exactly(old)).await.expect("delete db-0");
     env.mark(&format!("deleted db-0 on {}", node_of(old)));
     let old_uid = old.uid();
     let new = until(&pods, "db-0", "a replacement db-0 to be scheduled", T, |p| {
@@ -184,6 +202,11 @@ async fn replace_db0(env: &Env, old: &Pod) -> Pod {
     .unwrap();
     env.mark(&format!("replacement db-0 scheduled on {}", node_of(&new)));
     new
+}
+
+/// Deletes exactly this pod, not a same-named replacement.
+fn delete_exactly(p: &Pod) -> DeleteParams {
+    DeleteParams { preconditions: Some(Preconditions { uid: p.uid(), resource_version: None }), ..Default::default() }
 }
 
 fn attach_events(env: &Env, pod: &Pod) -> (Api<Event>, watcher::Config) {
@@ -378,6 +401,80 @@ async fn no_multi_attach_error_when_the_old_node_unmounts_at_once() {
     assert!(failed.is_empty(), "unexpected FailedAttachVolume events: {failed:?}");
     let n = Api::<Node>::all(env.client()).get(&node_of(&new)).await.unwrap();
     assert!(attached(&n).contains(&unique) && in_use(&n).contains(&unique));
+
+    env.teardown().await;
+}
+
+fn ready_status(n: &Node) -> Option<String> {
+    n.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == "Ready").map(|c| c.status.clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_node_keeps_its_volume_until_it_is_marked_out_of_service() {
+    let _one = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let Some(env) = Env::start("sim-dead").await else { return };
+    let client = env.client();
+    let (pod, pv, unique) = start_db(&env, Some("gp2")).await;
+    let dead = node_of(&pod);
+
+    // Stop the node's heartbeat: kwok lets go of it, the sim kubelet freezes.
+    let (label, _) = env.cluster.heartbeat_label().expect("the local provider simulates heartbeats");
+    let nodes: Api<Node> = Api::all(client.clone());
+    nodes
+        .patch(&dead, &PatchParams::default(), &Patch::Merge(serde_json::json!({"metadata": {"labels": {label: null}}})))
+        .await
+        .unwrap();
+    env.mark(&format!("heartbeat of {dead} stopped"));
+    until(&nodes, &dead, "the node to turn NotReady", T, |n| n.is_some_and(|n| ready_status(n).as_deref() != Some("True"))).await.unwrap();
+    env.mark(&format!("{dead} NotReady"));
+
+    // Taint-based eviction marks db-0 for deletion; with no kubelet it stays Terminating,
+    // and the dead node keeps the volume attached and in use.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &env.ns);
+    until(&pods, "db-0", "db-0 to be evicted (deletionTimestamp set)", T, |p| p.is_some_and(|p| p.metadata.deletion_timestamp.is_some()))
+        .await
+        .unwrap();
+    env.mark("db-0 Terminating on the dead node");
+    let n = nodes.get(&dead).await.unwrap();
+    assert!(in_use(&n).contains(&unique) && attached(&n).contains(&unique), "frozen: {:?} / {:?}", in_use(&n), attached(&n));
+    let p = pods.get("db-0").await.unwrap();
+    assert_eq!(p.uid(), pod.uid(), "the StatefulSet cannot replace a pod that is still Terminating");
+
+    // Non-graceful node shutdown: the out-of-service taint lets the pod GC force-delete the
+    // pod and the attach/detach controller force-detach its volume.
+    nodes
+        .patch(
+            &dead,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"taints": [
+                {"key": "node.kubernetes.io/out-of-service", "value": "nodeshutdown", "effect": "NoExecute"},
+                {"key": "node.kubernetes.io/unreachable", "effect": "NoExecute"},
+                {"key": "node.kubernetes.io/unreachable", "effect": "NoSchedule"}
+            ]}})),
+        )
+        .await
+        .unwrap();
+    env.mark(&format!("{dead} tainted out-of-service"));
+    let old_uid = pod.uid();
+    let new = until(&pods, "db-0", "a replacement db-0 to be Running", T, |p| p.is_some_and(|p| p.uid() != old_uid) && running(p))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(node_of(&new), dead);
+    env.mark(&format!("replacement Running on {}", node_of(&new)));
+    let n = nodes.get(&dead).await.unwrap();
+    assert!(in_use(&n).contains(&unique), "the dead node's kubelet state is frozen: {:?}", in_use(&n));
+    assert!(!attached(&n).contains(&unique), "the volume was force-detached from the dead node");
+    let vas: Api<VolumeAttachment> = Api::all(client.clone());
+    let pv_name = pv.name_any();
+    let list = vas.list(&Default::default()).await.unwrap();
+    let on: Vec<String> = list
+        .items
+        .iter()
+        .filter(|v| v.spec.source.persistent_volume_name.as_deref() == Some(pv_name.as_str()))
+        .map(|v| v.spec.node_name.clone())
+        .collect();
+    assert_eq!(on, [node_of(&new)]);
 
     env.teardown().await;
 }

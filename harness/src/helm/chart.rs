@@ -92,9 +92,9 @@ impl ChartSource {
             return Err(Error::Invalid(format!("empty chart source; {SYNTAX_HINT}")));
         }
         if s.starts_with("https://") || s.starts_with("http://") {
-            let (url, frag) = s.split_once('#').ok_or_else(|| {
-                Error::Invalid(format!("chart repository {s} names no chart; write {s}#CHART (e.g. {s}#lily)"))
-            })?;
+            let (url, frag) = s
+                .split_once('#')
+                .ok_or_else(|| Error::Invalid(format!("chart repository {s} names no chart; write {s}#CHART (e.g. {s}#lily)")))?;
             let (chart, version) = match frag.rsplit_once('@') {
                 Some((c, v)) => (c, Some(parse_version(v)?)),
                 None => (frag, None),

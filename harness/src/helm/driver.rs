@@ -90,6 +90,18 @@ impl Values {
         self
     }
 
+    /// Parses a command-line `KEY=VALUE` (as `--set` takes it) into a pair.
+    pub fn parse_set(s: &str) -> Result<(String, String)> {
+        match s.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+            // Name the key only: the value may be a secret.
+            _ => Err(Error::Invalid(format!(
+                "--set expects KEY=VALUE, got {:?}",
+                s.split_once('=').map(|(k, _)| format!("{k}=…")).unwrap_or_else(|| "a value without =".into())
+            ))),
+        }
+    }
+
     fn push(&self, cmd: &mut Cmd) {
         for f in &self.files {
             cmd.arg("-f");
@@ -272,10 +284,7 @@ impl LintReport {
     /// Parses lint's `[SEVERITY] message` lines.
     pub fn parse(stdout: &str) -> Self {
         let re = regex::Regex::new(r"^\[(INFO|WARNING|ERROR)\]\s*(.*)$").expect("static regex");
-        let messages = stdout
-            .lines()
-            .filter_map(|l| re.captures(l.trim()).map(|c| (c[1].to_string(), c[2].trim().to_string())))
-            .collect();
+        let messages = stdout.lines().filter_map(|l| re.captures(l.trim()).map(|c| (c[1].to_string(), c[2].trim().to_string()))).collect();
         LintReport { messages }
     }
 }
@@ -433,12 +442,10 @@ impl Helm {
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         if !out.status.success() {
+            // Only stderr: stdout may hold rendered manifests, secrets included.
             let said = stderr.trim();
-            let said = if said.is_empty() { stdout.trim() } else { said };
-            return Err(Error::Helm {
-                what: format!("`{}` failed ({}):\n{}", cmd.shown(), out.status, said),
-                source: None,
-            });
+            let said = if said.is_empty() { "(helm printed nothing on stderr)" } else { said };
+            return Err(Error::Helm { what: format!("`{}` failed ({}):\n{}", cmd.shown(), out.status, said), source: None });
         }
         if !stderr.trim().is_empty() {
             tracing::debug!(cmd = %cmd.shown(), stderr = %stderr.trim(), "helm warnings");
@@ -504,7 +511,10 @@ impl Helm {
         let new: Vec<PathBuf> = tgz_files(dest).into_iter().filter(|p| !before.contains(p)).collect();
         match new.as_slice() {
             [one] => Ok(one.clone()),
-            _ => Err(Error::Helm { what: format!("`{}` did not leave exactly one new .tgz in {}", cmd.shown(), dest.display()), source: None }),
+            _ => Err(Error::Helm {
+                what: format!("`{}` did not leave exactly one new .tgz in {}", cmd.shown(), dest.display()),
+                source: None,
+            }),
         }
     }
 
@@ -641,11 +651,22 @@ impl Helm {
         Ok(())
     }
 
-    /// `helm status RELEASE -o json`.
+    /// `helm status RELEASE -o json`, completed by `helm get metadata RELEASE -o json` (newer
+    /// helm leaves the chart out of `status`).
     pub async fn status(&self, release: &str, namespace: &str) -> Result<ReleaseStatus> {
         let cmd = Cmd::new(["status", release, "--namespace", namespace, "-o", "json"]);
         let out = self.exec(&cmd, self.timeout).await?;
-        parse_status(&out.stdout).map_err(Error::json(format!("`{}` output", cmd.shown())))
+        let mut status = parse_status(&out.stdout).map_err(Error::json(format!("`{}` output", cmd.shown())))?;
+        if status.chart_name.is_empty() {
+            let cmd = Cmd::new(["get", "metadata", release, "--namespace", namespace, "-o", "json"]);
+            let out = self.exec(&cmd, self.timeout).await?;
+            let meta: RawMeta = serde_json::from_str(&out.stdout).map_err(Error::json(format!("`{}` output", cmd.shown())))?;
+            status.chart = format!("{}-{}", meta.name_or_chart(), meta.version);
+            status.chart_name = meta.name_or_chart().to_string();
+            status.chart_version = meta.version;
+            status.app_version = meta.app_version;
+        }
+        Ok(status)
     }
 
     /// `helm history RELEASE -o json`, oldest first.
@@ -704,7 +725,9 @@ struct RawRelease {
     namespace: String,
     version: u32,
     info: RawInfo,
-    chart: RawChart,
+    /// Absent from newer helm's `status` output.
+    #[serde(default)]
+    chart: Option<RawChart>,
 }
 
 #[derive(Deserialize)]
@@ -725,26 +748,42 @@ struct RawChart {
     metadata: RawMeta,
 }
 
+/// A chart's metadata in `status` (`name`), or `helm get metadata` (`chart`; there `name`
+/// is the release's).
 #[derive(Deserialize)]
 struct RawMeta {
+    #[serde(default)]
     name: String,
+    #[serde(default)]
+    chart: Option<String>,
     version: String,
     #[serde(default, rename = "appVersion")]
     app_version: String,
 }
 
-/// Parses `helm status -o json` (a whole release; its `config` — the user's values — is skipped).
+impl RawMeta {
+    fn name_or_chart(&self) -> &str {
+        self.chart.as_deref().unwrap_or(&self.name)
+    }
+}
+
+/// Parses `helm status -o json` (a whole release; its `config` — the user's values — is
+/// skipped). Newer helm omits the chart: then the chart fields are empty.
 pub fn parse_status(json: &str) -> serde_json::Result<ReleaseStatus> {
     let r: RawRelease = serde_json::from_str(json)?;
+    let (chart_name, chart_version, app_version) = match r.chart {
+        Some(c) => (c.metadata.name_or_chart().to_string(), c.metadata.version, c.metadata.app_version),
+        None => Default::default(),
+    };
     Ok(ReleaseStatus {
-        chart: format!("{}-{}", r.chart.metadata.name, r.chart.metadata.version),
+        chart: if chart_name.is_empty() { String::new() } else { format!("{chart_name}-{chart_version}") },
         name: r.name,
         namespace: r.namespace,
         revision: r.version,
         status: r.info.status,
-        chart_name: r.chart.metadata.name,
-        chart_version: r.chart.metadata.version,
-        app_version: r.chart.metadata.app_version,
+        chart_name,
+        chart_version,
+        app_version,
         description: r.info.description,
         notes: r.info.notes,
         first_deployed: r.info.first_deployed,
@@ -769,6 +808,15 @@ mod tests {
     }
 
     #[test]
+    fn set_pairs_parse_and_errors_hide_values() {
+        assert_eq!(Values::parse_set("a.b=c=d").unwrap(), ("a.b".to_string(), "c=d".to_string()));
+        assert_eq!(Values::parse_set("a=").unwrap(), ("a".to_string(), String::new()));
+        let e = Values::parse_set("hunter2").unwrap_err().to_string();
+        assert!(!e.contains("hunter2"), "{e}");
+        assert!(Values::parse_set("=x").is_err());
+    }
+
+    #[test]
     fn url_charts_use_the_repo_flag() {
         let mut cmd = Cmd::new(["pull"]);
         ChartRef::Url { url: "https://charts.example/x".into(), chart: "lily".into() }.push(&mut cmd);
@@ -781,7 +829,16 @@ mod tests {
         let h = Helm::with_binary("/bin/false", dir.path()).unwrap();
         let env = h.env();
         let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| PathBuf::from(v)).unwrap_or_else(|| panic!("{k} unset"));
-        for k in ["HELM_CONFIG_HOME", "HELM_CACHE_HOME", "HELM_DATA_HOME", "HELM_REPOSITORY_CONFIG", "HELM_REPOSITORY_CACHE", "HELM_REGISTRY_CONFIG", "HELM_PLUGINS", "KUBECONFIG"] {
+        for k in [
+            "HELM_CONFIG_HOME",
+            "HELM_CACHE_HOME",
+            "HELM_DATA_HOME",
+            "HELM_REPOSITORY_CONFIG",
+            "HELM_REPOSITORY_CACHE",
+            "HELM_REGISTRY_CONFIG",
+            "HELM_PLUGINS",
+            "KUBECONFIG",
+        ] {
             assert!(get(k).starts_with(dir.path()), "{k} = {}", get(k).display());
         }
         assert_eq!(get("HELM_KUBECONTEXT"), PathBuf::new());
@@ -795,9 +852,22 @@ mod tests {
             "chart":{"metadata":{"name":"lily","version":"0.2.0","appVersion":"0.17.0","apiVersion":"v2"},"templates":[]},
             "config":{"password":"hunter2"},"manifest":"---","version":2,"namespace":"ns"}"#;
         let s = parse_status(status).unwrap();
-        assert_eq!((s.revision, s.status.clone(), s.chart.as_str(), s.app_version.as_str()), (2, ReleaseState::Deployed, "lily-0.2.0", "0.17.0"));
+        assert_eq!(
+            (s.revision, s.status.clone(), s.chart.as_str(), s.app_version.as_str()),
+            (2, ReleaseState::Deployed, "lily-0.2.0", "0.17.0")
+        );
         assert_eq!(s.description, "Upgrade complete");
         assert!(!format!("{s:?}").contains("hunter2"));
+
+        let newer =
+            r#"{"name":"rel","info":{"status":"failed","description":"Upgrade \"rel\" failed"},"config":{},"version":3,"namespace":"ns"}"#;
+        let s = parse_status(newer).unwrap();
+        assert_eq!((s.revision, s.status.clone(), s.chart.as_str()), (3, ReleaseState::Failed, ""));
+        let meta: RawMeta = serde_json::from_str(
+            r#"{"name":"rel","chart":"lily","version":"0.1.0","appVersion":"0.17.0","namespace":"lily","revision":1,"status":"deployed"}"#,
+        )
+        .unwrap();
+        assert_eq!((meta.name_or_chart(), meta.version.as_str(), meta.app_version.as_str()), ("lily", "0.1.0", "0.17.0"));
 
         let history = r#"[{"revision":2,"updated":"t2","status":"deployed","chart":"lily-0.2.0","app_version":"0.17.0","description":"Upgrade complete"},
             {"revision":1,"updated":"t1","status":"superseded","chart":"lily-0.1.0","app_version":"0.17.0","description":"Install complete"},

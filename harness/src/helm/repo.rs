@@ -56,52 +56,10 @@ impl ChartRepo {
             return Err(Error::Invalid(format!("chart repository directory {} is not empty", dir.display())));
         }
 
-        let mut chart_name: Option<(String, String)> = None; // (name, from which source)
-        let mut archives: BTreeMap<Version, PathBuf> = BTreeMap::new();
-        let mut origin: BTreeMap<Version, String> = BTreeMap::new();
         let staging = dir.join(".staging");
-        for (i, src) in sources.iter().enumerate() {
-            src.check()?;
-            let stage = staging.join(i.to_string());
-            std::fs::create_dir_all(&stage).map_err(Error::io(format!("create {}", stage.display())))?;
-            let packaged = match src {
-                ChartSource::Dir { path, version } => {
-                    let v = version.as_ref().map(ToString::to_string);
-                    helm.package(path, v.as_deref(), &stage).await?
-                }
-                ChartSource::Archive { path } => {
-                    let to = stage.join("chart.tgz");
-                    std::fs::copy(path, &to).map_err(Error::io(format!("copy {}", path.display())))?;
-                    to
-                }
-                ChartSource::Remote { url, chart, .. } => {
-                    return Err(Error::Invalid(format!(
-                        "{url}#{chart} is already in a chart repository; only local charts (directories, .tgz) can be served"
-                    )))
-                }
-            };
-            let meta = ChartMeta::read(&packaged)?;
-            let version = meta.semver()?;
-            match &chart_name {
-                None => chart_name = Some((meta.name.clone(), src.to_string())),
-                Some((n, from)) if *n != meta.name => {
-                    return Err(Error::Invalid(format!(
-                        "mixed chart names: {from} is chart {n} but {src} is chart {}; a repository serves versions of one chart",
-                        meta.name
-                    )))
-                }
-                Some(_) => {}
-            }
-            if let Some(prev) = origin.get(&version) {
-                return Err(Error::Invalid(format!("chart version {version} is given twice ({prev} and {src})")));
-            }
-            let dest = dir.join(format!("{}-{version}.tgz", meta.name));
-            std::fs::rename(&packaged, &dest).map_err(Error::io(format!("move {} into {}", packaged.display(), dir.display())))?;
-            origin.insert(version.clone(), src.to_string());
-            archives.insert(version, dest);
-        }
+        let packaged = package_all(helm, sources, dir, &staging).await;
         let _ = std::fs::remove_dir_all(&staging);
-        let (chart_name, _) = chart_name.expect("at least one source");
+        let (chart_name, archives) = packaged?;
 
         let server = tiny_http::Server::http("127.0.0.1:0")
             .map_err(|e| Error::Helm { what: "cannot start the local chart repository server on 127.0.0.1".into(), source: Some(e) })?;
@@ -183,13 +141,67 @@ impl Drop for ChartRepo {
     }
 }
 
+/// Packages (or copies) every source into `dir` as `<chart>-<version>.tgz`, via `staging`;
+/// returns the chart's name and the archives by version.
+async fn package_all(helm: &Helm, sources: &[ChartSource], dir: &Path, staging: &Path) -> Result<(String, BTreeMap<Version, PathBuf>)> {
+    let mut chart_name: Option<(String, String)> = None; // (name, from which source)
+    let mut archives: BTreeMap<Version, PathBuf> = BTreeMap::new();
+    let mut origin: BTreeMap<Version, String> = BTreeMap::new();
+    for (i, src) in sources.iter().enumerate() {
+        src.check()?;
+        let stage = staging.join(i.to_string());
+        std::fs::create_dir_all(&stage).map_err(Error::io(format!("create {}", stage.display())))?;
+        let packaged = match src {
+            ChartSource::Dir { path, version } => {
+                let v = version.as_ref().map(ToString::to_string);
+                helm.package(path, v.as_deref(), &stage).await?
+            }
+            ChartSource::Archive { path } => {
+                let to = stage.join("chart.tgz");
+                std::fs::copy(path, &to).map_err(Error::io(format!("copy {}", path.display())))?;
+                to
+            }
+            ChartSource::Remote { url, chart, .. } => {
+                return Err(Error::Invalid(format!(
+                    "{url}#{chart} is already in a chart repository; only local charts (directories, .tgz) can be served"
+                )))
+            }
+        };
+        let meta = ChartMeta::read(&packaged)?;
+        let version = meta.semver()?;
+        match &chart_name {
+            None => chart_name = Some((meta.name.clone(), src.to_string())),
+            Some((n, from)) if *n != meta.name => {
+                return Err(Error::Invalid(format!(
+                    "mixed chart names: {from} is chart {n} but {src} is chart {}; a repository serves versions of one chart",
+                    meta.name
+                )))
+            }
+            Some(_) => {}
+        }
+        if let Some(prev) = origin.get(&version) {
+            return Err(Error::Invalid(format!("chart version {version} is given twice ({prev} and {src})")));
+        }
+        let dest = dir.join(format!("{}-{version}.tgz", meta.name));
+        std::fs::rename(&packaged, &dest).map_err(Error::io(format!("move {} into {}", packaged.display(), dir.display())))?;
+        origin.insert(version.clone(), src.to_string());
+        archives.insert(version, dest);
+    }
+    let (chart_name, _) = chart_name.expect("at least one source");
+    Ok((chart_name, archives))
+}
+
 /// Answers GET/HEAD for the plain files directly in `dir`; 404 for anything else.
 fn serve_files(server: &tiny_http::Server, dir: &Path) {
     for req in server.incoming_requests() {
         let path = req.url().split(['?', '#']).next().unwrap_or("").trim_start_matches('/').to_string();
         let method_ok = matches!(req.method(), tiny_http::Method::Get | tiny_http::Method::Head);
         let safe = !path.is_empty() && !path.contains('/') && !path.contains('\\') && !path.starts_with('.');
-        let file = if method_ok && safe { std::fs::File::open(dir.join(&path)).ok().filter(|f| f.metadata().is_ok_and(|m| m.is_file())) } else { None };
+        let file = if method_ok && safe {
+            std::fs::File::open(dir.join(&path)).ok().filter(|f| f.metadata().is_ok_and(|m| m.is_file()))
+        } else {
+            None
+        };
         let res = match file {
             Some(f) => {
                 let ctype = if path.ends_with(".yaml") { "application/x-yaml" } else { "application/gzip" };

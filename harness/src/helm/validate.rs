@@ -129,8 +129,10 @@ pub async fn install_crd(client: &Client, crd: &MinimalCrd, labels: &BTreeMap<St
     api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&crd.to_crd(labels)))
         .await
         .map_err(Error::kube(format!("install CustomResourceDefinition {name}")))?;
-    crate::wait::until(&api, &name, &format!("CustomResourceDefinition {name} to be Established"), timeout, |c| c.is_some_and(crd_established))
-        .await?;
+    crate::wait::until(&api, &name, &format!("CustomResourceDefinition {name} to be Established"), timeout, |c| {
+        c.is_some_and(crd_established)
+    })
+    .await?;
     Ok(())
 }
 
@@ -284,9 +286,9 @@ pub fn report(results: &[ObjectResult]) -> String {
     results
         .iter()
         .map(|r| match &r.outcome {
-            Outcome::Accepted => format!("ok       {}", r.id()),
-            Outcome::NeedsCrd { group, kind, .. } => format!("needs crd {} ({kind}.{group} is not served)", r.id()),
-            Outcome::Rejected { code, message, .. } => format!("rejected {} ({code}): {message}", r.id()),
+            Outcome::Accepted => format!("ok        {}", r.id()),
+            Outcome::NeedsCrd { group, kind, .. } => format!("needs-crd {} ({kind}.{group} is not served)", r.id()),
+            Outcome::Rejected { code, message, .. } => format!("rejected  {} ({code}): {message}", r.id()),
         })
         .collect::<Vec<_>>()
         .join("\n")
@@ -339,5 +341,167 @@ mod tests {
         let schema = v.schema.as_ref().unwrap().open_api_v3_schema.as_ref().unwrap();
         assert_eq!(schema.x_kubernetes_preserve_unknown_fields, Some(true));
         assert_eq!(crd.metadata.labels.unwrap()["lily-e2e.io/run-id"], "r1");
+    }
+
+    /// A fake API server: discovery for core/v1 (configmaps), apps/v1 (statefulsets) and,
+    /// once its CRD is applied, monitoring.coreos.com/v1 (servicemonitors); dry-run applies
+    /// echo the object, except a ConfigMap named `bad`, which is rejected.
+    struct FakeApi {
+        url: String,
+        seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+        server: std::sync::Arc<tiny_http::Server>,
+    }
+
+    impl Drop for FakeApi {
+        fn drop(&mut self) {
+            self.server.unblock();
+        }
+    }
+
+    fn fake_api() -> FakeApi {
+        use serde_json::json;
+        let server = std::sync::Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
+        let url = format!("http://{}", server.server_addr().to_ip().unwrap());
+        let seen: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+        let (srv, log) = (server.clone(), seen.clone());
+        std::thread::spawn(move || {
+            let mut crd_installed = false;
+            let crd = |installed: bool| {
+                json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+                    "metadata": {"name": "servicemonitors.monitoring.coreos.com", "resourceVersion": "2"},
+                    "spec": {"group": "monitoring.coreos.com", "scope": "Namespaced",
+                        "names": {"kind": "ServiceMonitor", "plural": "servicemonitors"},
+                        "versions": [{"name": "v1", "served": true, "storage": true}]},
+                    "status": {"conditions": if installed { json!([{"type": "Established", "status": "True"}]) } else { json!([]) }}})
+            };
+            let group = |name: &str| {
+                json!({"name": name, "versions": [{"groupVersion": format!("{name}/v1"), "version": "v1"}],
+                "preferredVersion": {"groupVersion": format!("{name}/v1"), "version": "v1"}})
+            };
+            let resources = |gv: &str, name: &str, kind: &str| {
+                json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv,
+                "resources": [{"name": name, "singularName": "", "namespaced": true, "kind": kind,
+                    "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"]}]})
+            };
+            for mut req in srv.incoming_requests() {
+                let mut body = String::new();
+                let _ = req.as_reader().read_to_string(&mut body);
+                let url = req.url().to_string();
+                log.lock().unwrap().push(format!("{} {url}", req.method()));
+                let path = url.split('?').next().unwrap().to_string();
+                let (code, reply) = match (req.method().as_str(), path.as_str()) {
+                    ("GET", "/api") => (200, json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []})),
+                    ("GET", "/apis") => {
+                        let mut groups = vec![group("apps"), group("apiextensions.k8s.io")];
+                        if crd_installed {
+                            groups.push(group("monitoring.coreos.com"));
+                        }
+                        (200, json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}))
+                    }
+                    ("GET", "/api/v1") => (200, resources("v1", "configmaps", "ConfigMap")),
+                    ("GET", "/apis/apps/v1") => (200, resources("apps/v1", "statefulsets", "StatefulSet")),
+                    ("GET", "/apis/monitoring.coreos.com/v1") if crd_installed => {
+                        (200, resources("monitoring.coreos.com/v1", "servicemonitors", "ServiceMonitor"))
+                    }
+                    ("PATCH", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/servicemonitors.monitoring.coreos.com") => {
+                        crd_installed = true;
+                        (200, crd(true))
+                    }
+                    ("GET", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions") if url.contains("watch=true") => {
+                        std::thread::sleep(Duration::from_millis(200));
+                        (200, json!(null))
+                    }
+                    ("GET", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions") => (
+                        200,
+                        json!({
+                        "kind": "CustomResourceDefinitionList", "apiVersion": "apiextensions.k8s.io/v1",
+                        "metadata": {"resourceVersion": "2"}, "items": if crd_installed { vec![crd(true)] } else { vec![] }}),
+                    ),
+                    ("PATCH", p) if p.ends_with("/configmaps/bad") => (
+                        422,
+                        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                        "code": 422, "reason": "Invalid", "message": "ConfigMap \"bad\" is invalid: data[a b]: Invalid value: \"a b\""}),
+                    ),
+                    ("PATCH", _) => (200, serde_json::from_str(&body).unwrap_or_default()),
+                    _ => (
+                        404,
+                        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404, "reason": "NotFound",
+                        "message": "the server could not find the requested resource"}),
+                    ),
+                };
+                let text = if reply.is_null() { String::new() } else { reply.to_string() };
+                let header = tiny_http::Header::from_bytes("Content-Type", "application/json").unwrap();
+                let _ = req.respond(tiny_http::Response::from_string(text).with_status_code(code).with_header(header));
+            }
+        });
+        FakeApi { url, seen, server }
+    }
+
+    fn client(url: &str) -> Client {
+        let config = kube::Config::new(url.parse().unwrap());
+        Client::try_from(config).unwrap()
+    }
+
+    fn docs() -> Vec<Value> {
+        vec![
+            serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "good"}, "data": {"a": "b"}}),
+            serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "bad", "namespace": "other"}}),
+            serde_json::json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "lily"}}),
+            serde_json::json!({"apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor", "metadata": {"name": "lily"}}),
+        ]
+    }
+
+    #[tokio::test]
+    async fn dry_run_reports_accepted_rejected_and_missing_crds() {
+        let api = fake_api();
+        let results = dry_run_apply(&client(&api.url), &docs(), "lily", &CrdPolicy::Report).await.unwrap();
+        let outcomes: Vec<(String, &Outcome)> = results.iter().map(|r| (r.id(), &r.outcome)).collect();
+        assert_eq!(outcomes[0], ("ConfigMap lily/good".into(), &Outcome::Accepted));
+        assert!(
+            matches!(outcomes[1], (ref id, Outcome::Rejected { code: 422, message, .. }) if id == "ConfigMap other/bad" && message.contains("is invalid")),
+            "{outcomes:?}"
+        );
+        assert_eq!(outcomes[2], ("StatefulSet lily/lily".into(), &Outcome::Accepted));
+        assert!(
+            matches!(outcomes[3].1, Outcome::NeedsCrd { group, kind, .. } if group == "monitoring.coreos.com" && kind == "ServiceMonitor")
+        );
+        assert_eq!(missing_crds(&results), vec![("monitoring.coreos.com".to_string(), "ServiceMonitor".to_string())]);
+        let seen = api.seen.lock().unwrap().clone();
+        let patch = seen.iter().find(|r| r.contains("/namespaces/lily/configmaps/good")).expect("a patch of ConfigMap good");
+        assert!(
+            patch.starts_with("PATCH ")
+                && patch.contains("dryRun=All")
+                && patch.contains("fieldManager=lily-e2e")
+                && patch.contains("force=true"),
+            "{patch}"
+        );
+        assert!(!seen.iter().any(|r| r.contains("customresourcedefinitions")), "Report installs nothing: {seen:?}");
+        let text = report(&results);
+        assert!(
+            text.contains("needs-crd ServiceMonitor lily (ServiceMonitor.monitoring.coreos.com is not served)")
+                && text.contains("rejected  ConfigMap other/bad (422)"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn install_minimal_adds_the_crd_then_validates_the_object() {
+        let api = fake_api();
+        let policy = CrdPolicy::InstallMinimal(vec![MinimalCrd::service_monitor()]);
+        let results =
+            dry_run_apply_with(&client(&api.url), &docs(), "lily", &policy, &BTreeMap::new(), Duration::from_secs(10)).await.unwrap();
+        assert_eq!(results[3].outcome, Outcome::Accepted, "{results:?}");
+        assert!(missing_crds(&results).is_empty());
+        let seen = api.seen.lock().unwrap().clone();
+        assert!(
+            seen.iter().any(|r| r
+                .starts_with("PATCH /apis/apiextensions.k8s.io/v1/customresourcedefinitions/servicemonitors.monitoring.coreos.com?")
+                && !r.contains("dryRun")),
+            "{seen:?}"
+        );
+        assert!(
+            seen.iter().any(|r| r.starts_with("PATCH /apis/monitoring.coreos.com/v1/namespaces/lily/servicemonitors/lily?")),
+            "{seen:?}"
+        );
     }
 }

@@ -241,26 +241,24 @@ struct ContainerServer {
 impl ContainerServer {
     /// Resolves when the container stops running (checked every 500 ms), as an error
     /// carrying the end of its log.
-    fn exited(&self) -> impl std::future::Future<Output = Error> + '_ {
-        async move {
-            let c = self.container.as_ref().expect("running");
-            let start = Instant::now();
-            loop {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                if let Ok(false) = c.is_running().await {
-                    let log = c.stderr_to_vec().await.unwrap_or_default();
-                    let text = String::from_utf8_lossy(&log);
-                    let tail: Vec<&str> = text.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect();
-                    return Error::Tool {
-                        what: format!(
-                            "the postgresql container ({}) stopped {}s after it started; it ended with:\n{}",
-                            self.image,
-                            start.elapsed().as_secs(),
-                            tail.join("\n")
-                        ),
-                        source: None,
-                    };
-                }
+    async fn exited(&self) -> Error {
+        let c = self.container.as_ref().expect("running");
+        let start = Instant::now();
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if let Ok(false) = c.is_running().await {
+                let log = c.stderr_to_vec().await.unwrap_or_default();
+                let text = String::from_utf8_lossy(&log);
+                let tail: Vec<&str> = text.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect();
+                return Error::Tool {
+                    what: format!(
+                        "the postgresql container ({}) stopped {}s after it started; it ended with:\n{}",
+                        self.image,
+                        start.elapsed().as_secs(),
+                        tail.join("\n")
+                    ),
+                    source: None,
+                };
             }
         }
     }

@@ -60,7 +60,7 @@ impl Local {
             Some(d) => {
                 if !(d.join("initdb").is_file() && d.join("postgres").is_file()) {
                     return Err(Error::Invalid(format!(
-                        "{} holds no initdb and postgres (set by {BIN_ENV} or --postgres-bin)",
+                        "{} holds no initdb and postgres (named by {BIN_ENV})",
                         d.display()
                     )));
                 }

@@ -1,13 +1,18 @@
 //! The kubelet's share of volume state on simulated nodes, which kwok does not keep:
 //! `node.status.volumesInUse` and mount gating.
 //!
-//! A CSI volume is in use on node N while a pod bound to N uses it, and for N's unmount
-//! delay after the last such pod left (never, if N's unmount is stuck). The attach/detach
+//! A CSI volume is in use on node N while a running (not terminating) pod bound to N uses
+//! it, and for N's unmount delay after the last such pod terminated (never, if N's unmount
+//! is stuck). The attach/detach
 //! controller does not detach a volume its node still reports in use; that is what makes
 //! a replacement pod on another node hit a real "Multi-Attach error".
 //!
 //! A pod is mounted (annotated [`MOUNTED_ANNOTATION`]) once all its CSI volumes are in its
-//! node's `status.volumesAttached`; kwok starts no pod before that.
+//! node's `status.volumesAttached`; kwok starts no pod before that. A terminating pod is
+//! annotated [`UNMOUNTED_ANNOTATION`] once the node's volumesInUse reflects its end (with no
+//! unmount delay: without its volumes); kwok deletes no pod before that, as a real kubelet
+//! keeps the pod object until its volumes are torn down. So with no delay the node stops
+//! reporting the volume in use before the pod is gone and a replacement can appear.
 //!
 //! A simulated node whose kwok management label is gone is dead: its kubelet state freezes
 //! (no volumesInUse updates, no mounts) until the label returns.
@@ -26,7 +31,7 @@ use tokio::time::Instant;
 
 use super::log::DecisionLog;
 use super::world::{rv_of, stale, World};
-use super::{csi_unique_name, Knobs, NodeKnobs, MOUNTED_ANNOTATION};
+use super::{csi_unique_name, Knobs, NodeKnobs, MOUNTED_ANNOTATION, UNMOUNTED_ANNOTATION};
 use crate::cluster::nodes::KWOK_LABEL;
 
 /// Set on every Node the harness simulates (see `cluster::nodes`).
@@ -166,6 +171,9 @@ impl NodeVolumes {
     }
 }
 
+/// A scheduled pod and its CSI volumes (or why they are not known yet).
+type PodVolumes = (Arc<Pod>, Result<BTreeSet<String>, String>);
+
 #[derive(Default)]
 struct NodeState {
     vols: NodeVolumes,
@@ -178,8 +186,9 @@ struct Kubelet {
     nodes_api: Api<Node>,
     nodes: HashMap<String, NodeState>,
     dead: HashSet<String>,
-    /// Pod uid -> resource version after the sim annotated it.
+    /// Pod uid -> resource version after the sim annotated it (mounted, or unmounted).
     mounted: HashMap<String, Option<u64>>,
+    unmounted: HashMap<String, Option<u64>>,
     said: HashMap<String, String>,
 }
 
@@ -190,6 +199,7 @@ pub(super) async fn kubelet(client: Client, world: World, wake: Arc<Notify>, kno
         nodes: HashMap::new(),
         dead: HashSet::new(),
         mounted: HashMap::new(),
+        unmounted: HashMap::new(),
         said: HashMap::new(),
     };
     loop {
@@ -227,7 +237,7 @@ impl Kubelet {
         let pv = |name: &str| world.pvs.get(&ObjectRef::new(name));
 
         // Pods by node, with their volumes (or why those are not known yet).
-        let mut pods_on: HashMap<String, Vec<(Arc<Pod>, Result<BTreeSet<String>, String>)>> = HashMap::new();
+        let mut pods_on: HashMap<String, Vec<PodVolumes>> = HashMap::new();
         for pod in world.pods.state() {
             let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) else { continue };
             if terminal(&pod) {
@@ -238,6 +248,7 @@ impl Kubelet {
         }
         let live_pods: HashSet<String> = world.pods.state().iter().filter_map(|p| p.uid()).collect();
         self.mounted.retain(|uid, _| live_pods.contains(uid));
+        self.unmounted.retain(|uid, _| live_pods.contains(uid));
         self.said.retain(|k, _| !k.starts_with("pod:") || live_pods.contains(&k[4..]));
 
         let nodes = world.nodes.state();
@@ -261,7 +272,13 @@ impl Kubelet {
                 }
             }
             let pods = pods_on.get(&name).map(Vec::as_slice).unwrap_or_default();
-            let used: BTreeSet<String> = pods.iter().filter_map(|(_, v)| v.as_ref().ok()).flatten().cloned().collect();
+            let used: BTreeSet<String> = pods
+                .iter()
+                .filter(|(p, _)| p.metadata.deletion_timestamp.is_none())
+                .filter_map(|(_, v)| v.as_ref().ok())
+                .flatten()
+                .cloned()
+                .collect();
             let status = node.status.clone().unwrap_or_default();
             let reported = status.volumes_in_use.clone().unwrap_or_default();
             let k = knobs.node(&name);
@@ -270,7 +287,7 @@ impl Kubelet {
             next = earliest(next, step.next);
             let users = |v: &str| {
                 pods.iter()
-                    .filter(|(_, vs)| vs.as_ref().is_ok_and(|vs| vs.contains(v)))
+                    .filter(|(p, vs)| p.metadata.deletion_timestamp.is_none() && vs.as_ref().is_ok_and(|vs| vs.contains(v)))
                     .map(|(p, _)| format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any()))
                     .collect::<Vec<_>>()
                     .join(", ")
@@ -287,7 +304,7 @@ impl Kubelet {
                 } else {
                     format!("unmount delay {}s", k.unmount_delay.as_secs_f64())
                 };
-                log.record("kubelet", format!("node {name}: volume {v} no longer used by any pod; {when}"));
+                log.record("kubelet", format!("node {name}: volume {v} no longer used by a running pod; {when}"));
             }
             for v in &step.released {
                 log.record("kubelet", format!("node {name}: volume {v} unmounted; no longer in use"));
@@ -318,6 +335,32 @@ impl Kubelet {
             }
             if !synced {
                 continue;
+            }
+
+            // Unmount: terminating pods, now that volumesInUse reflects their end, may go.
+            for (pod, vols) in pods {
+                if pod.metadata.deletion_timestamp.is_none() || pod.annotations().get(UNMOUNTED_ANNOTATION).map(String::as_str) == Some("true") {
+                    continue;
+                }
+                let Some(uid) = pod.uid() else { continue };
+                if self.unmounted.get(&uid).is_some_and(|rv| stale(pod.as_ref(), *rv)) {
+                    continue;
+                }
+                let pod_ref = format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any());
+                let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
+                let patch = json!({"metadata": {"annotations": {UNMOUNTED_ANNOTATION: "true"}}});
+                match api.patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+                    Ok(out) => {
+                        let n = vols.as_ref().map(|v| v.len()).unwrap_or(0);
+                        log.record("kubelet", format!("node {name}: tore down pod {pod_ref} ({n} attachable volume(s)); its deletion may complete"));
+                        self.unmounted.insert(uid, rv_of(&out));
+                    }
+                    Err(kube::Error::Api(e)) if e.code == 404 => {}
+                    Err(e) => {
+                        self.once(log, &format!("pod:{uid}"), format!("pod {pod_ref}: cannot mark unmounted: {e}"));
+                        next = earliest(next, Some(now + RETRY));
+                    }
+                }
             }
 
             // Mount: pods whose volumes are all attached to the node.

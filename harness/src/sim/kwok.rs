@@ -12,16 +12,18 @@
 //!   annotated it [`MOUNTED_ANNOTATION`](super::MOUNTED_ANNOTATION)`: "true"`, i.e. once
 //!   every CSI volume it uses is attached to its node;
 //! - `lily-e2e-pod-complete` completes Running pods owned by a Job;
-//! - `lily-e2e-pod-delete` finalises the deletion of pods with a deletionTimestamp (grace 0).
+//! - `lily-e2e-pod-delete` finalises the deletion (grace 0) of pods with a deletionTimestamp
+//!   once the sim kubelet has annotated them [`UNMOUNTED_ANNOTATION`](super::UNMOUNTED_ANNOTATION)`:
+//!   "true"` (their volumes torn down; a real kubelet keeps the pod object until then).
 
-use super::MOUNTED_ANNOTATION;
+use super::{MOUNTED_ANNOTATION, UNMOUNTED_ANNOTATION};
 
 /// The KwokConfiguration and Stage documents, as one multi-document YAML stream.
 pub fn kwok_config() -> String {
     let mut out = String::from(KWOK_CONFIGURATION);
     for stage in [NODE_INITIALIZE, NODE_HEARTBEAT, POD_READY, POD_COMPLETE, POD_DELETE] {
         out.push_str("---\n");
-        out.push_str(&stage.replace("@MOUNTED@", MOUNTED_ANNOTATION));
+        out.push_str(&stage.replace("@MOUNTED@", MOUNTED_ANNOTATION).replace("@UNMOUNTED@", UNMOUNTED_ANNOTATION));
     }
     out
 }
@@ -325,7 +327,7 @@ spec:
         phase: Succeeded
 "#;
 
-/// Pods being deleted: the kubelet has stopped them; delete with grace period 0.
+/// Pods being deleted whose volumes the sim kubelet has torn down: delete with grace 0.
 const POD_DELETE: &str = r#"apiVersion: kwok.x-k8s.io/v1alpha1
 kind: Stage
 metadata:
@@ -339,6 +341,10 @@ spec:
     - jq:
         key: '.metadata.deletionTimestamp'
         operator: Exists
+    - jq:
+        key: '.metadata.annotations["@UNMOUNTED@"]'
+        operator: In
+        values: ['true']
   steps:
   - delete: true
 "#;
@@ -403,10 +409,14 @@ mod tests {
     }
 
     #[test]
-    fn pod_delete_deletes_pods_being_deleted() {
+    fn pod_delete_deletes_pods_being_deleted_once_unmounted() {
         let docs = stages();
         let del = docs.iter().find(|d| d["metadata"]["name"] == "lily-e2e-pod-delete").unwrap();
-        assert_eq!(del["spec"]["selector"]["matchExpressions"][0]["jq"]["operator"], "Exists");
+        let exprs = &del["spec"]["selector"]["matchExpressions"];
+        assert_eq!(exprs[0]["jq"]["key"], ".metadata.deletionTimestamp");
+        assert_eq!(exprs[0]["jq"]["operator"], "Exists");
+        assert_eq!(exprs[1]["jq"]["key"], format!(".metadata.annotations[\"{UNMOUNTED_ANNOTATION}\"]"));
+        assert_eq!(exprs[1]["jq"]["values"][0], "true");
         assert_eq!(del["spec"]["steps"][0]["delete"], true);
     }
 }

@@ -11,10 +11,11 @@
 //!   drives attach and detach, writing `node.status.volumesAttached` itself;
 //! - the kubelet's share of volume state for simulated nodes, which kwok does not touch:
 //!   `node.status.volumesInUse` (a volume stays in use for the node's unmount delay after
-//!   its last pod left, which is what produces a real "Multi-Attach error" when a
-//!   replacement pod lands elsewhere), and mount gating: a pod is annotated
+//!   its last pod on the node terminated, which is what produces a real "Multi-Attach
+//!   error" when a replacement pod lands elsewhere), and mount gating: a pod is annotated
 //!   [`MOUNTED_ANNOTATION`] once its volumes are attached, and only then does kwok (see
-//!   [`kwok_config`]) start it.
+//!   [`kwok_config`]) start it; a terminating pod is annotated [`UNMOUNTED_ANNOTATION`]
+//!   once its volumes are torn down, and only then does kwok finalise its deletion.
 //!
 //! Fault knobs ([`Knobs`]) change per-node behaviour while the controllers run. A node
 //! whose kwok management label was removed (its heartbeat stopped) counts as dead: its
@@ -50,6 +51,10 @@ pub const DEFAULT_STORAGE_CLASS: &str = "gp2";
 /// Set to `"true"` on a pod by the sim kubelet once all its volumes are attached and
 /// mounted; kwok starts no pod without it.
 pub const MOUNTED_ANNOTATION: &str = "sim.lily-e2e.io/volumes-mounted";
+/// Set to `"true"` on a terminating pod by the sim kubelet once it has torn down the pod's
+/// volumes (and, with no unmount delay, dropped them from `volumesInUse`); kwok finalises
+/// no pod deletion without it, as a real kubelet keeps the pod object until then.
+pub const UNMOUNTED_ANNOTATION: &str = "sim.lily-e2e.io/volumes-unmounted";
 /// The finalizer the sim attacher puts on VolumeAttachments it attached (the name the
 /// real external-attacher would use for this driver).
 pub const ATTACHER_FINALIZER: &str = "external-attacher/block-sim-lily-e2e-io";
