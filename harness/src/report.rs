@@ -17,6 +17,8 @@ pub struct CaseResult {
     /// The slowest step and how long it took.
     pub slowest_step: Option<(String, Duration)>,
     pub artifacts: Option<std::path::PathBuf>,
+    /// Facts that vary run to run (time to recovery); shown, never snapshotted.
+    pub notes: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -71,6 +73,9 @@ pub fn summary(results: &[CaseResult]) -> String {
         let mark = if r.passed() { "PASS" } else { "FAIL" };
         let slow = r.slowest_step.as_ref().map(|(n, d)| format!("  (slowest: {n} {:.1}s)", d.as_secs_f64())).unwrap_or_default();
         s.push_str(&format!("{mark} {:<52} {:>6.1}s{slow}\n", r.name, r.duration.as_secs_f64()));
+        for n in &r.notes {
+            s.push_str(&format!("     {n}\n"));
+        }
         if let CaseOutcome::Failed { step, message } = &r.outcome {
             s.push_str(&format!("     step {step}: {}\n", message.lines().next().unwrap_or("")));
             if let Some(a) = &r.artifacts {
@@ -92,13 +97,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("j.xml");
         let results = vec![
-            CaseResult { name: "install".into(), duration: Duration::from_secs(3), outcome: CaseOutcome::Passed, slowest_step: None, artifacts: None },
+            CaseResult { name: "install".into(), duration: Duration::from_secs(3), outcome: CaseOutcome::Passed, slowest_step: None, artifacts: None, notes: vec![] },
             CaseResult {
                 name: "multi-attach/node-gone".into(),
                 duration: Duration::from_secs(9),
                 outcome: CaseOutcome::Failed { step: "expect-event".into(), message: "timed out".into() },
                 slowest_step: None,
                 artifacts: None,
+                notes: vec![],
             },
         ];
         write_junit(&p, &results).unwrap();

@@ -19,7 +19,12 @@ use crate::error::{Error, Result};
 /// A short, single-line summary of an object for "last seen" messages: its name and status.
 pub fn summarize<K: Serialize + ResourceExt>(obj: &K) -> String {
     let v = serde_json::to_value(obj).unwrap_or_default();
-    let status = v.get("status").map(|s| s.to_string()).unwrap_or_else(|| "no status".into());
+    let status = match (v.get("status"), v.get("reason"), v.get("message")) {
+        (Some(s), _, _) if !s.is_null() => s.to_string(),
+        // Events carry what matters at the top level.
+        (_, Some(r), Some(m)) => format!("{}: {}", r.as_str().unwrap_or(""), m.as_str().unwrap_or("")),
+        _ => "no status".into(),
+    };
     let mut s = format!("{} {}", obj.name_any(), status);
     truncate(&mut s, 800);
     s

@@ -11,7 +11,16 @@ use serde::{de::DeserializeOwned, Serialize};
 pub struct YamlError {
     context: Option<String>,
     #[source]
-    source: serde_yaml::Error,
+    source: Cause,
+}
+
+/// Why: YAML syntax, or a document that does not fit the expected shape.
+#[derive(Debug, thiserror::Error)]
+pub enum Cause {
+    #[error(transparent)]
+    Syntax(#[from] serde_yaml::Error),
+    #[error(transparent)]
+    Shape(#[from] serde_json::Error),
 }
 
 impl YamlError {
@@ -24,13 +33,23 @@ impl YamlError {
 
 impl From<serde_yaml::Error> for YamlError {
     fn from(source: serde_yaml::Error) -> Self {
-        Self { context: None, source }
+        Self { context: None, source: Cause::Syntax(source) }
+    }
+}
+
+impl From<serde_json::Error> for YamlError {
+    fn from(source: serde_json::Error) -> Self {
+        Self { context: None, source: Cause::Shape(source) }
     }
 }
 
 /// Parses one YAML document into `T`.
+///
+/// The document is read as plain data first and then mapped onto `T`, so enums are written
+/// as one-key maps (`- helm-upgrade: {...}`), as in JSON, rather than as YAML tags.
 pub fn from_str<T: DeserializeOwned>(text: &str) -> Result<T, YamlError> {
-    Ok(serde_yaml::from_str(text)?)
+    let value: serde_json::Value = serde_yaml::from_str(text)?;
+    Ok(serde_json::from_value(value)?)
 }
 
 /// Parses one YAML document from a file, naming the file in the error.

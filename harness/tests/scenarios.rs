@@ -57,6 +57,9 @@ async fn run_one(sc: model::Scenario, test_name: String, shared: Shared) -> Resu
             Err(e) => return Err(Failed::from(format!("cannot start the shared environment: {e}"))),
         }
     };
+    for n in &result.result.notes {
+        eprintln!("{test_name}: {n}");
+    }
     match &result.result.outcome {
         CaseOutcome::Failed { step, message } => {
             let artifacts = result.result.artifacts.as_ref().map(|a| format!("\nartifacts: {}", a.display())).unwrap_or_default();
@@ -71,7 +74,7 @@ async fn run_one(sc: model::Scenario, test_name: String, shared: Shared) -> Resu
         settings.set_prepend_module_to_snapshot(false);
         settings.set_omit_expression(true);
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            settings.bind(|| insta::assert_snapshot!(snap_name, text));
+            settings.bind(|| insta::assert_snapshot!(snap_name.as_str(), text.as_str()));
         }));
         if outcome.is_err() {
             return Err(Failed::from(format!("the outcome of {test_name} differs from snapshots/scenarios/{snap_name}.snap (review with `cargo insta review`)")));

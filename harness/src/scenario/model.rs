@@ -123,6 +123,21 @@ pub enum Step {
     Delete(DeleteStep),
     /// Save the node a pod runs on under a name, for later steps (`${name}`).
     SaveNode(SaveNode),
+    /// Wait until a volume's VolumeAttachments are exactly on the given nodes (none: detached
+    /// everywhere).
+    ExpectAttachment(ExpectAttachment),
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ExpectAttachment {
+    /// The PersistentVolume's name (e.g. `${vol}`).
+    pub volume: String,
+    /// Nodes the volume must be attached to (status.attached), and to no other.
+    #[serde(default)]
+    pub nodes: Vec<String>,
+    #[serde(default)]
+    pub timeout: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
@@ -236,6 +251,10 @@ pub struct ExpectPod {
     pub not_node: Option<String>,
     #[serde(default)]
     pub timeout: Option<String>,
+    /// Observe instead of assert: record whether the pod got there within the timeout (for
+    /// findings such as "the runbook did not recover within 60s") and go on either way.
+    #[serde(default)]
+    pub observe: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
@@ -296,6 +315,11 @@ pub struct ContractCheck {
 pub struct RunbookStep {
     /// A file in `scenarios/runbooks/` without `.yaml`.
     pub name: String,
+    /// How long one of its kubectl commands may take (default 60s); one that takes longer
+    /// is stopped and recorded as not completed (e.g. `kubectl delete pod` of a pod on a dead
+    /// node waits forever).
+    #[serde(default)]
+    pub command_timeout: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]

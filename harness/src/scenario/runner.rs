@@ -47,6 +47,10 @@ pub struct Ctx<'e> {
     repo: Option<String>,
     db: Option<crate::postgres::Database>,
     zones: BTreeMap<String, String>,
+    /// The last runbook run and when, for time-to-recovery notes and findings.
+    last_runbook: Option<(String, Instant)>,
+    /// Facts for the summary that vary run to run (timings): never in the snapshot.
+    pub notes: Vec<String>,
 }
 
 /// A namespace name from a case name and the run id: lowercase, `-` separated, <= 63 chars.
@@ -71,6 +75,7 @@ pub async fn run_case(env: &Env, scenario: &Scenario, test_name: &str, steps: &[
                     outcome: CaseOutcome::Failed { step: "set-up".into(), message: format!("{}", chain(&e)) },
                     slowest_step: None,
                     artifacts: None,
+                    notes: Vec::new(),
                 },
                 snapshot: None,
                 namespace,
@@ -122,6 +127,7 @@ pub async fn run_case(env: &Env, scenario: &Scenario, test_name: &str, steps: &[
             },
             slowest_step: slowest,
             artifacts,
+            notes: std::mem::take(&mut ctx.notes),
         },
         snapshot,
         namespace,
@@ -181,7 +187,21 @@ impl<'e> Ctx<'e> {
         let mut outcome = Outcome::default();
         outcome.name(namespace, "<namespace>");
         outcome.name(env.run.id().as_str(), "<run-id>");
-        Ok(Ctx { env, scenario, namespace: namespace.to_string(), helm, vars, outcome, snapshot: false, dir, repo: None, db: None, zones })
+        Ok(Ctx {
+            env,
+            scenario,
+            namespace: namespace.to_string(),
+            helm,
+            vars,
+            outcome,
+            snapshot: false,
+            dir,
+            repo: None,
+            db: None,
+            zones,
+            last_runbook: None,
+            notes: Vec::new(),
+        })
     }
 
     fn client(&self) -> kube::Client {
@@ -265,7 +285,11 @@ impl<'e> Ctx<'e> {
             Step::ExpectEvent(s) => self.expect_event(s, false).await,
             Step::ExpectNoEvent(s) => self.expect_event(s, true).await,
             Step::ContractCheck(s) => self.contract_check(s).await,
-            Step::Runbook(s) => self.runbook(&s.name).await,
+            Step::Runbook(s) => {
+                let t = s.command_timeout.as_deref().map(duration).transpose()?.unwrap_or(Duration::from_secs(60));
+                self.runbook(&s.name, t).await
+            }
+            Step::ExpectAttachment(a) => self.expect_attachment(a).await,
             Step::Snapshot(_) => {
                 self.snapshot = true;
                 Ok(())
@@ -299,6 +323,7 @@ impl<'e> Ctx<'e> {
                 };
                 let p = Api::<Pod>::namespaced(self.client(), &self.namespace).get(&pod).await.map_err(Error::kube(format!("get pod {pod}")))?;
                 let node = p.spec.and_then(|s| s.node_name).ok_or_else(|| Error::Invalid(format!("pod {pod} is not on a node")))?;
+                self.outcome.name(&node, &format!("<{}>", s.as_));
                 self.vars.insert(s.as_.clone(), node);
                 Ok(())
             }
@@ -306,7 +331,7 @@ impl<'e> Ctx<'e> {
     }
 
     async fn postgres(&mut self, s: &model::PostgresStep) -> Result<()> {
-        let db = self.env.postgres.create_database(&self.namespace).await?;
+        let db = self.env.postgres.create_database(&database_name(&self.namespace)).await?;
         let binding = crate::postgres::secret::StorageBinding { name: s.name.clone(), ..crate::postgres::secret::StorageBinding::new(&s.secret) };
         let url = db.url(crate::postgres::dsn::SslMode::Require);
         let secret = binding.secret(&self.namespace, self.env.run.id(), &url);
@@ -440,8 +465,9 @@ impl<'e> Ctx<'e> {
         if !problems.is_empty() {
             return Err(Error::Invalid(format!("release {}: {}", self.scenario.release, problems.join(", "))));
         }
-        // The chart label on the StatefulSet agrees with helm.
-        if let Ok(inst) = self.var("instance") {
+        // The chart label on the StatefulSet agrees with a deployed release (a failed upgrade
+        // leaves the objects of the revision before it).
+        if let (Ok(inst), true) = (self.var("instance"), st.status.as_str() == "deployed") {
             if let Ok(sts) = Api::<StatefulSet>::namespaced(self.client(), &self.namespace).get(&inst).await {
                 if let Some(label) = sts.labels().get("helm.sh/chart") {
                     if label != &st.chart {
@@ -469,7 +495,7 @@ impl<'e> Ctx<'e> {
         let st = sts.status.unwrap_or_default();
         self.outcome.record(
             "rollout",
-            serde_json::json!({"statefulset": "${instance}", "replicas": st.replicas, "ready": st.ready_replicas, "updated": st.updated_replicas}),
+            serde_json::json!({"statefulset": inst, "replicas": st.replicas, "ready": st.ready_replicas, "updated": st.updated_replicas}),
         );
         Ok(())
     }
@@ -488,7 +514,10 @@ impl<'e> Ctx<'e> {
                 what.push_str(&format!(" {k}={v}"));
             }
         }
-        let pod = crate::wait::until(&api, &name, &what, timeout(&s.timeout)?, move |p: Option<&Pod>| {
+        let observe = s.observe;
+        let t = timeout(&s.timeout)?;
+        let started = Instant::now();
+        let waited = crate::wait::until(&api, &name, &what, t, move |p: Option<&Pod>| {
             let Some(p) = p else { return false };
             if p.metadata.deletion_timestamp.is_some() {
                 return false;
@@ -502,14 +531,43 @@ impl<'e> Ctx<'e> {
                 && want.not_node.as_ref().is_none_or(|w| *w != node)
                 && want.container.as_ref().is_none_or(|c| p.spec.as_ref().is_some_and(|s| s.containers.iter().any(|x| &x.name == c)))
         })
-        .await?
-        .expect("condition needs the object");
+        .await;
+        let pod = match (waited, observe) {
+            (Ok(p), _) => p.expect("condition needs the object"),
+            (Err(Error::Timeout { .. }), true) => {
+                self.outcome.record("observe-pod", serde_json::json!({"pod": name, "wanted": what.replace(&name, "<pod>"), "reached": false, "within": s.timeout}));
+                if let Some((rb, _)) = &self.last_runbook {
+                    self.outcome.finding(serde_json::json!({
+                        "runbook": rb,
+                        "recovered": false,
+                        "finding": format!("the guide's runbook did not get the pod to `{}` within {}s", what.replace(&name, "<pod>"), t.as_secs()),
+                    }));
+                }
+                return Ok(());
+            }
+            (Err(e), _) => return Err(e),
+        };
+        if observe {
+            let secs = started.elapsed().as_secs();
+            tracing::info!("{what}: reached after {secs}s");
+            self.outcome.record("observe-pod", serde_json::json!({"pod": name, "wanted": what.replace(&name, "<pod>"), "reached": true, "within": s.timeout}));
+            return Ok(());
+        }
         let node = pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
+        if s.phase.as_deref() == Some("Running") {
+            if let Some((rb, at)) = &self.last_runbook {
+                self.notes.push(format!("pod Running {:.1}s after runbook {rb}", at.elapsed().as_secs_f64()));
+            }
+        }
+        // Only what the step asked about: where an unconstrained pod lands is the scheduler's
+        // choice and would make the outcome flaky.
         let mut rec = serde_json::json!({
             "pod": name,
             "phase": pod.status.as_ref().and_then(|s| s.phase.clone()),
-            "zone": self.zones.get(&node),
         });
+        if s.zone.is_some() {
+            rec["zone"] = serde_json::json!(self.zones.get(&node));
+        }
         if let Some(c) = &s.container {
             rec["container"] = serde_json::json!(c);
         }
@@ -554,10 +612,16 @@ impl<'e> Ctx<'e> {
             self.vars.insert(var.clone(), vol.clone());
         }
         let placeholder = if vol.is_empty() { String::new() } else { self.outcome.generated("volume", &vol) };
-        self.outcome.record(
-            "claim",
-            serde_json::json!({"claim": name, "phase": pvc.status.as_ref().and_then(|s| s.phase.clone()), "volume": placeholder, "volume-zone": zone}),
-        );
+        let mut rec = serde_json::json!({"claim": name, "phase": pvc.status.as_ref().and_then(|s| s.phase.clone()), "volume": placeholder});
+        if s.zone.is_some() {
+            rec["volume-zone"] = serde_json::json!(zone);
+        }
+        if s.not_volume.is_some() {
+            rec["datastore"] = serde_json::json!("replaced: a new volume; the data on the old one is discarded");
+        } else if s.volume.is_some() {
+            rec["datastore"] = serde_json::json!("kept: the same volume, no data lost");
+        }
+        self.outcome.record("claim", rec);
         Ok(())
     }
 
@@ -618,6 +682,10 @@ impl<'e> Ctx<'e> {
                 );
                 Ok(())
             }
+            (false, Err(Error::Timeout { what, after, last_seen })) if s.catalogue.is_some() => Err(Error::Invalid(format!(
+                "the fault did not reproduce: no {what} within {}s (events seen on the object: {last_seen})",
+                after.as_secs()
+            ))),
             (false, Err(e)) => Err(e),
             (true, Ok(evs)) => {
                 let e = evs.iter().find(|e| e.reason.as_deref() == Some(&s.reason)).map(|e| e.message.clone().unwrap_or_default());
@@ -657,7 +725,30 @@ impl<'e> Ctx<'e> {
         Ok(v)
     }
 
-    async fn runbook(&mut self, name: &str) -> Result<()> {
+    async fn expect_attachment(&mut self, a: &model::ExpectAttachment) -> Result<()> {
+        use k8s_openapi::api::storage::v1::VolumeAttachment;
+        let api = Api::<VolumeAttachment>::all(self.client());
+        let mut want = a.nodes.clone();
+        want.sort();
+        let vol = a.volume.clone();
+        let what = format!("volume {vol} attached to exactly {want:?}");
+        crate::wait::until_list(&api, watcher::Config::default(), &what, timeout(&a.timeout)?, |vas: &[Arc<VolumeAttachment>]| {
+            let mut on: Vec<String> = vas
+                .iter()
+                .filter(|va| va.spec.source.persistent_volume_name.as_deref() == Some(vol.as_str()))
+                .filter(|va| va.metadata.deletion_timestamp.is_none() && va.status.as_ref().is_some_and(|s| s.attached))
+                .map(|va| va.spec.node_name.clone())
+                .collect();
+            on.sort();
+            on == want
+        })
+        .await?;
+        let p = self.outcome.generated("volume", &a.volume);
+        self.outcome.record("attachment", serde_json::json!({"volume": p, "attached-to": want}));
+        Ok(())
+    }
+
+    async fn runbook(&mut self, name: &str, command_timeout: Duration) -> Result<()> {
         let rb = Runbook::load(&super::scenarios_dir().join("runbooks"), name)?;
         let release = self.scenario.release.clone();
         let mut values = BTreeMap::new();
@@ -680,9 +771,15 @@ impl<'e> Ctx<'e> {
             args.extend(["--namespace".to_string(), self.namespace.clone()]);
             let env = [(std::ffi::OsString::from("KUBECONFIG"), self.env.cluster.kubeconfig().as_os_str().to_owned())];
             let os: Vec<std::ffi::OsString> = args.iter().map(Into::into).collect();
-            let out = crate::process::run_command(&kubectl, &os, &env, None, Duration::from_secs(120))
-                .await
-                .map_err(|e| Error::Tool { what: format!("cannot run kubectl {}", args.join(" ")), source: Some(Box::new(e)) })?;
+            let shown = format!("kubectl {}", args[..args.len() - 2].join(" "));
+            let out = match crate::process::run_command(&kubectl, &os, &env, None, command_timeout).await {
+                Ok(o) => o,
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                    commands.push(serde_json::json!({"command": shown, "completed": false, "note": format!("stopped after {}s", command_timeout.as_secs())}));
+                    continue;
+                }
+                Err(e) => return Err(Error::Tool { what: format!("cannot run kubectl {}", args.join(" ")), source: Some(Box::new(e)) }),
+            };
             let stdout = String::from_utf8_lossy(&out.stdout).to_string();
             if !out.status.success() {
                 return Err(Error::Tool {
@@ -705,12 +802,13 @@ impl<'e> Ctx<'e> {
                 }
                 values.insert(ph.clone(), v);
             }
-            commands.push(format!("kubectl {}", args[..args.len() - 2].join(" ")));
+            commands.push(serde_json::json!({"command": shown, "completed": true}));
         }
         for f in &findings {
             self.outcome.finding(f);
         }
         self.outcome.record("runbook", serde_json::json!({"name": rb.name, "commands": commands}));
+        self.last_runbook = Some((rb.name.clone(), Instant::now()));
         Ok(())
     }
 
@@ -837,6 +935,16 @@ impl<'e> Ctx<'e> {
     }
 }
 
+/// A database/role name for a namespace: a lowercase identifier of at most 40 characters,
+/// unique per namespace (a hash keeps truncated names apart).
+pub fn database_name(namespace: &str) -> String {
+    use sha2::Digest;
+    let mut slug: String = namespace.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
+    slug.truncate(20);
+    let hash = hex::encode(sha2::Sha256::digest(namespace.as_bytes()));
+    format!("e2e_{}_{}", slug.trim_end_matches('_'), &hash[..8])
+}
+
 /// Whether a StatefulSet has fully rolled out its current spec.
 pub fn rolled_out(s: &StatefulSet) -> bool {
     let want = s.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
@@ -874,6 +982,16 @@ mod tests {
         assert!(ns.len() <= 63, "{ns}");
         assert!(ns.ends_with("-r0123abcd"));
         assert!(ns.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'), "{ns}");
+    }
+
+    #[test]
+    fn database_names_are_short_unique_identifiers() {
+        let a = database_name("pvc-node-affinity-conflict-upgrade-moves-pod-r1");
+        let b = database_name("pvc-node-affinity-conflict-release-deleted-r1");
+        assert_ne!(a, b);
+        for n in [&a, &b] {
+            assert!(n.len() <= 40 && n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'), "{n}");
+        }
     }
 
     #[test]
