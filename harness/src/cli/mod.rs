@@ -1,5 +1,6 @@
 //! Command-line interface.
 
+mod bench;
 mod scenarios;
 
 use std::ffi::OsString;
@@ -84,6 +85,16 @@ enum Command {
     },
     /// Print the JSON schema of scenario files.
     Schema,
+    /// Measure the local cluster: cold start to all nodes Ready, teardown, peak RSS
+    /// (min/median/max over N runs). `ci/bench.sh` also times the suite.
+    Bench {
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        #[arg(long, default_value_t = 2)]
+        zones: usize,
+    },
     /// Remove what earlier, killed runs left behind (processes, temporary directories).
     Clean {
         /// Also clean runs whose owning process still runs.
@@ -199,6 +210,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Cluster { command: ClusterCommand::Exec { cluster, keep, cmd } } => cluster_exec(cluster, keep, cmd).await,
         Command::List { scenarios } => scenarios::list(&scenarios),
         Command::Schema => scenarios::schema(),
+        Command::Bench { runs, nodes, zones } => bench::cluster(runs.max(1), ClusterSpec { nodes, zones, ..Default::default() }).await,
         Command::Suite { args } => scenarios::suite(args, Vec::new(), false).await,
         Command::Run { args, keep, names } => scenarios::suite(args, names, keep).await,
         Command::Reproduce { args, case, name } => scenarios::reproduce(args, name, case).await,

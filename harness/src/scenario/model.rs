@@ -469,6 +469,20 @@ mod tests {
     }
 
     #[test]
+    fn the_committed_schema_is_current() {
+        let path = crate::helm::repo_root().join("scenarios/scenario.schema.json");
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        let generated = serde_json::to_string_pretty(&schema()).unwrap() + "\n";
+        assert!(committed == generated, "{} is stale: run `lily-e2e schema > scenarios/scenario.schema.json`", path.display());
+    }
+
+    #[test]
+    fn every_shipped_scenario_loads() {
+        let all = discover(&crate::helm::repo_root().join("scenarios")).unwrap();
+        assert!(all.len() >= 7, "{} scenarios", all.len());
+    }
+
+    #[test]
     fn schema_names_the_step_kinds() {
         let text = schema().to_string();
         for k in ["helm-upgrade", "expect-event", "runbook", "lose-zone"] {

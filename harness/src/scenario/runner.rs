@@ -359,15 +359,19 @@ impl<'e> Ctx<'e> {
             Some(src) => (self.package_chart(src).await?, None),
             None => {
                 let repo = self.repo.clone().ok_or_else(|| Error::Invalid("helm-upgrade needs a helm-repo-add step before it".into()))?;
-                if let Some(v) = &s.version {
-                    // An unknown version fails here, listing the versions that exist.
-                    self.env.repo.version(v)?;
-                }
                 (ChartRef::Repo { repo, chart: self.env.repo.chart_name().to_string() }, s.version.clone())
             }
         };
         let opts = InstallOpts { namespace: self.namespace.clone(), version, values, wait, create_namespace: false, reset_values: false };
-        let r = self.helm.upgrade_install(&self.scenario.release, &chart, &opts).await;
+        // An unknown version fails before helm runs, listing the versions that exist.
+        let known = match (&s.chart, &s.version) {
+            (None, Some(v)) => self.env.repo.version(v).map(|_| ()),
+            _ => Ok(()),
+        };
+        let r = match known {
+            Ok(()) => self.helm.upgrade_install(&self.scenario.release, &chart, &opts).await.map(|_| ()),
+            Err(e) => Err(e),
+        };
         match (&s.expect_failure, r) {
             (None, Ok(_)) => {}
             (None, Err(e)) => return Err(e),
@@ -378,10 +382,16 @@ impl<'e> Ctx<'e> {
                 let msg = chain(&e);
                 let r = Regex::new(re).map_err(|e| Error::Invalid(format!("bad expect-failure regex: {e}")))?;
                 let m = r.find(&msg).ok_or_else(|| Error::Invalid(format!("the upgrade failed, but not with /{re}/: {msg}")))?;
-                let st = self.helm.status(&self.scenario.release, &self.namespace).await?;
+                let st = self.helm.status(&self.scenario.release, &self.namespace).await.ok();
                 self.outcome.record(
                     "helm-upgrade",
-                    serde_json::json!({"version": s.version, "failed": true, "reason": m.as_str(), "revision": st.revision, "status": st.status.as_str()}),
+                    serde_json::json!({
+                        "version": s.version,
+                        "failed": true,
+                        "reason": m.as_str(),
+                        "revision": st.as_ref().map(|s| s.revision),
+                        "status": st.as_ref().map(|s| s.status.as_str().to_string()),
+                    }),
                 );
                 return Ok(());
             }

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Benchmarks (numbers to read, never asserted by tests):
+#  1. the local cluster: cold start to 3 nodes Ready, teardown, peak RSS of the control
+#     plane, min/median/max over 5 runs;
+#  2. the whole conformance suite's wall time, cluster start included, median of 3.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./ci/setup.sh
+bin=./target/release/lily-e2e
+echo "== local cluster, 5 runs"
+"$bin" bench --runs 5
+echo "== suite wall time, 3 runs"
+times=()
+for i in 1 2 3; do
+  s=$(date +%s.%N)
+  "$bin" suite --junit "target/lily-e2e/bench-junit-$i.xml" >"target/lily-e2e/bench-suite-$i.log" 2>&1 || { echo "suite run $i failed: see target/lily-e2e/bench-suite-$i.log"; exit 1; }
+  e=$(date +%s.%N)
+  t=$(awk -v a="$s" -v b="$e" 'BEGIN{printf "%.1f", b-a}')
+  times+=("$t")
+  echo "run $i: ${t}s"
+  grep -E '^(PASS|FAIL) ' "target/lily-e2e/bench-suite-$i.log" | sed 's/^/  /'
+done
+printf '%s\n' "${times[@]}" | sort -n | awk '{a[NR]=$1} END {printf "suite wall time: min %.1fs median %.1fs max %.1fs\n", a[1], a[int((NR+1)/2)], a[NR]}'

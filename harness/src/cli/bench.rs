@@ -1,0 +1,45 @@
+//! `lily-e2e bench cluster`: cold start, teardown and peak memory of the local cluster.
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use lily_e2e::cluster::{self, ClusterSpec};
+use lily_e2e::run::{processes_of, Run};
+
+/// Peak resident memory (VmHWM) of a process, in KiB.
+fn peak_rss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0)
+}
+
+fn stats(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    (v[0], v[v.len() / 2], v[v.len() - 1])
+}
+
+pub async fn cluster(runs: usize, spec: ClusterSpec) -> anyhow::Result<ExitCode> {
+    let provider = cluster::local::Local::new(lily_e2e::tools::Tools::new());
+    let (mut start, mut stop, mut rss) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..runs {
+        let run = Run::create(false)?;
+        let t = Instant::now();
+        let c = cluster::ClusterProvider::start(&provider, &spec, &run).await?;
+        let s = t.elapsed().as_secs_f64();
+        // The sum of each control-plane process's peak RSS, measured just before teardown.
+        let kib: u64 = processes_of(run.id()).into_iter().map(peak_rss_kib).sum();
+        let t = Instant::now();
+        c.teardown().await?;
+        let d = t.elapsed().as_secs_f64();
+        println!("run {}: start to {} nodes Ready {s:.2}s, teardown {d:.2}s, peak RSS {:.0} MiB", i + 1, spec.nodes, kib as f64 / 1024.0);
+        start.push(s);
+        stop.push(d);
+        rss.push(kib as f64 / 1024.0);
+    }
+    for (name, v, unit) in [("start", start, "s"), ("teardown", stop, "s"), ("peak RSS", rss, " MiB")] {
+        let (min, med, max) = stats(v);
+        println!("{name:>9}: min {min:.2}{unit}  median {med:.2}{unit}  max {max:.2}{unit}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
