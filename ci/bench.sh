@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./ci/setup.sh
-bin=./target/release/lily-e2e
+bin=./target/debug/lily-e2e
 echo "== local cluster, 5 runs"
 "$bin" bench --runs 5
 echo "== suite wall time, 3 runs"

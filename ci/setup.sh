@@ -26,7 +26,7 @@ fi
 command -v cargo >/dev/null 2>&1 || { log "cargo is not installed; install Rust (rustup) first"; exit 1; }
 
 log "building lily-e2e"
-cargo build --release -q -p lily-e2e --bin lily-e2e
+cargo build -q -p lily-e2e --bin lily-e2e
 
 log "installing pinned tools (cached under ${LILY_E2E_CACHE:-$HOME/.cache/lily-e2e}/tools)"
-./target/release/lily-e2e tools install
+./target/debug/lily-e2e tools install
