@@ -119,6 +119,16 @@ impl Run {
         self.keep = keep;
     }
 
+    /// After a failed start: keeps the run directory if a component wrote logs there (so
+    /// the error's log paths stay readable) and returns it; otherwise (bad input caught
+    /// before anything ran) the run leaves nothing behind.
+    pub fn keep_logs(&mut self) -> Option<PathBuf> {
+        let logs = self.dir.join("logs");
+        let has_logs = std::fs::read_dir(&logs).map(|mut d| d.next().is_some()).unwrap_or(false);
+        self.keep = has_logs;
+        has_logs.then(|| self.dir.clone())
+    }
+
     /// A subdirectory of the run directory, created on demand.
     pub fn subdir(&self, name: &str) -> Result<PathBuf> {
         let d = self.dir.join(name);

@@ -252,8 +252,9 @@ async fn cluster_exec(args: ClusterArgs, keep: bool, cmd: Vec<OsString>) -> anyh
     let cluster = match started {
         Ok(c) => c,
         Err(e) => {
-            run.set_keep(true);
-            eprintln!("lily-e2e: logs kept in {} (`lily-e2e clean` removes them)", run.dir().display());
+            if let Some(dir) = run.keep_logs() {
+                eprintln!("lily-e2e: logs kept in {} (`lily-e2e clean` removes them)", dir.display());
+            }
             return Err(anyhow::Error::new(e).context(format!("cannot start the {} cluster", provider.name())));
         }
     };

@@ -89,19 +89,21 @@ impl Env {
         let helm = Helm::new(run.subdir("helm-repo")?)?;
         let repo_dir = run.subdir("chart-repo")?;
         let pg_spec = PostgresSpec::default();
-        let (cluster, pg, repo) = tokio::join!(
-            provider.start(&opts.cluster, &run),
-            pg_provider.start(&pg_spec, &run),
-            ChartRepo::serve(&helm, &charts, &repo_dir),
-        );
-        // Whatever started is stopped by its Drop if another part failed; the run directory
+        // The chart repository first: a bad chart source fails before any process starts.
+        let repo = match ChartRepo::serve(&helm, &charts, &repo_dir).await {
+            Ok(r) => r,
+            Err(e) => return Err(e),
+        };
+        let (cluster, pg) = tokio::join!(provider.start(&opts.cluster, &run), pg_provider.start(&pg_spec, &run));
+        // Whatever started is stopped by its Drop if the other part failed; the run directory
         // (component logs) is kept for inspection and named.
-        let (cluster, postgres, repo) = match (cluster, pg, repo) {
-            (Ok(c), Ok(p), Ok(r)) => (c, p, r),
-            (c, p, r) => {
-                let err = [c.err(), p.err(), r.err()].into_iter().flatten().next().expect("one part failed");
-                run.set_keep(true);
-                eprintln!("lily-e2e: logs kept in {} (`lily-e2e clean` removes them)", run.dir().display());
+        let (cluster, postgres) = match (cluster, pg) {
+            (Ok(c), Ok(p)) => (c, p),
+            (c, p) => {
+                let err = [c.err(), p.err()].into_iter().flatten().next().expect("one part failed");
+                if let Some(dir) = run.keep_logs() {
+                    eprintln!("lily-e2e: logs kept in {} (`lily-e2e clean` removes them)", dir.display());
+                }
                 return Err(err);
             }
         };
