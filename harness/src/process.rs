@@ -29,6 +29,8 @@ pub struct ChildSpec {
     pub user: Option<(u32, u32)>,
     /// The signal that asks the child to stop; TERM for most, INT for a fast PostgreSQL shutdown.
     pub stop_signal: Signal,
+    /// How long to wait after the stop signal before KILL.
+    pub grace: Duration,
 }
 
 impl ChildSpec {
@@ -41,6 +43,7 @@ impl ChildSpec {
             cwd: None,
             user: None,
             stop_signal: Signal::SIGTERM,
+            grace: GRACE,
         }
     }
     pub fn arg(mut self, a: impl Into<OsString>) -> Self {
@@ -61,6 +64,10 @@ impl ChildSpec {
     }
     pub fn stop_signal(mut self, s: Signal) -> Self {
         self.stop_signal = s;
+        self
+    }
+    pub fn grace(mut self, g: Duration) -> Self {
+        self.grace = g;
         self
     }
 }
@@ -117,7 +124,7 @@ impl Supervised {
             pgid: Pid::from_raw(pid),
             log,
             stop_signal: spec.stop_signal,
-            grace: GRACE,
+            grace: spec.grace,
             done: false,
         })
     }

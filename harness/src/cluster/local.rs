@@ -174,8 +174,10 @@ impl ControlPlane {
             ]),
             run,
         )?);
+        // The API server's graceful shutdown drains requests a throwaway cluster does not
+        // need drained: a short grace before KILL keeps teardown fast.
         self.children.push(Supervised::spawn(
-            ChildSpec::new("kube-apiserver", &bins.apiserver).args([
+            ChildSpec::new("kube-apiserver", &bins.apiserver).grace(Duration::from_secs(2)).args([
                 format!("--etcd-servers=http://127.0.0.1:{etcd_client}"),
                 "--bind-address=127.0.0.1".into(),
                 "--advertise-address=127.0.0.1".into(),
