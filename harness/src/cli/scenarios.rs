@@ -123,6 +123,7 @@ pub async fn suite(args: SuiteArgs, names: Vec<String>, keep: bool) -> anyhow::R
     let work = async {
         let (exclusive, shared): (Vec<_>, Vec<_>) = cases.into_iter().partition(|(sc, _, _)| sc.exclusive);
         let mut results: Vec<CaseResult> = Vec::new();
+        let mut namespaces: Vec<(String, String, String)> = Vec::new();
         let mut envs_kept = Vec::new();
         if !shared.is_empty() {
             let env = Env::start(&opts).await.context("cannot start the environment")?;
@@ -139,6 +140,7 @@ pub async fn suite(args: SuiteArgs, names: Vec<String>, keep: bool) -> anyhow::R
                 }
             });
             for r in futures::future::join_all(runs).await {
+                namespaces.push((r.result.name.clone(), r.namespace.clone(), env.cluster.kubeconfig.display().to_string()));
                 results.push(r.result);
             }
             if keep {
@@ -155,6 +157,7 @@ pub async fn suite(args: SuiteArgs, names: Vec<String>, keep: bool) -> anyhow::R
             let r = runner::run_case(&env, &sc, &name, &steps).await;
             bar.inc(1);
             bar.println(format!("{} {}", if r.result.passed() { "PASS" } else { "FAIL" }, name));
+            namespaces.push((r.result.name.clone(), r.namespace.clone(), env.cluster.kubeconfig.display().to_string()));
             results.push(r.result);
             if keep {
                 envs_kept.push(env);
@@ -162,9 +165,9 @@ pub async fn suite(args: SuiteArgs, names: Vec<String>, keep: bool) -> anyhow::R
                 env.teardown().await?;
             }
         }
-        Ok::<_, anyhow::Error>((results, envs_kept))
+        Ok::<_, anyhow::Error>((results, envs_kept, namespaces))
     };
-    let (results, kept) = tokio::select! {
+    let (results, kept, namespaces) = tokio::select! {
         r = work => r?,
         _ = interrupted() => { bar.abandon_with_message("interrupted; stopping"); return Ok(ExitCode::from(130)); }
     };
@@ -179,6 +182,9 @@ pub async fn suite(args: SuiteArgs, names: Vec<String>, keep: bool) -> anyhow::R
         for env in &kept {
             print_reach(env);
         }
+        for (case, ns, kubeconfig) in &namespaces {
+            println!("\n{case}:\n  export KUBECONFIG={kubeconfig}\n  kubectl -n {ns} get pods,pvc,events\n  helm -n {ns} history lily\n  helm -n {ns} status lily");
+        }
         eprintln!("kept; press Ctrl-C to tear everything down");
         interrupted().await;
         for env in kept {
@@ -189,10 +195,12 @@ pub async fn suite(args: SuiteArgs, names: Vec<String>, keep: bool) -> anyhow::R
 }
 
 fn print_reach(env: &Env) {
-    println!("\nreach the cluster with:\n  export KUBECONFIG={}\n  kubectl get pods,pvc,pv,volumeattachments -A -l '!x'\n  kubectl get events -A --sort-by=.lastTimestamp", env.cluster.kubeconfig.display());
-    for b in env.tools.bin_dirs() {
-        println!("  export PATH={}:$PATH", b.display());
-    }
+    let path: Vec<String> = env.tools.bin_dirs().iter().map(|b| b.display().to_string()).collect();
+    println!("\nreach the cluster with the pinned kubectl and helm:");
+    println!("  export KUBECONFIG={}", env.cluster.kubeconfig.display());
+    println!("  export PATH={}:$PATH", path.join(":"));
+    println!("  kubectl get nodes -L topology.kubernetes.io/zone");
+    println!("  kubectl get pv,volumeattachments");
 }
 
 /// Drives a scenario case to its failing state (every step before the first `runbook`),
@@ -220,17 +228,19 @@ pub async fn reproduce(args: SuiteArgs, name: String, case: Option<usize>) -> an
     if let report::CaseOutcome::Failed { step, message } = &r.result.outcome {
         println!("step {step} failed: {message}");
     }
-    if let Some(snap) = &r.snapshot {
-        println!("\nwhat was observed:\n{snap}");
-    }
+    println!("\nwhat was observed (normalised):\n{}", r.observed);
     print_reach(&env);
+    println!("  kubectl -n {} get pods,pvc,events", r.namespace);
     if let Some(model::Step::Runbook(rb)) = steps.get(upto) {
         println!("\nthe guide's runbook ({}), with this run's names:", rb.name);
         if let Ok(book) = lily_e2e::scenario::runbook::Runbook::load(&scenario::scenarios_dir().join("runbooks"), &rb.name) {
             for s in &book.steps {
-                println!("  # {}\n  kubectl -n {} {}", s.say, r.namespace, s.kubectl.join(" "));
+                let mut args = s.kubectl.join(" ");
+                for (k, v) in &r.vars {
+                    args = args.replace(&format!("<{k}>"), v);
+                }
+                println!("  # {}\n  kubectl -n {} {}", s.say, r.namespace, args);
             }
-            println!("  (<pod> is {}-0 for the release's StatefulSet; <claim> is the ClaimName `kubectl describe pod` shows)", sc.release);
         }
     }
     eprintln!("\nkept; press Ctrl-C to tear everything down");

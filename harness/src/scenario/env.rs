@@ -110,9 +110,11 @@ impl Env {
         Ok(Env { cluster, postgres, repo, tools, artifacts: opts.artifacts.clone(), keep: opts.keep, run })
     }
 
-    /// Stops everything, in reverse order of dependence.
+    /// Stops everything, in reverse order of dependence, and removes the run directory
+    /// (also a kept one: an explicit teardown means the user is done with it).
     pub async fn teardown(self) -> Result<()> {
-        let Env { cluster, postgres, repo, run, .. } = self;
+        let Env { cluster, postgres, repo, mut run, .. } = self;
+        run.set_keep(false);
         drop(repo);
         let (a, b) = tokio::join!(cluster.teardown(), postgres.teardown());
         drop(run);

@@ -29,6 +29,10 @@ const DEFAULT_WAIT: Duration = Duration::from_secs(120);
 /// What running a case produced.
 pub struct CaseRun {
     pub result: CaseResult,
+    /// What was observed so far, normalised (also for a failed or cut-short case).
+    pub observed: String,
+    /// The case's variables at its end (`pod`, `claim`, saved names), with real names.
+    pub vars: BTreeMap<String, String>,
     /// The normalised outcome, when the case has a `snapshot` step and passed.
     pub snapshot: Option<String>,
     pub namespace: String,
@@ -79,6 +83,8 @@ pub async fn run_case(env: &Env, scenario: &Scenario, test_name: &str, steps: &[
                 },
                 snapshot: None,
                 namespace,
+                observed: String::new(),
+                vars: BTreeMap::new(),
             }
         }
     };
@@ -113,7 +119,8 @@ pub async fn run_case(env: &Env, scenario: &Scenario, test_name: &str, steps: &[
             }
         }
     }
-    let snapshot = (failure.is_none() && ctx.snapshot).then(|| ctx.outcome.render(test_name));
+    let observed = ctx.outcome.render(test_name);
+    let snapshot = (failure.is_none() && ctx.snapshot).then(|| observed.clone());
     if !env.keep {
         ctx.cleanup().await;
     }
@@ -131,6 +138,8 @@ pub async fn run_case(env: &Env, scenario: &Scenario, test_name: &str, steps: &[
         },
         snapshot,
         namespace,
+        observed,
+        vars: ctx.vars.clone(),
     }
 }
 
