@@ -121,17 +121,28 @@ pub async fn suite(args: SuiteArgs, names: Vec<String>, keep: bool) -> anyhow::R
     bar.set_message("starting the environment");
     let started = std::time::Instant::now();
     let work = async {
+        // One batch shares an environment: all non-exclusive cases together (in parallel),
+        // then each exclusive case alone on a cluster of its own.
         let (exclusive, shared): (Vec<_>, Vec<_>) = cases.into_iter().partition(|(sc, _, _)| sc.exclusive);
+        let mut batches: Vec<Vec<_>> = Vec::new();
+        if !shared.is_empty() {
+            batches.push(shared);
+        }
+        batches.extend(exclusive.into_iter().map(|c| vec![c]));
         let mut results: Vec<CaseResult> = Vec::new();
         let mut namespaces: Vec<(String, String, String)> = Vec::new();
         let mut envs_kept = Vec::new();
-        if !shared.is_empty() {
+        for batch in batches {
+            if let [(sc, name, _)] = &batch[..] {
+                if sc.exclusive {
+                    bar.set_message(format!("{name} (own cluster)"));
+                }
+            }
             let env = Env::start(&opts).await.context("cannot start the environment")?;
-            let runs = shared.iter().map(|(sc, name, steps)| {
+            let runs = batch.iter().map(|(sc, name, steps)| {
                 let mut sc = sc.clone();
                 sc.values.extend(extra_values.iter().cloned());
-                let env = &env;
-                let bar = &bar;
+                let (env, bar) = (&env, &bar);
                 async move {
                     let r = runner::run_case(env, &sc, name, steps).await;
                     bar.inc(1);
@@ -143,22 +154,6 @@ pub async fn suite(args: SuiteArgs, names: Vec<String>, keep: bool) -> anyhow::R
                 namespaces.push((r.result.name.clone(), r.namespace.clone(), env.cluster.kubeconfig.display().to_string()));
                 results.push(r.result);
             }
-            if keep {
-                envs_kept.push(env);
-            } else {
-                env.teardown().await?;
-            }
-        }
-        for (sc, name, steps) in exclusive {
-            bar.set_message(format!("{name} (own cluster)"));
-            let env = Env::start(&opts).await.context("cannot start the environment")?;
-            let mut sc = sc.clone();
-            sc.values.extend(extra_values.iter().cloned());
-            let r = runner::run_case(&env, &sc, &name, &steps).await;
-            bar.inc(1);
-            bar.println(format!("{} {}", if r.result.passed() { "PASS" } else { "FAIL" }, name));
-            namespaces.push((r.result.name.clone(), r.namespace.clone(), env.cluster.kubeconfig.display().to_string()));
-            results.push(r.result);
             if keep {
                 envs_kept.push(env);
             } else {
