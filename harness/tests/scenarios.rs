@@ -31,6 +31,23 @@ fn main() {
             trials.push(Trial::test(name, move || rt.block_on(run_one(sc, test_name, shared))).with_kind("scenario"));
         }
     }
+    let expected: Vec<String> = trials.iter().map(|t| format!("{}.snap", t.name().replace('/', "__"))).collect();
+    trials.push(Trial::test("snapshots/scenarios holds a snapshot for each case and nothing else", move || {
+        let dir = lily_e2e::helm::repo_root().join("snapshots/scenarios");
+        let mut extra = Vec::new();
+        for e in std::fs::read_dir(&dir).map_err(|e| Failed::from(format!("{}: {e}", dir.display())))?.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if !expected.contains(&n) {
+                extra.push(n);
+            }
+        }
+        let missing: Vec<&String> = expected.iter().filter(|n| !dir.join(n).exists()).collect();
+        if extra.is_empty() && missing.is_empty() {
+            Ok(())
+        } else {
+            Err(Failed::from(format!("unreferenced snapshots: {extra:?}; missing snapshots: {missing:?}")))
+        }
+    }));
     let conclusion = libtest_mimic::run(&args, trials);
     if let Some(Ok(env)) = Arc::try_unwrap(shared).ok().and_then(|c| c.into_inner()) {
         if let Err(e) = rt.block_on(env.teardown()) {
