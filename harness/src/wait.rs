@@ -37,7 +37,7 @@ fn truncate(s: &mut String, max: usize) {
             cut -= 1;
         }
         s.truncate(cut);
-        s.push_str("…");
+        s.push('…');
     }
 }
 

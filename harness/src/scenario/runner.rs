@@ -76,7 +76,7 @@ pub async fn run_case(env: &Env, scenario: &Scenario, test_name: &str, steps: &[
                 result: CaseResult {
                     name: test_name.to_string(),
                     duration: started.elapsed(),
-                    outcome: CaseOutcome::Failed { step: "set-up".into(), message: format!("{}", chain(&e)) },
+                    outcome: CaseOutcome::Failed { step: "set-up".into(), message: chain(&e) },
                     slowest_step: None,
                     artifacts: None,
                     notes: Vec::new(),
@@ -142,6 +142,9 @@ pub async fn run_case(env: &Env, scenario: &Scenario, test_name: &str, steps: &[
         vars: ctx.vars.clone(),
     }
 }
+
+/// Which wording (if any) an event message matches.
+type Matcher = Box<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
 /// An error and its causes, one line each.
 pub fn chain(e: &dyn std::error::Error) -> String {
@@ -647,7 +650,7 @@ impl<'e> Ctx<'e> {
     async fn expect_event(&mut self, s: &model::ExpectEvent, absent: bool) -> Result<()> {
         let (kind, name) = object_ref(&s.object)?;
         let version = self.env.cluster.version.clone();
-        let matcher: Box<dyn Fn(&str) -> Option<String> + Send + Sync> = match (&s.catalogue, &s.message) {
+        let matcher: Matcher = match (&s.catalogue, &s.message) {
             (Some(entry), _) => {
                 let (reason, ws) = catalogue::wordings(entry, &version).ok_or_else(|| {
                     Error::Invalid(format!("no catalogue entry `{entry}` (known: {})", catalogue::names().join(", ")))
