@@ -9,7 +9,6 @@ log() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }
 # System packages (Debian): PostgreSQL server binaries for the local Postgres provider.
 need_apt=()
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need_apt+=(postgresql)
-command -v go >/dev/null 2>&1 || need_apt+=(golang-go)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     log "missing packages: ${need_apt[*]}; install them with: sudo apt-get install -y ${need_apt[*]}"
@@ -24,6 +23,13 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 command -v cargo >/dev/null 2>&1 || { log "cargo is not installed; install Rust (rustup) first"; exit 1; }
+# The pinned tools are built with Go; Kubernetes 1.34 needs Go 1.24 or newer (Debian's
+# golang-go is older, so it is not installed from apt).
+go_minor=$(go env GOVERSION 2>/dev/null | sed -n 's/^go1\.\([0-9]*\).*/\1/p')
+if [ -z "$go_minor" ] || [ "$go_minor" -lt 24 ]; then
+  log "Go 1.24 or newer is needed to build the pinned tools (found: $(go env GOVERSION 2>/dev/null || echo none))"
+  exit 1
+fi
 
 log "building lily-e2e"
 cargo build -q -p lily-e2e --bin lily-e2e
