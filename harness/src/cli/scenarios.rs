@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use futures::StreamExt as _;
 
 use lily_e2e::helm::ChartSource;
 use lily_e2e::report::{self, CaseResult};
@@ -121,45 +122,56 @@ pub async fn suite(args: SuiteArgs, names: Vec<String>, keep: bool) -> anyhow::R
     bar.set_message("starting the environment");
     let started = std::time::Instant::now();
     let work = async {
-        // One batch shares an environment: all non-exclusive cases together (in parallel),
-        // then each exclusive case alone on a cluster of its own.
+        // One batch shares an environment: all non-exclusive cases together (in parallel);
+        // each exclusive case alone on a cluster of its own.
         let (exclusive, shared): (Vec<_>, Vec<_>) = cases.into_iter().partition(|(sc, _, _)| sc.exclusive);
         let mut batches: Vec<Vec<_>> = Vec::new();
         if !shared.is_empty() {
             batches.push(shared);
         }
         batches.extend(exclusive.into_iter().map(|c| vec![c]));
+        // Two environments at a time: the machine this runs on has 2 cores.
+        let run_batch = |batch: Vec<(model::Scenario, String, Vec<model::Step>)>| {
+            let (opts, extra_values, bar) = (&opts, &extra_values, &bar);
+            async move {
+                let env = Env::start(opts).await.context("cannot start the environment")?;
+                let runs = batch.iter().map(|(sc, name, steps)| {
+                    let mut sc = sc.clone();
+                    sc.values.extend(extra_values.iter().cloned());
+                    let env = &env;
+                    async move {
+                        let r = runner::run_case(env, &sc, name, steps).await;
+                        bar.inc(1);
+                        bar.println(format!("{} {}", if r.result.passed() { "PASS" } else { "FAIL" }, name));
+                        r
+                    }
+                });
+                let done = futures::future::join_all(runs).await;
+                let kubeconfig = env.cluster.kubeconfig.display().to_string();
+                let env = if keep {
+                    Some(env)
+                } else {
+                    env.teardown().await?;
+                    None
+                };
+                Ok::<_, anyhow::Error>((done, kubeconfig, env))
+            }
+        };
         let mut results: Vec<CaseResult> = Vec::new();
         let mut namespaces: Vec<(String, String, String)> = Vec::new();
         let mut envs_kept = Vec::new();
-        for batch in batches {
-            if let [(sc, name, _)] = &batch[..] {
-                if sc.exclusive {
-                    bar.set_message(format!("{name} (own cluster)"));
-                }
-            }
-            let env = Env::start(&opts).await.context("cannot start the environment")?;
-            let runs = batch.iter().map(|(sc, name, steps)| {
-                let mut sc = sc.clone();
-                sc.values.extend(extra_values.iter().cloned());
-                let (env, bar) = (&env, &bar);
-                async move {
-                    let r = runner::run_case(env, &sc, name, steps).await;
-                    bar.inc(1);
-                    bar.println(format!("{} {}", if r.result.passed() { "PASS" } else { "FAIL" }, name));
-                    r
-                }
-            });
-            for r in futures::future::join_all(runs).await {
-                namespaces.push((r.result.name.clone(), r.namespace.clone(), env.cluster.kubeconfig.display().to_string()));
+        let mut batches = futures::stream::iter(batches.into_iter().map(run_batch)).buffer_unordered(2);
+        while let Some(b) = futures::StreamExt::next(&mut batches).await {
+            let (done, kubeconfig, env) = b?;
+            for r in done {
+                namespaces.push((r.result.name.clone(), r.namespace.clone(), kubeconfig.clone()));
                 results.push(r.result);
             }
-            if keep {
-                envs_kept.push(env);
-            } else {
-                env.teardown().await?;
-            }
+            envs_kept.extend(env);
         }
+        drop(batches);
+        // Batches finish in any order; reports list cases by name.
+        results.sort_by(|a, b| a.name.cmp(&b.name));
         Ok::<_, anyhow::Error>((results, envs_kept, namespaces))
     };
     let (results, kept, namespaces) = tokio::select! {
