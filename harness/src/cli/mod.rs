@@ -172,7 +172,10 @@ pub fn main() -> ExitCode {
         .with_target(false)
         .init();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");
-    match rt.block_on(dispatch(cli.command)) {
+    match rt.block_on(async {
+        listen_for_interrupts();
+        dispatch(cli.command).await
+    }) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -232,12 +235,35 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-pub async fn interrupted() {
+static INTERRUPT: std::sync::OnceLock<tokio::sync::watch::Receiver<bool>> = std::sync::OnceLock::new();
+
+/// Listens for Ctrl-C and SIGTERM from the start of the program, so a signal that arrives
+/// between two waits is not lost (tokio keeps the handler installed but only tells
+/// listeners that exist when the signal comes).
+fn listen_for_interrupts() {
+    let (tx, rx) = tokio::sync::watch::channel(false);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("a SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = term.recv() => {},
+    let int = tokio::signal::ctrl_c();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = int => {},
+            _ = term.recv() => {},
+        }
+        let _ = tx.send(true);
+        // Keep the sender alive so receivers see `true`, not a closed channel.
+        std::future::pending::<()>().await;
+    });
+    let _ = INTERRUPT.set(rx);
+}
+
+/// Resolves once Ctrl-C or SIGTERM has arrived (at any time since the program started).
+pub async fn interrupted() {
+    match INTERRUPT.get() {
+        Some(rx) => {
+            let mut rx = rx.clone();
+            let _ = rx.wait_for(|v| *v).await;
+        }
+        None => std::future::pending().await,
     }
 }
 
@@ -267,7 +293,13 @@ async fn cluster_exec(args: ClusterArgs, keep: bool, cmd: Vec<OsString>) -> anyh
     }
     let path = std::env::join_paths(path).context("cannot build PATH")?;
     let mut child = tokio::process::Command::new(&cmd[0]);
-    child.args(&cmd[1..]).env("KUBECONFIG", &cluster.kubeconfig).env("PATH", path).kill_on_drop(true);
+    // The run id marks CMD too, so `lily-e2e clean` stops it if this process is killed.
+    child
+        .args(&cmd[1..])
+        .env("KUBECONFIG", &cluster.kubeconfig)
+        .env("PATH", path)
+        .env(lily_e2e::run::RUN_ENV, run.id().as_str())
+        .kill_on_drop(true);
     let status = match child.spawn() {
         Ok(mut c) => tokio::select! {
             s = c.wait() => Some(s.context("waiting for the command")?),

@@ -195,7 +195,9 @@ impl SimCloud {
             t.abort();
         }
         for t in tasks {
-            let _ = t.await;
+            // An aborted task ends at its next await; don't let one stuck elsewhere hold
+            // teardown.
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), t).await;
         }
         self.log.record("sim", "stopped");
     }
