@@ -269,6 +269,18 @@ pub async fn run_command(
     cwd: Option<&Path>,
     timeout: Duration,
 ) -> std::io::Result<std::process::Output> {
+    run_command_as(program, args, env, cwd, None, timeout).await
+}
+
+/// [`run_command`] as another uid/gid (PostgreSQL's `initdb` refuses to run as root).
+pub async fn run_command_as(
+    program: &Path,
+    args: &[OsString],
+    env: &[(OsString, OsString)],
+    cwd: Option<&Path>,
+    user: Option<(u32, u32)>,
+    timeout: Duration,
+) -> std::io::Result<std::process::Output> {
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args)
         .envs(env.iter().map(|(k, v)| (k, v)))
@@ -279,6 +291,9 @@ pub async fn run_command(
         .kill_on_drop(true);
     if let Some(d) = cwd {
         cmd.current_dir(d);
+    }
+    if let Some((uid, gid)) = user {
+        cmd.uid(uid).gid(gid);
     }
     let child = cmd.spawn()?;
     let pid = child.id().map(|p| Pid::from_raw(p as i32));

@@ -12,12 +12,10 @@
 use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 
 use super::{dsn::DbUrl, free_port, tls, Endpoint, Password, Postgres, PostgresProvider, PostgresSpec, Running};
 use super::{HARNESS_APPLICATION_NAME, START_TIMEOUT};
@@ -296,36 +294,8 @@ pub(crate) async fn run_as(
     run: &Run,
     timeout: Duration,
 ) -> std::io::Result<std::process::Output> {
-    let mut cmd = tokio::process::Command::new(program);
-    cmd.args(args)
-        .env(RUN_ENV, run.id().as_str())
-        .env("LC_ALL", "C")
-        .current_dir(cwd)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    if let Some((uid, gid)) = user {
-        cmd.uid(uid).gid(gid);
-    }
-    let child = cmd.spawn()?;
-    struct Group(Option<Pid>);
-    impl Drop for Group {
-        fn drop(&mut self) {
-            if let Some(p) = self.0 {
-                let _ = killpg(p, Signal::SIGKILL);
-            }
-        }
-    }
-    let _group = Group(child.id().map(|p| Pid::from_raw(p as i32)));
-    match tokio::time::timeout(timeout, child.wait_with_output()).await {
-        Ok(r) => r,
-        Err(_) => Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!("{} did not finish within {}s", program.display(), timeout.as_secs()),
-        )),
-    }
+    let env = [(OsString::from(RUN_ENV), OsString::from(run.id().as_str())), (OsString::from("LC_ALL"), OsString::from("C"))];
+    crate::process::run_command_as(program, args, &env, Some(cwd), user, timeout).await
 }
 
 /// Readiness: a real session as the superuser (over TLS when TLS is on), polled every
