@@ -4,5 +4,20 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./ci/setup.sh
+
+# The container PostgreSQL provider's tests need a Docker engine and an image. Without a
+# registry, the image is lily-e2e's own, built from Debian packages (cached in the engine);
+# set LILY_E2E_POSTGRES_IMAGE to use another (e.g. postgres:15-alpine where pulls work).
+# If no engine can run, the container tests are skipped and say why.
+if ./ci/docker.sh; then
+  if [ -z "${LILY_E2E_POSTGRES_IMAGE:-}" ]; then
+    ./ci/postgres-image.sh
+    export LILY_E2E_POSTGRES_IMAGE=lily-e2e/postgres:15-bookworm
+  fi
+  export LILY_E2E_TEST_POSTGRES="${LILY_E2E_TEST_POSTGRES:-local,container}"
+else
+  echo "[test] no docker engine could be started (see above): the container provider's tests are skipped" >&2
+fi
+
 export CI=true INSTA_UPDATE=no
 cargo test --workspace --no-fail-fast -- --test-threads=2 "$@"

@@ -5,6 +5,7 @@
 //! - [`process`] and [`run`]: process supervision and the run registry;
 //! - [`cluster`]: cluster providers (the local control plane, an existing cluster);
 //! - [`helm`]: the helm driver, chart sources and the local chart repository;
+//! - [`engine`]: the Docker engine the container providers use, and the containers of a run;
 //! - [`postgres`]: PostgreSQL providers, the storage Secret and the database contract check;
 //! - [`sim`]: the simulated cloud (zonal block storage) and kubelet volume state;
 //! - [`scenario`]: the scenario model, runner, runbooks and outcomes; [`report`]: JUnit and summaries;
@@ -12,6 +13,7 @@
 //! - [`pki`], [`wait`], [`yaml`]: shared plumbing.
 
 pub mod cluster;
+pub mod engine;
 pub mod error;
 pub mod helm;
 pub mod pki;

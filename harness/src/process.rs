@@ -96,7 +96,9 @@ impl Supervised {
             .append(true)
             .open(&log)
             .map_err(Error::io(format!("open {}", log.display())))?;
-        let err = out.try_clone().map_err(Error::io("duplicate a log file handle"))?;
+        let err = out
+            .try_clone()
+            .map_err(Error::io("duplicate a log file handle"))?;
         if let Some((uid, gid)) = spec.user {
             let _ = nix::unistd::chown(&log, Some(uid.into()), Some(gid.into()));
         }
@@ -115,7 +117,11 @@ impl Supervised {
         if let Some((uid, gid)) = spec.user {
             cmd.uid(uid).gid(gid);
         }
-        let child = cmd.spawn().map_err(Error::io(format!("start {} ({})", spec.name, spec.program.display())))?;
+        let child = cmd.spawn().map_err(Error::io(format!(
+            "start {} ({})",
+            spec.name,
+            spec.program.display()
+        )))?;
         let pid = child.id().expect("a just-spawned child has a pid") as i32;
         tracing::debug!(name = %spec.name, pid, log = %log.display(), "started");
         Ok(Supervised {
@@ -164,7 +170,9 @@ impl Supervised {
         let _ = killpg(self.pgid, Signal::SIGKILL);
         Error::ChildExited {
             name: self.name.clone(),
-            status: status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()),
+            status: status
+                .map(|s| s.to_string())
+                .unwrap_or_else(|e| e.to_string()),
             log: self.log.clone(),
             tail: log_tail(&self.log, 15),
         }
@@ -217,7 +225,10 @@ pub fn wait_pid_exit(pid: i32, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let mut fds = [nix::poll::PollFd::new(fd.as_fd(), nix::poll::PollFlags::POLLIN)];
+        let mut fds = [nix::poll::PollFd::new(
+            fd.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
         let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
         match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms)) {
             Ok(n) if n > 0 => return true,
@@ -250,7 +261,9 @@ pub fn terminate_pids(pids: &[i32], grace: Duration) {
 
 /// The last `lines` lines of a log file (reads at most its last 64 KiB).
 pub fn log_tail(path: &Path, lines: usize) -> String {
-    let Ok(mut f) = std::fs::File::open(path) else { return String::new() };
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return String::new();
+    };
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
     let _ = f.seek(SeekFrom::Start(len.saturating_sub(64 * 1024)));
     let mut buf = Vec::new();
@@ -304,7 +317,11 @@ pub async fn run_command_as(
         Ok(r) => r,
         Err(_) => Err(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
-            format!("{} did not finish within {}s", program.display(), timeout.as_secs()),
+            format!(
+                "{} did not finish within {}s",
+                program.display(),
+                timeout.as_secs()
+            ),
         )),
     }
 }

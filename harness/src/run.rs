@@ -47,7 +47,9 @@ pub fn cache_root() -> PathBuf {
     if let Some(dir) = std::env::var_os("LILY_E2E_CACHE") {
         return PathBuf::from(dir);
     }
-    dirs::cache_dir().unwrap_or_else(std::env::temp_dir).join("lily-e2e")
+    dirs::cache_dir()
+        .unwrap_or_else(std::env::temp_dir)
+        .join("lily-e2e")
 }
 
 /// The run registry: `$LILY_E2E_RUNS`, or `<cache>/runs`.
@@ -65,7 +67,9 @@ pub fn registered() -> Vec<RegistryEntry> {
 
 /// The registry entries in a registry directory (see `LILY_E2E_RUNS`).
 pub fn registered_in(dir: &Path) -> Vec<RegistryEntry> {
-    let Ok(rd) = std::fs::read_dir(dir) else { return Vec::new() };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
     rd.flatten()
         .filter(|e| e.path().extension().and_then(|x| x.to_str()) == Some("json"))
         .filter_map(|e| serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok())
@@ -97,12 +101,25 @@ impl Run {
     pub fn create(keep: bool) -> Result<Self> {
         let id = RunId::new();
         let dir = std::env::temp_dir().join(format!("lily-e2e-{id}"));
-        std::fs::create_dir_all(&dir).map_err(Error::io(format!("create run directory {}", dir.display())))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(Error::io(format!("create run directory {}", dir.display())))?;
         let me = std::process::id();
-        let entry = RegistryEntry { id: id.clone(), owner_pid: me, owner_start: process_start(me).unwrap_or(0), dirs: vec![dir.clone()] };
-        let run = Run { id, dir, keep, entry };
+        let entry = RegistryEntry {
+            id: id.clone(),
+            owner_pid: me,
+            owner_start: process_start(me).unwrap_or(0),
+            dirs: vec![dir.clone()],
+        };
+        let run = Run {
+            id,
+            dir,
+            keep,
+            entry,
+        };
         run.save()?;
-        LIVE.lock().unwrap_or_else(|e| e.into_inner()).push(run.id.clone());
+        LIVE.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(run.id.clone());
         Ok(run)
     }
 
@@ -124,7 +141,9 @@ impl Run {
     /// before anything ran) the run leaves nothing behind.
     pub fn keep_logs(&mut self) -> Option<PathBuf> {
         let logs = self.dir.join("logs");
-        let has_logs = std::fs::read_dir(&logs).map(|mut d| d.next().is_some()).unwrap_or(false);
+        let has_logs = std::fs::read_dir(&logs)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false);
         self.keep = has_logs;
         has_logs.then(|| self.dir.clone())
     }
@@ -144,7 +163,8 @@ impl Run {
 
     fn save(&self) -> Result<()> {
         let reg = registry_dir();
-        std::fs::create_dir_all(&reg).map_err(Error::io(format!("create run registry {}", reg.display())))?;
+        std::fs::create_dir_all(&reg)
+            .map_err(Error::io(format!("create run registry {}", reg.display())))?;
         let path = reg.join(format!("{}.json", self.id));
         let tmp = reg.join(format!(".{}.json.tmp", self.id));
         let text = serde_json::to_vec_pretty(&self.entry).map_err(Error::json("registry entry"))?;
@@ -155,7 +175,9 @@ impl Run {
 
 impl Drop for Run {
     fn drop(&mut self) {
-        LIVE.lock().unwrap_or_else(|e| e.into_inner()).retain(|r| r != &self.id);
+        LIVE.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|r| r != &self.id);
         if self.keep {
             tracing::info!(run = %self.id, dir = %self.dir.display(), "run kept; `lily-e2e clean` removes it");
             return;
@@ -175,6 +197,13 @@ static LIVE: std::sync::Mutex<Vec<RunId>> = std::sync::Mutex::new(Vec::new());
 pub fn cleanup_live_runs(grace: std::time::Duration) {
     let ids: Vec<RunId> = LIVE.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let reg = registry_dir();
+    if !ids.is_empty() {
+        let live = ids
+            .iter()
+            .map(|i| i.as_str().to_string())
+            .collect::<Vec<_>>();
+        crate::engine::remove_containers_blocking(move |run| live.iter().any(|l| l == run));
+    }
     for id in ids {
         crate::process::terminate_pids(&processes_of(&id), grace);
         if let Ok(text) = std::fs::read(reg.join(format!("{id}.json"))) {
@@ -192,10 +221,11 @@ pub fn cleanup_live_runs(grace: std::time::Duration) {
 /// test binaries, where the default action would leave children running.
 pub fn cleanup_on_signal(handle: &tokio::runtime::Handle) {
     handle.spawn(async {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(t) => t,
-            Err(_) => return,
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => return,
+            };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {},
             _ = term.recv() => {},
@@ -222,9 +252,13 @@ fn owner_alive(e: &RegistryEntry) -> bool {
 pub fn processes_of(id: &RunId) -> Vec<i32> {
     let needle = format!("{RUN_ENV}={id}");
     let mut pids = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else { return pids };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
     for e in entries.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
         if let Ok(env) = std::fs::read(e.path().join("environ")) {
             if env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()) {
                 pids.push(pid);
@@ -240,28 +274,59 @@ pub struct Cleaned {
     pub id: RunId,
     pub killed: Vec<i32>,
     pub removed: Vec<PathBuf>,
+    /// Containers (ids) of the run removed from the Docker engine.
+    pub containers: Vec<String>,
     pub skipped_live: bool,
 }
 
 /// Removes what runs whose owner is gone left behind: their processes (TERM, a grace
-/// period, KILL) and their directories. Runs whose owner still lives are left alone unless
-/// `force` is set.
+/// period, KILL), their directories and their containers (also those of runs the registry
+/// no longer knows). Runs whose owner still lives are left alone unless `force` is set.
 pub fn clean(force: bool, grace: std::time::Duration) -> Result<Vec<Cleaned>> {
     let reg = registry_dir();
     let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(&reg) else { return Ok(out) };
+    let mut live = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(&reg) {
+        for e in entries.flatten() {
+            if let Ok(entry) = std::fs::read(e.path())
+                .map_err(drop)
+                .and_then(|t| serde_json::from_slice::<RegistryEntry>(&t).map_err(drop))
+            {
+                if owner_alive(&entry) && !force {
+                    live.push(entry.id.as_str().to_string());
+                }
+            }
+        }
+    }
+    let mut containers: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for (cid, run) in
+        crate::engine::remove_containers_blocking(move |run| !live.iter().any(|l| l == run))
+    {
+        containers.entry(run).or_default().push(cid);
+    }
+    let Ok(entries) = std::fs::read_dir(&reg) else {
+        return Ok(orphan_containers(containers));
+    };
     for e in entries.flatten() {
         let path = e.path();
         if path.extension().and_then(|x| x.to_str()) != Some("json") {
             continue;
         }
-        let Ok(text) = std::fs::read(&path) else { continue };
+        let Ok(text) = std::fs::read(&path) else {
+            continue;
+        };
         let Ok(entry) = serde_json::from_slice::<RegistryEntry>(&text) else {
             let _ = std::fs::remove_file(&path);
             continue;
         };
         if owner_alive(&entry) && !force {
-            out.push(Cleaned { id: entry.id, killed: vec![], removed: vec![], skipped_live: true });
+            out.push(Cleaned {
+                id: entry.id,
+                killed: vec![],
+                removed: vec![],
+                containers: vec![],
+                skipped_live: true,
+            });
             continue;
         }
         let killed = processes_of(&entry.id);
@@ -273,7 +338,30 @@ pub fn clean(force: bool, grace: std::time::Duration) -> Result<Vec<Cleaned>> {
             }
         }
         let _ = std::fs::remove_file(&path);
-        out.push(Cleaned { id: entry.id, killed, removed, skipped_live: false });
+        let containers = containers.remove(entry.id.as_str()).unwrap_or_default();
+        out.push(Cleaned {
+            id: entry.id,
+            killed,
+            removed,
+            containers,
+            skipped_live: false,
+        });
     }
+    out.extend(orphan_containers(containers));
     Ok(out)
+}
+
+/// Containers of runs the registry does not know (any more), as clean-up results.
+fn orphan_containers(containers: std::collections::BTreeMap<String, Vec<String>>) -> Vec<Cleaned> {
+    containers
+        .into_iter()
+        .filter(|(_, ids)| !ids.is_empty())
+        .map(|(run, ids)| Cleaned {
+            id: RunId(run),
+            killed: vec![],
+            removed: vec![],
+            containers: ids,
+            skipped_live: false,
+        })
+        .collect()
 }

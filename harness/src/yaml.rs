@@ -33,13 +33,19 @@ impl YamlError {
 
 impl From<serde_yaml::Error> for YamlError {
     fn from(source: serde_yaml::Error) -> Self {
-        Self { context: None, source: Cause::Syntax(source) }
+        Self {
+            context: None,
+            source: Cause::Syntax(source),
+        }
     }
 }
 
 impl From<serde_json::Error> for YamlError {
     fn from(source: serde_json::Error) -> Self {
-        Self { context: None, source: Cause::Shape(source) }
+        Self {
+            context: None,
+            source: Cause::Shape(source),
+        }
     }
 }
 
@@ -96,12 +102,17 @@ mod tests {
     #[test]
     fn splits_documents_and_skips_empty_ones() {
         let docs = documents("---\n# only a comment\n---\na: 1\n---\nb: [x]\n").unwrap();
-        assert_eq!(docs, vec![serde_json::json!({"a": 1}), serde_json::json!({"b": ["x"]})]);
+        assert_eq!(
+            docs,
+            vec![serde_json::json!({"a": 1}), serde_json::json!({"b": ["x"]})]
+        );
     }
 
     #[test]
     fn errors_name_their_source() {
-        let err = from_str::<serde_json::Value>("a: [").unwrap_err().context("values.yaml");
+        let err = from_str::<serde_json::Value>("a: [")
+            .unwrap_err()
+            .context("values.yaml");
         assert_eq!(err.to_string(), "invalid yaml in values.yaml");
         assert!(std::error::Error::source(&err).is_some());
     }

@@ -1,5 +1,11 @@
-//! PostgreSQL against a real server: the local provider (Debian's binaries, run as `nobody`
-//! when the tests run as root), the documented Secret, and the database contract check.
+//! PostgreSQL against a real server, for each provider: `local` (Debian's binaries, run as
+//! `nobody` when the tests run as root) and `container` (testcontainers on a Docker engine),
+//! the documented Secret, and the database contract check.
+//!
+//! Which providers run: `LILY_E2E_TEST_POSTGRES`, a comma-separated list (default `local`).
+//! A provider it does not name is skipped, saying so; one it names must work. `ci/test.sh`
+//! sets `local,container` once `ci/docker.sh` has an engine answering and
+//! `ci/postgres-image.sh` has built the image named by `LILY_E2E_POSTGRES_IMAGE`.
 //!
 //! The Kubernetes half of the contract check needs the local control plane's tools; that
 //! test skips, saying why, when they are not installed.
@@ -8,11 +14,50 @@ use std::error::Error as _;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::{Duration, Instant};
 
+use lily_e2e::engine::Engine;
 use lily_e2e::postgres::contract::{self, ContractSummary, Expect, PodCheck, SecretRef};
-use lily_e2e::postgres::local::Local;
 use lily_e2e::postgres::secret::{self, StorageBinding};
-use lily_e2e::postgres::{container, DbUrl, HostKind, Password, Postgres, PostgresProvider, PostgresSpec, SslMode};
+use lily_e2e::postgres::{
+    container, DbUrl, HostKind, Password, Postgres, PostgresProvider, PostgresSpec, SslMode,
+};
 use lily_e2e::run::{self, Run};
+use rstest::rstest;
+
+/// The env var that names the providers under test.
+const PROVIDERS_ENV: &str = "LILY_E2E_TEST_POSTGRES";
+
+/// The provider, when [`PROVIDERS_ENV`] names it; otherwise `None`, after saying why.
+fn under_test(name: &str) -> Option<Box<dyn PostgresProvider>> {
+    let wanted = std::env::var(PROVIDERS_ENV).unwrap_or_else(|_| "local".into());
+    if !wanted.split(',').any(|w| w.trim() == name) {
+        eprintln!(
+            "skipping the {name} postgres provider: {PROVIDERS_ENV}={wanted} does not name it \
+             (ci/test.sh sets local,container when ci/docker.sh has a docker engine answering)"
+        );
+        return None;
+    }
+    Some(lily_e2e::postgres::provider(name).expect("a known provider"))
+}
+
+/// The containers of a run in the Docker engine.
+async fn containers_of(run: &Run) -> Vec<String> {
+    Engine::from_env()
+        .run_containers()
+        .await
+        .expect("the docker engine lists containers")
+        .into_iter()
+        .filter(|(_, r)| r == run.id().as_str())
+        .map(|(c, _)| c)
+        .collect()
+}
+
+/// Nothing of the run is left: no process, no container.
+async fn assert_nothing_left(provider: &str, run: &Run) {
+    assert_eq!(run::processes_of(run.id()), Vec::<i32>::new());
+    if provider == "container" {
+        assert_eq!(containers_of(run).await, Vec::<String>::new());
+    }
+}
 
 /// The whole chain of an error, Display and Debug, as a user (or a log) could see it.
 fn everything(e: &lily_e2e::Error) -> String {
@@ -27,26 +72,48 @@ fn everything(e: &lily_e2e::Error) -> String {
 
 fn assert_hidden(password: &Password, text: &str) {
     let raw = password.expose();
-    let encoded = percent_encoding::utf8_percent_encode(raw, lily_e2e::postgres::dsn::COMPONENT).to_string();
+    let encoded =
+        percent_encoding::utf8_percent_encode(raw, lily_e2e::postgres::dsn::COMPONENT).to_string();
     assert!(!text.contains(raw), "the password appears in:\n{text}");
-    assert!(!text.contains(&encoded), "the encoded password appears in:\n{text}");
+    assert!(
+        !text.contains(&encoded),
+        "the encoded password appears in:\n{text}"
+    );
 }
 
 fn source() -> SecretRef {
-    SecretRef { namespace: "lily".into(), name: "lily-db".into(), key: "url".into() }
+    SecretRef {
+        namespace: "lily".into(),
+        name: "lily-db".into(),
+        key: "url".into(),
+    }
 }
 
 fn expect(ca: Option<&str>) -> Expect {
-    Expect { schema: "lily".into(), application_name: "lily".into(), ca_pem: ca.map(str::to_string), timeout: Duration::from_secs(10) }
+    Expect {
+        schema: "lily".into(),
+        application_name: "lily".into(),
+        ca_pem: ca.map(str::to_string),
+        timeout: Duration::from_secs(10),
+    }
 }
 
-async fn start(run: &Run, tls: bool) -> Postgres {
-    Local::new().start(&PostgresSpec { tls }, run).await.expect("the local postgresql starts")
+async fn start(provider: &dyn PostgresProvider, run: &Run, tls: bool) -> Postgres {
+    provider
+        .start(&PostgresSpec { tls }, run)
+        .await
+        .unwrap_or_else(|e| panic!("the {} postgresql starts: {e:?}", provider.name()))
 }
 
 fn uid_of(pid: i32) -> Option<u32> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find(|l| l.starts_with("Uid:"))?.split_whitespace().nth(1)?.parse().ok()
+    status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 /// A loopback port nothing listens on.
@@ -55,24 +122,58 @@ fn closed_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
+#[rstest]
+#[case::local("local")]
+#[case::container("container")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn local_server_serves_the_contract_over_tls_and_tears_down_clean() {
+async fn server_serves_the_contract_over_tls_and_tears_down_clean(#[case] provider: &str) {
+    let Some(provider) = under_test(provider) else {
+        return;
+    };
     let run = Run::create(false).unwrap();
     let run_dir = run.dir().to_path_buf();
-    let pg = start(&run, true).await;
-    assert_eq!(pg.provider, "local");
-    assert_eq!(pg.host(), "127.0.0.1");
-    assert!(pg.version().starts_with(char::is_numeric), "{}", pg.version());
+    let pg = start(provider.as_ref(), &run, true).await;
+    assert_eq!(pg.provider, provider.name());
+    assert_eq!(HostKind::of(pg.host()), HostKind::Loopback, "{}", pg.host());
+    assert!(
+        pg.version().starts_with(char::is_numeric),
+        "{}",
+        pg.version()
+    );
+    if pg.provider == "local" {
+        local_server_runs_unprivileged(&run);
+    } else {
+        assert_eq!(
+            containers_of(&run).await.len(),
+            1,
+            "one container carries the run label"
+        );
+    }
+    serves_the_contract(&pg, &run).await;
 
-    // The server runs as `nobody` when we are root; its key is its own and private; the
-    // superuser's password file is gone.
+    // Neither the server's log nor anything in the run directory holds the password
+    // (checked in serves_the_contract); teardown leaves no process or container of the run,
+    // and the run's directory goes with it.
+    pg.teardown().await.unwrap();
+    assert_nothing_left(provider.name(), &run).await;
+    drop(run);
+    assert!(!run_dir.exists());
+}
+
+/// The local server runs as `nobody` when we are root; its key is its own and private; the
+/// superuser's password file is gone.
+fn local_server_runs_unprivileged(run: &Run) {
     let pids = run::processes_of(run.id());
     assert!(!pids.is_empty(), "the server's processes carry the run id");
     let data = run.dir().join("postgres/data");
     let key = std::fs::metadata(data.join("server.key")).unwrap();
     assert_eq!(key.permissions().mode() & 0o777, 0o600);
     if nix::unistd::geteuid().is_root() {
-        let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap().uid.as_raw();
+        let nobody = nix::unistd::User::from_name("nobody")
+            .unwrap()
+            .unwrap()
+            .uid
+            .as_raw();
         for p in &pids {
             if let Some(uid) = uid_of(*p) {
                 assert_eq!(uid, nobody, "pid {p} runs as uid {uid}");
@@ -82,7 +183,10 @@ async fn local_server_serves_the_contract_over_tls_and_tears_down_clean() {
         assert_eq!(std::fs::metadata(&data).unwrap().uid(), nobody);
     }
     assert!(!run.dir().join("postgres/pwfile").exists());
+}
 
+async fn serves_the_contract(pg: &Postgres, run: &Run) {
+    let run_dir = run.dir().to_path_buf();
     // A scenario's own database, role and password; the Secret's URL parses back.
     let db = pg.create_database("scenario_a").await.unwrap();
     assert_eq!(db.user, "scenario_a_user");
@@ -90,18 +194,30 @@ async fn local_server_serves_the_contract_over_tls_and_tears_down_clean() {
         assert!(db.password.expose().contains(c));
     }
     let binding = StorageBinding::new("lily-db");
-    let host = secret::pod_host("local", &pg).unwrap();
+    let host = secret::pod_host("local", pg).unwrap();
     let url = db.url_with_host(&host, SslMode::Require);
     let sec = binding.secret("lily", run.id(), &url);
     let text = String::from_utf8(sec.object().data.as_ref().unwrap()["url"].0.clone()).unwrap();
-    assert!(text.starts_with("postgres://scenario_a_user:") && text.ends_with(&format!("@127.0.0.1:{}/scenario_a?sslmode=require", pg.port())));
-    assert!(!text.contains(db.password.expose()), "the password is percent-encoded in the url");
+    assert!(
+        text.starts_with("postgres://scenario_a_user:")
+            && text.ends_with(&format!(
+                "@{}:{}/scenario_a?sslmode=require",
+                pg.host(),
+                pg.port()
+            ))
+    );
+    assert!(
+        !text.contains(db.password.expose()),
+        "the password is percent-encoded in the url"
+    );
     let back = DbUrl::parse(&text).unwrap();
     assert_eq!(back, url);
     assert_eq!(back.password.as_ref().unwrap(), &db.password);
 
     // The contract holds, twice (the step is idempotent), and the summary is redacted.
-    let summary = contract::check_url(&source(), &text, &expect(None)).await.unwrap();
+    let summary = contract::check_url(&source(), &text, &expect(None))
+        .await
+        .unwrap();
     assert_eq!(
         summary,
         ContractSummary {
@@ -117,17 +233,33 @@ async fn local_server_serves_the_contract_over_tls_and_tears_down_clean() {
             application_name: "lily".into(),
         }
     );
-    contract::check_url(&source(), &text, &expect(None)).await.unwrap();
+    contract::check_url(&source(), &text, &expect(None))
+        .await
+        .unwrap();
     let shown = format!("{summary:?}\n{}", serde_json::to_string(&summary).unwrap());
     assert_hidden(&db.password, &shown);
-    assert!(!shown.contains(&pg.port().to_string()), "no port in the summary: {shown}");
-    assert_hidden(&db.password, &format!("{db:?}\n{url:?}\n{url}\n{sec:?}\n{pg:?}"));
+    assert!(
+        !shown.contains(&pg.port().to_string()),
+        "no port in the summary: {shown}"
+    );
+    assert_hidden(
+        &db.password,
+        &format!("{db:?}\n{url:?}\n{url}\n{sec:?}\n{pg:?}"),
+    );
 
     // The schema really is there, owned by the scenario's role.
-    let admin_url = DbUrl { database: "scenario_a".into(), ..pg.superuser_url() };
-    let admin = lily_e2e::postgres::tls::connect(&admin_url, None, None, Duration::from_secs(10)).await.unwrap();
+    let admin_url = DbUrl {
+        database: "scenario_a".into(),
+        ..pg.superuser_url()
+    };
+    let admin = lily_e2e::postgres::tls::connect(&admin_url, None, None, Duration::from_secs(10))
+        .await
+        .unwrap();
     let owner: String = admin
-        .query_one("SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'lily'", &[])
+        .query_one(
+            "SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'lily'",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
@@ -137,71 +269,152 @@ async fn local_server_serves_the_contract_over_tls_and_tears_down_clean() {
     let ca = pg.ca_pem().unwrap().to_string();
     for mode in [SslMode::VerifyFull, SslMode::VerifyCa] {
         let u = db.url(mode).expose();
-        let s = contract::check_url(&source(), &u, &expect(Some(&ca))).await.unwrap();
+        let s = contract::check_url(&source(), &u, &expect(Some(&ca)))
+            .await
+            .unwrap();
         assert_eq!(s.sslmode, mode);
         assert!(s.tls_in_use);
     }
     let other_ca = lily_e2e::pki::Ca::new("another").unwrap().cert_pem();
     let mut errors = Vec::new();
     for (what, u, ca, needle) in [
-        ("verify-full without a CA", db.url(SslMode::VerifyFull).expose(), None, "needs the CA certificate"),
-        ("verify-full with another CA", db.url(SslMode::VerifyFull).expose(), Some(other_ca.as_str()), "UnknownIssuer"),
-        ("verify-ca with another CA", db.url(SslMode::VerifyCa).expose(), Some(other_ca.as_str()), "UnknownIssuer"),
+        (
+            "verify-full without a CA",
+            db.url(SslMode::VerifyFull).expose(),
+            None,
+            "needs the CA certificate",
+        ),
+        (
+            "verify-full with another CA",
+            db.url(SslMode::VerifyFull).expose(),
+            Some(other_ca.as_str()),
+            "UnknownIssuer",
+        ),
+        (
+            "verify-ca with another CA",
+            db.url(SslMode::VerifyCa).expose(),
+            Some(other_ca.as_str()),
+            "UnknownIssuer",
+        ),
     ] {
-        let e = contract::check_url(&source(), &u, &expect(ca)).await.expect_err(what);
+        let e = contract::check_url(&source(), &u, &expect(ca))
+            .await
+            .expect_err(what);
         let all = everything(&e);
         assert!(all.contains(needle), "{what}: {all}");
         errors.push(all);
     }
 
     // Bad input: each error names the Secret and key and what failed.
-    let wrong_password = DbUrl::new(&db.user, Some(Password::new("wr@ng/p%ss:word")), "127.0.0.1", pg.port(), &db.name, SslMode::Require);
-    let closed = DbUrl::new(&db.user, Some(db.password.clone()), "127.0.0.1", closed_port(), &db.name, SslMode::Require);
+    let wrong_password = DbUrl::new(
+        &db.user,
+        Some(Password::new("wr@ng/p%ss:word")),
+        pg.host(),
+        pg.port(),
+        &db.name,
+        SslMode::Require,
+    );
+    let closed = DbUrl::new(
+        &db.user,
+        Some(db.password.clone()),
+        "127.0.0.1",
+        closed_port(),
+        &db.name,
+        SslMode::Require,
+    );
     let cases = [
-        ("wrong password", wrong_password.expose(), "the password was refused"),
-        ("unreachable host", closed.expose(), "cannot connect to database `scenario_a`"),
-        ("sslmode=disable", db.url(SslMode::Disable).expose(), "the server accepts only TLS connections and sslmode=disable does not use TLS"),
-        ("no such database", DbUrl { database: "nope".into(), ..url.clone() }.expose(), "cannot connect to database `nope`"),
-        ("not a url", format!("{}{}", db.password.expose(), "garbage"), "is not a usable postgresql url"),
+        (
+            "wrong password",
+            wrong_password.expose(),
+            "the password was refused",
+        ),
+        (
+            "unreachable host",
+            closed.expose(),
+            "cannot connect to database `scenario_a`",
+        ),
+        (
+            "sslmode=disable",
+            db.url(SslMode::Disable).expose(),
+            "the server accepts only TLS connections and sslmode=disable does not use TLS",
+        ),
+        (
+            "no such database",
+            DbUrl {
+                database: "nope".into(),
+                ..url.clone()
+            }
+            .expose(),
+            "cannot connect to database `nope`",
+        ),
+        (
+            "not a url",
+            format!("{}{}", db.password.expose(), "garbage"),
+            "is not a usable postgresql url",
+        ),
     ];
     for (what, u, needle) in cases {
-        let e = contract::check_url(&source(), &u, &expect(None)).await.expect_err(what);
+        let e = contract::check_url(&source(), &u, &expect(None))
+            .await
+            .expect_err(what);
         let all = everything(&e);
-        assert!(e.to_string().starts_with("secret lily/lily-db key `url`: "), "{what}: {e}");
+        assert!(
+            e.to_string().starts_with("secret lily/lily-db key `url`: "),
+            "{what}: {e}"
+        );
         assert!(all.contains(needle), "{what}: {all}");
         errors.push(all);
     }
-    assert!(errors[errors.len() - 5].contains("password authentication failed"), "{}", errors[errors.len() - 5]);
-    assert!(errors[errors.len() - 4].to_lowercase().contains("connection refused"), "{}", errors[errors.len() - 4]);
-    assert!(errors[errors.len() - 3].contains("no encryption"), "{}", errors[errors.len() - 3]);
+    assert!(
+        errors[errors.len() - 5].contains("password authentication failed"),
+        "{}",
+        errors[errors.len() - 5]
+    );
+    assert!(
+        errors[errors.len() - 4]
+            .to_lowercase()
+            .contains("connection refused"),
+        "{}",
+        errors[errors.len() - 4]
+    );
+    assert!(
+        errors[errors.len() - 3].contains("no encryption"),
+        "{}",
+        errors[errors.len() - 3]
+    );
     for e in &errors {
         assert_hidden(&db.password, e);
-        assert!(!e.contains("wr@ng/p%ss:word") && !e.contains("wr%40ng"), "{e}");
+        assert!(
+            !e.contains("wr@ng/p%ss:word") && !e.contains("wr%40ng"),
+            "{e}"
+        );
     }
 
     // Neither the server's log nor anything in the run directory holds the password.
-    let logs = pg.logs();
-    assert_eq!(logs.len(), 1);
-    let log = std::fs::read_to_string(&logs[0]).unwrap();
-    assert!(log.contains("connection authorized") || log.contains("connection received"), "{log}");
-    assert_hidden(&db.password, &log);
+    for log in pg.logs() {
+        let log = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            log.contains("connection authorized") || log.contains("connection received"),
+            "{log}"
+        );
+        assert_hidden(&db.password, &log);
+    }
+    if pg.provider == "local" {
+        assert_eq!(pg.logs().len(), 1);
+    }
     for entry in walk(&run_dir) {
         if let Ok(bytes) = std::fs::read(&entry) {
             assert_hidden(&db.password, &String::from_utf8_lossy(&bytes));
         }
     }
-
-    // Teardown: no process of the run is left, and the run's directory goes with it.
     drop(admin);
-    pg.teardown().await.unwrap();
-    assert_eq!(run::processes_of(run.id()), Vec::<i32>::new());
-    drop(run);
-    assert!(!run_dir.exists());
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(dir) else { return out };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
     for e in rd.flatten() {
         let p = e.path();
         if p.is_dir() {
@@ -213,79 +426,243 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     out
 }
 
+#[rstest]
+#[case::local("local")]
+#[case::container("container")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sslmode_require_refuses_a_server_without_tls() {
+async fn sslmode_require_refuses_a_server_without_tls(#[case] provider: &str) {
+    let Some(provider) = under_test(provider) else {
+        return;
+    };
     let run = Run::create(false).unwrap();
-    let pg = start(&run, false).await;
+    let pg = start(provider.as_ref(), &run, false).await;
     assert!(!pg.tls() && pg.ca_pem().is_none());
     let db = pg.create_database("plain").await.unwrap();
 
-    let e = contract::check_url(&source(), &db.url(SslMode::Require).expose(), &expect(None)).await.unwrap_err();
+    let e = contract::check_url(&source(), &db.url(SslMode::Require).expose(), &expect(None))
+        .await
+        .unwrap_err();
     let all = everything(&e);
-    assert!(e.to_string().starts_with("secret lily/lily-db key `url`: cannot connect to database `plain`"), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("secret lily/lily-db key `url`: cannot connect to database `plain`"),
+        "{e}"
+    );
     assert!(all.contains("TLS"), "{all}");
     assert_hidden(&db.password, &all);
 
     // Without TLS on both sides it connects, and says so.
-    let s = contract::check_url(&source(), &db.url(SslMode::Disable).expose(), &expect(None)).await.unwrap();
+    let s = contract::check_url(&source(), &db.url(SslMode::Disable).expose(), &expect(None))
+        .await
+        .unwrap();
     assert!(!s.tls_in_use);
     assert_eq!(s.sslmode, SslMode::Disable);
 
     pg.teardown().await.unwrap();
-    assert!(run::processes_of(run.id()).is_empty());
+    assert_nothing_left(provider.name(), &run).await;
 }
 
+#[rstest]
+#[case::local("local")]
+#[case::container("container")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dropping_a_server_without_teardown_still_stops_it() {
+async fn dropping_a_server_without_teardown_still_stops_it(#[case] provider: &str) {
+    let Some(provider) = under_test(provider) else {
+        return;
+    };
     let run = Run::create(false).unwrap();
-    let pg = start(&run, true).await;
-    assert!(!run::processes_of(run.id()).is_empty());
+    let pg = start(provider.as_ref(), &run, true).await;
+    if provider.name() == "local" {
+        assert!(!run::processes_of(run.id()).is_empty());
+    } else {
+        assert_eq!(containers_of(&run).await.len(), 1);
+    }
     drop(pg);
-    assert_eq!(run::processes_of(run.id()), Vec::<i32>::new());
+    assert_nothing_left(provider.name(), &run).await;
+}
+
+/// A container left behind (its owner killed, or kept with `TESTCONTAINERS_COMMAND=keep`)
+/// is found by its run label and removed by `lily-e2e clean`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clean_removes_the_containers_a_dead_run_left() {
+    let Some(provider) = under_test("container") else {
+        return;
+    };
+    let run = Run::create(false).unwrap();
+    let pg = start(provider.as_ref(), &run, true).await;
+    let ids = containers_of(&run).await;
+    assert_eq!(ids.len(), 1);
+    // What a SIGKILLed harness leaves: the container, and no teardown.
+    std::mem::forget(pg);
+    let id = run.id().clone();
+    drop(run);
+    let cleaned = run::clean(false, Duration::from_secs(1)).unwrap();
+    let mine = cleaned
+        .iter()
+        .find(|c| c.id == id)
+        .unwrap_or_else(|| panic!("clean reports run {id}: {cleaned:?}"));
+    assert_eq!(mine.containers, ids);
+    let left: Vec<_> = Engine::from_env()
+        .run_containers()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|(_, r)| r == id.as_str())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// The image the container provider uses starts like the official one: testcontainers'
+/// Postgres module, with only its name and tag overridden, waits for it with its own
+/// readiness conditions, and the official environment variables are honoured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn container_image_starts_like_the_official_image() {
+    use testcontainers::core::IntoContainerPort;
+    use testcontainers::runners::AsyncRunner;
+    use testcontainers::ImageExt;
+    use testcontainers_modules::postgres::Postgres as Module;
+
+    if under_test("container").is_none() {
+        return;
+    }
+    let c = container::Container::from_env().unwrap();
+    let run = Run::create(false).unwrap();
+    let node = Module::default()
+        .with_user("lily")
+        .with_password("not-a-secret")
+        .with_db_name("chain")
+        .with_name(&c.image)
+        .with_tag(&c.tag)
+        .with_label(run::RUN_LABEL, run.id().as_str())
+        .with_startup_timeout(Duration::from_secs(60))
+        .start()
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}:{} starts with the module's defaults: {e:?}",
+                c.image, c.tag
+            )
+        });
+    let port = node.get_host_port_ipv4(5432.tcp()).await.unwrap();
+    let url = DbUrl::new(
+        "lily",
+        Some(Password::new("not-a-secret")),
+        "127.0.0.1",
+        port,
+        "chain",
+        SslMode::Require,
+    );
+    let client = lily_e2e::postgres::tls::connect(&url, None, None, Duration::from_secs(10))
+        .await
+        .expect("connects over tls");
+    let row = client
+        .query_one(
+            "SELECT current_user::text, current_database()::text, current_setting('ssl')",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            row.get::<_, String>(0),
+            row.get::<_, String>(1),
+            row.get::<_, String>(2)
+        ),
+        ("lily".into(), "chain".into(), "on".into())
+    );
+    let fsync: String = client.query_one("SHOW fsync", &[]).await.unwrap().get(0);
+    assert_eq!(
+        fsync, "off",
+        "the module's `-c fsync=off` reaches the server"
+    );
+    node.rm().await.unwrap();
+    assert_nothing_left("container", &run).await;
 }
 
 #[tokio::test]
 async fn container_provider_fails_fast_without_a_docker_engine() {
-    if container::check_engine().is_ok() {
-        eprintln!("skipping: a docker engine answers here, so the no-engine error cannot be checked");
-        return;
-    }
+    let dir = tempfile::tempdir().unwrap();
+    let provider = container::Container {
+        engine: Engine::Unix(dir.path().join("docker.sock")),
+        ..Default::default()
+    };
     let run = Run::create(false).unwrap();
     let t = Instant::now();
-    let e = container::Container::from_env().unwrap().start(&PostgresSpec::default(), &run).await.unwrap_err();
-    assert_eq!(e.to_string(), "no docker engine is reachable (DOCKER_HOST or /var/run/docker.sock); use --postgres local");
-    assert!(t.elapsed() < Duration::from_secs(2), "took {:?}", t.elapsed());
-    let e = lily_e2e::postgres::provider("sideways").err().expect("an unknown provider is refused");
+    let e = provider
+        .start(&PostgresSpec::default(), &run)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "no docker engine is reachable (DOCKER_HOST or /var/run/docker.sock); start one with ci/docker.sh, or use --postgres local"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        t.elapsed()
+    );
+    let e = lily_e2e::postgres::provider("sideways")
+        .err()
+        .expect("an unknown provider is refused");
     assert!(e.to_string().contains("choose local or container"));
 }
 
 /// The Kubernetes half: the chart's pod, its Secret and ConfigMap in a real API server;
 /// the check follows them to the database.
+#[rstest]
+#[case::local("local")]
+#[case::container("container")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn contract_check_follows_the_chart_pod_to_its_secret() {
+async fn contract_check_follows_the_chart_pod_to_its_secret(#[case] provider: &str) {
+    let Some(provider) = under_test(provider) else {
+        return;
+    };
     use k8s_openapi::api::core::v1::{ConfigMap, Pod};
     use kube::api::{Api, PostParams};
     use lily_e2e::cluster::{self, ClusterProvider, ClusterSpec};
     use lily_e2e::tools::Tools;
 
     let tools = Tools::new();
-    for bin in ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"] {
+    for bin in [
+        "etcd",
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kube-scheduler",
+        "kwok",
+    ] {
         if let Err(e) = tools.path(bin) {
             eprintln!("skipping the kubernetes contract test: {e}");
             return;
         }
     }
     let run = Run::create(false).unwrap();
-    let spec = ClusterSpec { nodes: 1, zones: 1, ..Default::default() };
-    let cluster = cluster::local::Local::new(tools).start(&spec, &run).await.expect("the local control plane starts");
-    let pg = start(&run, true).await;
+    let spec = ClusterSpec {
+        nodes: 1,
+        zones: 1,
+        ..Default::default()
+    };
+    let cluster = cluster::local::Local::new(tools)
+        .start(&spec, &run)
+        .await
+        .expect("the local control plane starts");
+    let pg = start(provider.as_ref(), &run, true).await;
     let db = pg.create_database("scenario_k").await.unwrap();
     let client = cluster.client.clone();
     let ns = "default";
 
-    let binding = StorageBinding { application_name: "lily-k".into(), ..StorageBinding::new("lily-db") };
-    let url = db.url_with_host(&secret::pod_host(cluster.provider, &pg).unwrap(), SslMode::Require);
-    binding.secret(ns, run.id(), &url).create(&client).await.unwrap();
+    let binding = StorageBinding {
+        application_name: "lily-k".into(),
+        ..StorageBinding::new("lily-db")
+    };
+    let url = db.url_with_host(
+        &secret::pod_host(cluster.provider, &pg).unwrap(),
+        SslMode::Require,
+    );
+    binding
+        .secret(ns, run.id(), &url)
+        .create(&client)
+        .await
+        .unwrap();
     let config = format!(
         "[Storage]\n  [Storage.Postgresql]\n    [Storage.Postgresql.db]\n      SchemaName = \"lily\"\n      URLEnv = \"{}\"\n      ApplicationName = \"lily-k\"\n      PoolSize = 20\n",
         binding.env_name()
@@ -295,7 +672,10 @@ async fn contract_check_follows_the_chart_pod_to_its_secret() {
         "data": {"config.toml": config}
     }))
     .unwrap();
-    Api::<ConfigMap>::namespaced(client.clone(), ns).create(&PostParams::default(), &cm).await.unwrap();
+    Api::<ConfigMap>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &cm)
+        .await
+        .unwrap();
     let pod = |name: &str, secret: &str, key: &str| -> Pod {
         serde_json::from_value(serde_json::json!({
             "metadata": {"name": name, "labels": {run::RUN_LABEL: run.id().as_str()}},
@@ -312,14 +692,28 @@ async fn contract_check_follows_the_chart_pod_to_its_secret() {
         .unwrap()
     };
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    for (name, secret, key) in [("lily-daemon-0", "lily-db", "url"), ("wrong-key", "lily-db", "uri"), ("no-secret", "absent", "url")] {
-        pods.create(&PostParams::default(), &pod(name, secret, key)).await.unwrap();
+    for (name, secret, key) in [
+        ("lily-daemon-0", "lily-db", "url"),
+        ("wrong-key", "lily-db", "uri"),
+        ("no-secret", "absent", "url"),
+    ] {
+        pods.create(&PostParams::default(), &pod(name, secret, key))
+            .await
+            .unwrap();
     }
 
-    let s = contract::check_pod(&client, ns, "lily-daemon-0", &PodCheck::default()).await.unwrap();
+    let s = contract::check_pod(&client, ns, "lily-daemon-0", &PodCheck::default())
+        .await
+        .unwrap();
     assert_eq!(s.env.as_deref(), Some("LILY_STORAGE_POSTGRESQL_DB_URL"));
-    assert_eq!((s.secret_name.as_str(), s.secret_key.as_str()), ("lily-db", "url"));
-    assert_eq!(s.application_name, "lily-k", "read from the rendered config");
+    assert_eq!(
+        (s.secret_name.as_str(), s.secret_key.as_str()),
+        ("lily-db", "url")
+    );
+    assert_eq!(
+        s.application_name, "lily-k",
+        "read from the rendered config"
+    );
     assert!(s.tls_in_use);
     assert_eq!(s.host, HostKind::Loopback);
 
@@ -341,4 +735,73 @@ async fn contract_check_follows_the_chart_pod_to_its_secret() {
     pg.teardown().await.unwrap();
     cluster.teardown().await.unwrap();
     assert!(run::processes_of(run.id()).is_empty());
+}
+
+/// Ctrl-C to a kept run (`lily-e2e run install --postgres container --keep`) removes the
+/// PostgreSQL container with everything else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_to_a_kept_run_removes_its_postgres_container() {
+    use tokio::io::AsyncBufReadExt;
+    if under_test("container").is_none() {
+        return;
+    }
+    if let Err(e) = lily_e2e::tools::Tools::new().path("kube-apiserver") {
+        eprintln!("skipping: {e}");
+        return;
+    }
+    const T: Duration = Duration::from_secs(180);
+    let runs = tempfile::tempdir().unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_lily-e2e"))
+        .args(["run", "install", "--postgres", "container", "--keep"])
+        .env("LILY_E2E_RUNS", runs.path())
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let kept = tokio::time::timeout(T, async {
+        let mut seen = Vec::new();
+        while let Some(l) = lines.next_line().await.unwrap() {
+            if l.starts_with("kept; press Ctrl-C") {
+                return Ok(());
+            }
+            seen.push(l);
+        }
+        Err(seen.join("\n"))
+    })
+    .await
+    .expect("the run reaches its kept state");
+    kept.unwrap_or_else(|out| panic!("the run ended before it was kept:\n{out}"));
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let entries = run::registered_in(runs.path());
+    assert_eq!(entries.len(), 1);
+    let id = entries[0].id.clone();
+    let mine =
+        |all: Vec<(String, String)>| all.into_iter().filter(|(_, r)| r == id.as_str()).count();
+    assert_eq!(
+        mine(Engine::from_env().run_containers().await.unwrap()),
+        1,
+        "the kept run's container"
+    );
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id().unwrap() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let status = tokio::time::timeout(T, child.wait())
+        .await
+        .expect("the harness exits after SIGINT")
+        .unwrap();
+    assert!(status.code().is_some(), "{status:?}");
+    assert_eq!(
+        mine(Engine::from_env().run_containers().await.unwrap()),
+        0,
+        "the container survived SIGINT"
+    );
+    assert!(
+        run::processes_of(&id).is_empty(),
+        "a process survived SIGINT"
+    );
 }

@@ -12,8 +12,14 @@
 //! with `trust` for its temporary setup server, and the init script sets the password as a
 //! SCRAM verifier. Readiness is a real TLS session from the harness, never a log line.
 //!
-//! The image is `postgres:15-alpine` unless `LILY_E2E_POSTGRES_IMAGE=name:tag` says
-//! otherwise.
+//! The image is the official `postgres:15-alpine` unless `LILY_E2E_POSTGRES_IMAGE=name:tag`
+//! says otherwise. Where no registry is reachable, `ci/postgres-image.sh` builds
+//! `lily-e2e/postgres:15-bookworm` from Debian packages: it starts like the official image
+//! (same environment, init scripts and log lines), so nothing here depends on which it is.
+//!
+//! The container carries the run label, so `lily-e2e clean` removes it after a crash. It is
+//! removed at teardown, and by its `Drop` otherwise, unless `TESTCONTAINERS_COMMAND=keep`
+//! (testcontainers' own switch) asks to keep it for debugging.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -24,7 +30,11 @@ use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, CopyTargetOptions, ImageExt};
 use testcontainers_modules::postgres::Postgres as PostgresImage;
 
-use super::{dsn::DbUrl, Endpoint, Password, Postgres, PostgresProvider, PostgresSpec, Running, SslMode, START_TIMEOUT};
+use super::{
+    dsn::DbUrl, Endpoint, Password, Postgres, PostgresProvider, PostgresSpec, Running, SslMode,
+    START_TIMEOUT,
+};
+use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::pki::{self, Usage};
 use crate::run::{Run, RUN_LABEL};
@@ -32,7 +42,6 @@ use crate::run::{Run, RUN_LABEL};
 /// Overrides the image: `name:tag`.
 pub const IMAGE_ENV: &str = "LILY_E2E_POSTGRES_IMAGE";
 pub const DEFAULT_IMAGE: (&str, &str) = ("postgres", "15-alpine");
-const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
 const TLS_DIR: &str = "/lily-e2e-tls";
 
 /// The container provider.
@@ -40,11 +49,17 @@ const TLS_DIR: &str = "/lily-e2e-tls";
 pub struct Container {
     pub image: String,
     pub tag: String,
+    /// Where the engine answers (`DOCKER_HOST` by default).
+    pub engine: Engine,
 }
 
 impl Default for Container {
     fn default() -> Self {
-        Container { image: DEFAULT_IMAGE.0.into(), tag: DEFAULT_IMAGE.1.into() }
+        Container {
+            image: DEFAULT_IMAGE.0.into(),
+            tag: DEFAULT_IMAGE.1.into(),
+            engine: Engine::from_env(),
+        }
     }
 }
 
@@ -54,11 +69,22 @@ impl Container {
         match std::env::var(IMAGE_ENV) {
             Ok(v) if !v.trim().is_empty() => {
                 let (image, tag) = parse_image(v.trim())?;
-                Ok(Container { image, tag })
+                Ok(Container {
+                    image,
+                    tag,
+                    ..Container::default()
+                })
             }
             _ => Ok(Container::default()),
         }
     }
+}
+
+/// testcontainers' switch: `keep` leaves containers in place after the run, for debugging.
+pub const KEEP_ENV: &str = "TESTCONTAINERS_COMMAND";
+
+fn keep_requested() -> bool {
+    std::env::var(KEEP_ENV).is_ok_and(|v| v == "keep")
 }
 
 /// `name:tag` (the name may carry a registry with a port: the tag is after the last `:`
@@ -66,53 +92,12 @@ impl Container {
 pub fn parse_image(s: &str) -> Result<(String, String)> {
     let slash = s.rfind('/').map_or(0, |i| i + 1);
     match s[slash..].rfind(':') {
-        Some(i) if i > 0 && slash + i + 1 < s.len() => Ok((s[..slash + i].to_string(), s[slash + i + 1..].to_string())),
-        _ => Err(Error::Invalid(format!("{IMAGE_ENV}=`{s}` is not name:tag (e.g. postgres:15-alpine)"))),
-    }
-}
-
-/// Where the Docker engine should answer: `DOCKER_HOST` or the default socket.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Engine {
-    Unix(PathBuf),
-    Tcp(String),
-    /// A scheme this check cannot try (ssh://, npipe://): left to testcontainers.
-    Other(String),
-}
-
-pub fn engine_address() -> Engine {
-    match std::env::var("DOCKER_HOST") {
-        Ok(h) if !h.is_empty() => {
-            if let Some(p) = h.strip_prefix("unix://") {
-                Engine::Unix(PathBuf::from(p))
-            } else if let Some(a) = h.strip_prefix("tcp://") {
-                Engine::Tcp(a.trim_end_matches('/').to_string())
-            } else {
-                Engine::Other(h)
-            }
+        Some(i) if i > 0 && slash + i + 1 < s.len() => {
+            Ok((s[..slash + i].to_string(), s[slash + i + 1..].to_string()))
         }
-        _ => Engine::Unix(PathBuf::from(DEFAULT_SOCKET)),
-    }
-}
-
-/// Fails at once, with what to do, when no Docker engine answers a connection.
-pub fn check_engine() -> Result<()> {
-    let unreachable = |e: std::io::Error| Error::Tool {
-        what: "no docker engine is reachable (DOCKER_HOST or /var/run/docker.sock); use --postgres local".into(),
-        source: Some(Box::new(e)),
-    };
-    match engine_address() {
-        Engine::Unix(path) => std::os::unix::net::UnixStream::connect(&path).map(drop).map_err(unreachable),
-        Engine::Tcp(addr) => {
-            use std::net::ToSocketAddrs;
-            let sa = addr
-                .to_socket_addrs()
-                .map_err(unreachable)?
-                .next()
-                .ok_or_else(|| unreachable(std::io::Error::new(std::io::ErrorKind::NotFound, "DOCKER_HOST resolves to no address")))?;
-            std::net::TcpStream::connect_timeout(&sa, Duration::from_secs(2)).map(drop).map_err(unreachable)
-        }
-        Engine::Other(_) => Ok(()),
+        _ => Err(Error::Invalid(format!(
+            "{IMAGE_ENV}=`{s}` is not name:tag (e.g. postgres:15-alpine)"
+        ))),
     }
 }
 
@@ -137,8 +122,10 @@ pub fn init_script(tls: bool, verifier: &str) -> String {
              HBA\n"
         ));
     } else {
+        // Off even where the image turns it on by itself (lily-e2e's own image does).
         s.push_str(
-            "cat > \"$PGDATA/pg_hba.conf\" <<'HBA'\n\
+            "echo \"ssl = off\" >> \"$PGDATA/postgresql.conf\"\n\
+             cat > \"$PGDATA/pg_hba.conf\" <<'HBA'\n\
              local all all     trust\n\
              host  all all all scram-sha-256\n\
              HBA\n",
@@ -157,9 +144,13 @@ impl PostgresProvider for Container {
         "container"
     }
 
-    fn start<'a>(&'a self, spec: &'a PostgresSpec, run: &'a Run) -> BoxFuture<'a, Result<Postgres>> {
+    fn start<'a>(
+        &'a self,
+        spec: &'a PostgresSpec,
+        run: &'a Run,
+    ) -> BoxFuture<'a, Result<Postgres>> {
         Box::pin(async move {
-            check_engine()?;
+            self.engine.check()?;
             let password = Password::generate();
             let mut request = PostgresImage::default()
                 .with_host_auth()
@@ -169,25 +160,30 @@ impl PostgresProvider for Container {
                 .with_ready_conditions(Vec::new())
                 .with_startup_timeout(START_TIMEOUT)
                 .with_copy_to(
-                    CopyTargetOptions::new("/docker-entrypoint-initdb.d/00-lily-e2e.sh").with_mode(0o755),
+                    CopyTargetOptions::new("/docker-entrypoint-initdb.d/00-lily-e2e.sh")
+                        .with_mode(0o755),
                     init_script(spec.tls, &password.scram_verifier()).into_bytes(),
                 );
             let mut ca_pem = None;
             if spec.tls {
                 let ca = pki::Ca::new("lily-e2e-postgres-ca")?;
                 let mut sans = vec!["127.0.0.1".to_string(), "localhost".to_string()];
-                if let Engine::Tcp(addr) = engine_address() {
-                    if let Some((host, _)) = addr.rsplit_once(':') {
-                        sans.push(host.trim_matches(|c| c == '[' || c == ']').to_string());
-                    }
+                if let Some(host) = self.engine.tcp_host() {
+                    sans.push(host);
                 }
                 let sans: Vec<&str> = sans.iter().map(String::as_str).collect();
                 let pair = ca.issue("lily-e2e-postgres", &[], &sans, Usage::Server)?;
                 // Readable by `postgres` so the init script can copy it; the copy it uses
                 // is 0600 and its own.
                 request = request
-                    .with_copy_to(CopyTargetOptions::new(format!("{TLS_DIR}/server.crt")).with_mode(0o644), pair.cert_pem.into_bytes())
-                    .with_copy_to(CopyTargetOptions::new(format!("{TLS_DIR}/server.key")).with_mode(0o644), pair.key_pem.into_bytes());
+                    .with_copy_to(
+                        CopyTargetOptions::new(format!("{TLS_DIR}/server.crt")).with_mode(0o644),
+                        pair.cert_pem.into_bytes(),
+                    )
+                    .with_copy_to(
+                        CopyTargetOptions::new(format!("{TLS_DIR}/server.key")).with_mode(0o644),
+                        pair.key_pem.into_bytes(),
+                    );
                 ca_pem = Some(ca.cert_pem());
             }
             let image = format!("{}:{}", self.image, self.tag);
@@ -195,23 +191,42 @@ impl PostgresProvider for Container {
                 what: format!("cannot start a postgresql container from {image}"),
                 source: Some(Box::new(e)),
             })?;
-            let running = ContainerServer { container: Some(container), image: image.clone() };
+            let running = ContainerServer {
+                container: Some(container),
+                image: image.clone(),
+            };
             let (host, port) = {
                 let c = running.container.as_ref().expect("just started");
                 let host = c.get_host().await.map_err(|e| Error::Tool {
                     what: format!("cannot read the host of the {image} container"),
                     source: Some(Box::new(e)),
                 })?;
-                let port = c.get_host_port_ipv4(5432.tcp()).await.map_err(|e| Error::Tool {
-                    what: format!("cannot read the port of the {image} container"),
-                    source: Some(Box::new(e)),
-                })?;
+                let port = c
+                    .get_host_port_ipv4(5432.tcp())
+                    .await
+                    .map_err(|e| Error::Tool {
+                        what: format!("cannot read the port of the {image} container"),
+                        source: Some(Box::new(e)),
+                    })?;
                 (host.to_string(), port)
             };
-            let mode = if spec.tls { SslMode::Require } else { SslMode::Disable };
-            let url = DbUrl::new("postgres", Some(password.clone()), &host, port, "postgres", mode);
+            let mode = if spec.tls {
+                SslMode::Require
+            } else {
+                SslMode::Disable
+            };
+            let url = DbUrl::new(
+                "postgres",
+                Some(password.clone()),
+                &host,
+                port,
+                "postgres",
+                mode,
+            );
             let exited = running.exited();
-            match super::local::probe_until_ready(&url, ca_pem.as_deref(), START_TIMEOUT, exited).await {
+            match super::local::probe_until_ready(&url, ca_pem.as_deref(), START_TIMEOUT, exited)
+                .await
+            {
                 Ok(version) => {
                     let endpoint = Endpoint {
                         host: url.host.clone(),
@@ -249,7 +264,14 @@ impl ContainerServer {
             if let Ok(false) = c.is_running().await {
                 let log = c.stderr_to_vec().await.unwrap_or_default();
                 let text = String::from_utf8_lossy(&log);
-                let tail: Vec<&str> = text.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect();
+                let tail: Vec<&str> = text
+                    .lines()
+                    .rev()
+                    .take(15)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
                 return Error::Tool {
                     what: format!(
                         "the postgresql container ({}) stopped {}s after it started; it ended with:\n{}",
@@ -270,6 +292,15 @@ impl Running for ContainerServer {
         let image = self.image.clone();
         Box::pin(async move {
             if let Some(c) = container {
+                if keep_requested() {
+                    eprintln!(
+                        "lily-e2e: keeping postgresql container {} ({KEEP_ENV}=keep); `lily-e2e clean` removes it",
+                        c.id()
+                    );
+                    // testcontainers' Drop honours the same switch.
+                    drop(c);
+                    return Ok(());
+                }
                 c.rm().await.map_err(|e| Error::Tool {
                     what: format!("cannot remove the postgresql container ({image})"),
                     source: Some(Box::new(e)),
@@ -292,8 +323,16 @@ mod tests {
 
     #[rstest]
     #[case("postgres:15-alpine", "postgres", "15-alpine")]
-    #[case("registry.local:5000/pg/postgres:16", "registry.local:5000/pg/postgres", "16")]
-    fn postgres_image_override_is_name_and_tag(#[case] s: &str, #[case] name: &str, #[case] tag: &str) {
+    #[case(
+        "registry.local:5000/pg/postgres:16",
+        "registry.local:5000/pg/postgres",
+        "16"
+    )]
+    fn postgres_image_override_is_name_and_tag(
+        #[case] s: &str,
+        #[case] name: &str,
+        #[case] tag: &str,
+    ) {
         assert_eq!(parse_image(s).unwrap(), (name.to_string(), tag.to_string()));
     }
 
@@ -303,16 +342,27 @@ mod tests {
     #[case("postgres:")]
     #[case(":15")]
     fn postgres_image_override_without_tag_is_refused(#[case] s: &str) {
-        assert!(parse_image(s).unwrap_err().to_string().contains("is not name:tag"));
+        assert!(parse_image(s)
+            .unwrap_err()
+            .to_string()
+            .contains("is not name:tag"));
     }
 
     #[test]
     fn postgres_init_script_turns_tls_on_and_sets_a_verifier_only() {
         let p = Password::generate();
         let s = init_script(true, &p.scram_verifier());
-        assert!(s.contains("ssl = on") && s.contains("hostnossl all all all reject") && s.contains("chmod 0600"));
+        assert!(
+            s.contains("ssl = on")
+                && s.contains("hostnossl all all all reject")
+                && s.contains("chmod 0600")
+        );
         assert!(s.contains("ALTER ROLE postgres PASSWORD 'SCRAM-SHA-256$"));
         assert!(!s.contains(p.expose()));
-        assert!(!init_script(false, "v").contains("ssl = on"));
+        let plain = init_script(false, "v");
+        assert!(
+            !plain.contains("ssl = on") && plain.contains("ssl = off"),
+            "{plain}"
+        );
     }
 }

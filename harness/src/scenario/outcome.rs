@@ -45,7 +45,8 @@ impl Outcome {
     }
 
     pub fn finding(&mut self, value: impl Serialize) {
-        self.findings.push(serde_json::to_value(value).unwrap_or(Value::Null));
+        self.findings
+            .push(serde_json::to_value(value).unwrap_or(Value::Null));
     }
 
     pub fn is_empty(&self) -> bool {
@@ -63,7 +64,11 @@ impl Outcome {
     }
 
     fn replacements(&self) -> Vec<(String, String)> {
-        let mut r: Vec<(String, String)> = self.names.iter().map(|(a, b)| (a.clone(), b.clone())).collect();
+        let mut r: Vec<(String, String)> = self
+            .names
+            .iter()
+            .map(|(a, b)| (a.clone(), b.clone()))
+            .collect();
         // Longest first, so a name that contains another is replaced whole.
         r.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.0.cmp(&b.0)));
         r
@@ -99,8 +104,15 @@ mod tests {
         assert_eq!(o.generated("volume", "pvc-0a1b"), "<volume-1>");
         o.record("claim", serde_json::json!({"volume": "pvc-0a1b", "ns": "install-r1234abcd", "msg": "volume \"pvc-9f9f\" in install-r1234abcd"}));
         let text = o.render("x");
-        assert!(!text.contains("pvc-0a1b") && !text.contains("r1234abcd"), "{text}");
-        assert!(text.contains("<volume-2>\\\" in <namespace>") || text.contains("<volume-2>\" in <namespace>"), "{text}");
+        assert!(
+            !text.contains("pvc-0a1b") && !text.contains("r1234abcd"),
+            "{text}"
+        );
+        assert!(
+            text.contains("<volume-2>\\\" in <namespace>")
+                || text.contains("<volume-2>\" in <namespace>"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -21,7 +21,10 @@ impl DecisionLog {
             .append(true)
             .open(&path)
             .map_err(Error::io(format!("open {}", path.display())))?;
-        Ok(DecisionLog { path, file: Arc::new(Mutex::new(file)) })
+        Ok(DecisionLog {
+            path,
+            file: Arc::new(Mutex::new(file)),
+        })
     }
 
     pub fn path(&self) -> &Path {

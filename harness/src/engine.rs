@@ -1,0 +1,248 @@
+//! The Docker engine the container providers use: where it answers, whether it does, and
+//! the containers a run left in it.
+//!
+//! Every container the harness starts carries the [`RUN_LABEL`] label, so that a run's
+//! containers can be found and removed like its processes: by [`crate::run::clean`] after a
+//! crash, and by [`crate::run::cleanup_live_runs`] on a signal.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bollard::query_parameters::{ListContainersOptions, RemoveContainerOptions};
+use bollard::Docker;
+
+use crate::error::{Error, Result};
+use crate::run::{RunId, RUN_LABEL};
+
+const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
+/// How long a blocking clean-up may spend on the engine.
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where a Docker engine should answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Engine {
+    Unix(PathBuf),
+    Tcp(String),
+    /// A scheme this check cannot try (ssh://, npipe://): left to the client library.
+    Other(String),
+}
+
+impl Engine {
+    /// `DOCKER_HOST`, or the default socket.
+    pub fn from_env() -> Self {
+        match std::env::var("DOCKER_HOST") {
+            Ok(h) if !h.is_empty() => Engine::parse(&h),
+            _ => Engine::Unix(PathBuf::from(DEFAULT_SOCKET)),
+        }
+    }
+
+    /// A `DOCKER_HOST` value.
+    pub fn parse(h: &str) -> Self {
+        if let Some(p) = h.strip_prefix("unix://") {
+            Engine::Unix(PathBuf::from(p))
+        } else if let Some(a) = h.strip_prefix("tcp://") {
+            Engine::Tcp(a.trim_end_matches('/').to_string())
+        } else {
+            Engine::Other(h.to_string())
+        }
+    }
+
+    /// The host name or address of a TCP engine (where its published ports are).
+    pub fn tcp_host(&self) -> Option<String> {
+        match self {
+            Engine::Tcp(addr) => addr
+                .rsplit_once(':')
+                .map(|(h, _)| h.trim_matches(|c| c == '[' || c == ']').to_string()),
+            _ => None,
+        }
+    }
+
+    /// Fails at once, saying what to do, when nothing accepts a connection at the engine's
+    /// address.
+    pub fn check(&self) -> Result<()> {
+        let unreachable = |e: std::io::Error| {
+            Error::Tool {
+            what: "no docker engine is reachable (DOCKER_HOST or /var/run/docker.sock); start one with \
+                   ci/docker.sh, or use --postgres local"
+                .into(),
+            source: Some(Box::new(e)),
+        }
+        };
+        match self {
+            Engine::Unix(path) => std::os::unix::net::UnixStream::connect(path)
+                .map(drop)
+                .map_err(unreachable),
+            Engine::Tcp(addr) => {
+                use std::net::ToSocketAddrs;
+                let sa = addr
+                    .to_socket_addrs()
+                    .map_err(unreachable)?
+                    .next()
+                    .ok_or_else(|| {
+                        unreachable(std::io::Error::new(
+                            std::io::ErrorKind::NotFound,
+                            "DOCKER_HOST resolves to no address",
+                        ))
+                    })?;
+                std::net::TcpStream::connect_timeout(&sa, Duration::from_secs(2))
+                    .map(drop)
+                    .map_err(unreachable)
+            }
+            Engine::Other(_) => Ok(()),
+        }
+    }
+
+    fn client(&self) -> Result<Docker> {
+        let docker = match self {
+            Engine::Unix(p) => {
+                Docker::connect_with_unix(&p.to_string_lossy(), 30, bollard::API_DEFAULT_VERSION)
+            }
+            Engine::Tcp(a) => {
+                Docker::connect_with_http(&format!("tcp://{a}"), 30, bollard::API_DEFAULT_VERSION)
+            }
+            Engine::Other(_) => Docker::connect_with_defaults(),
+        };
+        docker.map_err(|e| Error::Tool {
+            what: "cannot make a docker client".into(),
+            source: Some(Box::new(e)),
+        })
+    }
+
+    /// Containers (running or not) that carry the run label: `(container id, run id)`.
+    pub async fn run_containers(&self) -> Result<Vec<(String, String)>> {
+        let docker = self.client()?;
+        let filters = HashMap::from([("label".to_string(), vec![RUN_LABEL.to_string()])]);
+        let list = docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(filters),
+                ..Default::default()
+            }))
+            .await
+            .map_err(|e| Error::Tool {
+                what: "cannot list containers".into(),
+                source: Some(Box::new(e)),
+            })?;
+        Ok(list
+            .into_iter()
+            .filter_map(|c| {
+                let run = c.labels.as_ref()?.get(RUN_LABEL)?.clone();
+                Some((c.id?, run))
+            })
+            .collect())
+    }
+
+    /// Force-removes (with their anonymous volumes) the containers of the runs `which`
+    /// selects; returns them as `(container id, run id)`.
+    pub async fn remove_containers(
+        &self,
+        which: impl Fn(&str) -> bool,
+    ) -> Result<Vec<(String, String)>> {
+        let docker = self.client()?;
+        let mut removed = Vec::new();
+        for (id, run) in self.run_containers().await? {
+            if !which(&run) {
+                continue;
+            }
+            let opts = RemoveContainerOptions {
+                force: true,
+                v: true,
+                ..Default::default()
+            };
+            match docker.remove_container(&id, Some(opts)).await {
+                Ok(()) => removed.push((id, run)),
+                // Gone in the meantime (its own teardown): nothing to do.
+                Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => {}
+                Err(e) => {
+                    return Err(Error::Tool {
+                        what: format!("cannot remove container {id}"),
+                        source: Some(Box::new(e)),
+                    })
+                }
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// Removes the containers of the runs `which` selects, from any context (a signal handler's
+/// task, a destructor, plain sync code): on a thread of its own with its own runtime, under
+/// a deadline. Does nothing, quickly, when no engine answers. Returns `(container id, run
+/// id)` of what it removed.
+pub fn remove_containers_blocking(
+    which: impl Fn(&str) -> bool + Send + 'static,
+) -> Vec<(String, String)> {
+    let engine = Engine::from_env();
+    if engine.check().is_err() {
+        return Vec::new();
+    }
+    let worker = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        rt.block_on(async {
+            tokio::time::timeout(CLEANUP_TIMEOUT, engine.remove_containers(which))
+                .await
+                .ok()?
+                .ok()
+        })
+    });
+    worker.join().ok().flatten().unwrap_or_default()
+}
+
+/// The containers of one run, removed as [`remove_containers_blocking`] does.
+pub fn remove_run_containers_blocking(id: &RunId) -> Vec<String> {
+    let id = id.as_str().to_string();
+    remove_containers_blocking(move |run| run == id)
+        .into_iter()
+        .map(|(c, _)| c)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docker_host_values_are_read() {
+        assert_eq!(
+            Engine::parse("unix:///tmp/d.sock"),
+            Engine::Unix("/tmp/d.sock".into())
+        );
+        assert_eq!(
+            Engine::parse("tcp://10.0.0.5:2375/"),
+            Engine::Tcp("10.0.0.5:2375".into())
+        );
+        assert_eq!(
+            Engine::parse("tcp://10.0.0.5:2375").tcp_host().as_deref(),
+            Some("10.0.0.5")
+        );
+        assert_eq!(
+            Engine::parse("tcp://[::1]:2375").tcp_host().as_deref(),
+            Some("::1")
+        );
+        assert_eq!(
+            Engine::parse("ssh://me@host"),
+            Engine::Other("ssh://me@host".into())
+        );
+    }
+
+    #[test]
+    fn an_engine_that_is_not_there_fails_at_once_with_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = std::time::Instant::now();
+        let e = Engine::Unix(dir.path().join("docker.sock"))
+            .check()
+            .unwrap_err();
+        assert!(t.elapsed() < Duration::from_secs(2));
+        assert!(
+            e.to_string().starts_with("no docker engine is reachable"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("ci/docker.sh"), "{e}");
+    }
+}
