@@ -2,13 +2,22 @@
 # Benchmarks (numbers to read, never asserted by tests):
 #  1. the local cluster: cold start to 3 nodes Ready, teardown, peak RSS of the control
 #     plane, min/median/max over 5 runs;
-#  2. the whole conformance suite's wall time, cluster start included, median of 3.
+#  2. PostgreSQL providers, start to ready (local, and container when ci/docker.sh has an
+#     engine), runs interleaved, median of 5;
+#  3. the whole conformance suite's wall time, cluster start included, median of 3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./ci/setup.sh
 bin=./target/debug/lily-e2e
 echo "== local cluster, 5 runs"
 "$bin" bench --runs 5
+if ./ci/docker.sh && ./ci/postgres-image.sh; then
+  echo "== postgres providers, 5 runs each"
+  LILY_E2E_POSTGRES_IMAGE="${LILY_E2E_POSTGRES_IMAGE:-lily-e2e/postgres:15-bookworm}" "$bin" bench --postgres local,container --runs 5
+else
+  echo "== postgres provider (local only: no docker engine), 5 runs"
+  "$bin" bench --postgres local --runs 5
+fi
 echo "== suite wall time, 3 runs"
 times=()
 for i in 1 2 3; do
