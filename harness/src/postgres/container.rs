@@ -104,7 +104,9 @@ pub fn parse_image(s: &str) -> Result<(String, String)> {
 /// The init script: certificate, `ssl = on`, pg_hba.conf, the superuser's password as a
 /// SCRAM verifier. Runs as `postgres` with `$PGDATA` set, the temporary server up.
 pub fn init_script(tls: bool, verifier: &str) -> String {
-    let mut s = String::from("#!/bin/sh\n# written by lily-e2e\nset -e\n");
+    let mut s = String::from(
+        "#!/bin/sh\n# written by lily-e2e\nset -e\necho \"log_connections = on\" >> \"$PGDATA/postgresql.conf\"\n",
+    );
     if tls {
         s.push_str(&format!(
             "cp {TLS_DIR}/server.crt \"$PGDATA/server.crt\"\n\
@@ -187,6 +189,7 @@ impl PostgresProvider for Container {
                 ca_pem = Some(ca.cert_pem());
             }
             let image = format!("{}:{}", self.image, self.tag);
+            let log = run.subdir("postgres")?.join("container.log");
             let container = request.start().await.map_err(|e| Error::Tool {
                 what: format!("cannot start a postgresql container from {image}"),
                 source: Some(Box::new(e)),
@@ -194,13 +197,25 @@ impl PostgresProvider for Container {
             let running = ContainerServer {
                 container: Some(container),
                 image: image.clone(),
+                log,
             };
             let (host, port) = {
                 let c = running.container.as_ref().expect("just started");
-                let host = c.get_host().await.map_err(|e| Error::Tool {
-                    what: format!("cannot read the host of the {image} container"),
-                    source: Some(Box::new(e)),
-                })?;
+                // An engine on a local socket publishes ports on this host: loopback
+                // reaches them whether they are bound to 127.0.0.1 (ci/docker.sh) or to all
+                // addresses. (testcontainers would pick the bridge gateway wherever
+                // /.dockerenv exists, which some VMs have without being in a container.)
+                let host = match &self.engine {
+                    Engine::Unix(_) => "127.0.0.1".to_string(),
+                    _ => c
+                        .get_host()
+                        .await
+                        .map_err(|e| Error::Tool {
+                            what: format!("cannot read the host of the {image} container"),
+                            source: Some(Box::new(e)),
+                        })?
+                        .to_string(),
+                };
                 let port = c
                     .get_host_port_ipv4(5432.tcp())
                     .await
@@ -208,7 +223,7 @@ impl PostgresProvider for Container {
                         what: format!("cannot read the port of the {image} container"),
                         source: Some(Box::new(e)),
                     })?;
-                (host.to_string(), port)
+                (host, port)
             };
             let mode = if spec.tls {
                 SslMode::Require
@@ -251,6 +266,8 @@ impl PostgresProvider for Container {
 struct ContainerServer {
     container: Option<ContainerAsync<PostgresImage>>,
     image: String,
+    /// Where [`Running::refresh_logs`] copies the container's output (in the run directory).
+    log: PathBuf,
 }
 
 impl ContainerServer {
@@ -311,7 +328,30 @@ impl Running for ContainerServer {
     }
 
     fn logs(&self) -> Vec<PathBuf> {
-        Vec::new()
+        if self.log.exists() {
+            vec![self.log.clone()]
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Copies the container's output so far (stdout: the temporary setup server; stderr:
+    /// the server) into the run directory.
+    fn refresh_logs(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let Some(c) = self.container.as_ref() else {
+                return;
+            };
+            let out = c.stdout_to_vec().await.unwrap_or_default();
+            let err = c.stderr_to_vec().await.unwrap_or_default();
+            let mut text = b"== stdout\n".to_vec();
+            text.extend(out);
+            text.extend(b"== stderr\n");
+            text.extend(err);
+            if let Err(e) = std::fs::write(&self.log, text) {
+                tracing::warn!(log = %self.log.display(), error = %e, "cannot copy the postgresql container's log");
+            }
+        })
     }
 }
 

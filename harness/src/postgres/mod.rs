@@ -131,6 +131,11 @@ pub trait Running: Send + Sync {
     fn teardown(self: Box<Self>) -> BoxFuture<'static, Result<()>>;
     /// The server's log files, for artifacts.
     fn logs(&self) -> Vec<PathBuf>;
+    /// Brings the log files up to date (a container's log lives in the engine until copied
+    /// out); by default there is nothing to do.
+    fn refresh_logs(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// Where a started server listens and how the harness's superuser reaches it.
@@ -199,6 +204,14 @@ impl Postgres {
     /// The server's log files, for artifacts.
     pub fn logs(&self) -> Vec<PathBuf> {
         self.running.as_ref().map(|r| r.logs()).unwrap_or_default()
+    }
+
+    /// The server's log files, brought up to date first (for artifacts).
+    pub async fn current_logs(&self) -> Vec<PathBuf> {
+        if let Some(r) = &self.running {
+            r.refresh_logs().await;
+        }
+        self.logs()
     }
 
     /// The superuser's URL (`sslmode=require` with TLS, `disable` without).

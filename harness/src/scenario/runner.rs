@@ -1316,7 +1316,7 @@ impl<'e> Ctx<'e> {
             helm_files.push(("helm-status.txt".to_string(), format!("{s:#?}")));
         }
         let mut logs = self.env.cluster.logs();
-        logs.extend(self.env.postgres.logs());
+        logs.extend(self.env.postgres.current_logs().await);
         let client = self.client();
         match super::artifacts::Collector::new(&client, &self.namespace, dir.clone()) {
             Ok(c) => c.collect(helm_files, &logs).await,
