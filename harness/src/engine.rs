@@ -51,9 +51,7 @@ impl Engine {
     /// The host name or address of a TCP engine (where its published ports are).
     pub fn tcp_host(&self) -> Option<String> {
         match self {
-            Engine::Tcp(addr) => addr
-                .rsplit_once(':')
-                .map(|(h, _)| h.trim_matches(|c| c == '[' || c == ']').to_string()),
+            Engine::Tcp(addr) => addr.rsplit_once(':').map(|(h, _)| h.trim_matches(|c| c == '[' || c == ']').to_string()),
             _ => None,
         }
     }
@@ -61,33 +59,21 @@ impl Engine {
     /// Fails at once, saying what to do, when nothing accepts a connection at the engine's
     /// address.
     pub fn check(&self) -> Result<()> {
-        let unreachable = |e: std::io::Error| {
-            Error::Tool {
+        let unreachable = |e: std::io::Error| Error::Tool {
             what: "no docker engine is reachable (DOCKER_HOST or /var/run/docker.sock); start one with \
                    ci/docker.sh, or use --postgres local"
                 .into(),
             source: Some(Box::new(e)),
-        }
         };
         match self {
-            Engine::Unix(path) => std::os::unix::net::UnixStream::connect(path)
-                .map(drop)
-                .map_err(unreachable),
+            Engine::Unix(path) => std::os::unix::net::UnixStream::connect(path).map(drop).map_err(unreachable),
             Engine::Tcp(addr) => {
                 use std::net::ToSocketAddrs;
-                let sa = addr
-                    .to_socket_addrs()
-                    .map_err(unreachable)?
-                    .next()
-                    .ok_or_else(|| {
-                        unreachable(std::io::Error::new(
-                            std::io::ErrorKind::NotFound,
-                            "DOCKER_HOST resolves to no address",
-                        ))
+                let sa =
+                    addr.to_socket_addrs().map_err(unreachable)?.next().ok_or_else(|| {
+                        unreachable(std::io::Error::new(std::io::ErrorKind::NotFound, "DOCKER_HOST resolves to no address"))
                     })?;
-                std::net::TcpStream::connect_timeout(&sa, Duration::from_secs(2))
-                    .map(drop)
-                    .map_err(unreachable)
+                std::net::TcpStream::connect_timeout(&sa, Duration::from_secs(2)).map(drop).map_err(unreachable)
             }
             Engine::Other(_) => Ok(()),
         }
@@ -95,18 +81,11 @@ impl Engine {
 
     fn client(&self) -> Result<Docker> {
         let docker = match self {
-            Engine::Unix(p) => {
-                Docker::connect_with_unix(&p.to_string_lossy(), 30, bollard::API_DEFAULT_VERSION)
-            }
-            Engine::Tcp(a) => {
-                Docker::connect_with_http(&format!("tcp://{a}"), 30, bollard::API_DEFAULT_VERSION)
-            }
+            Engine::Unix(p) => Docker::connect_with_unix(&p.to_string_lossy(), 30, bollard::API_DEFAULT_VERSION),
+            Engine::Tcp(a) => Docker::connect_with_http(&format!("tcp://{a}"), 30, bollard::API_DEFAULT_VERSION),
             Engine::Other(_) => Docker::connect_with_defaults(),
         };
-        docker.map_err(|e| Error::Tool {
-            what: "cannot make a docker client".into(),
-            source: Some(Box::new(e)),
-        })
+        docker.map_err(|e| Error::Tool { what: "cannot make a docker client".into(), source: Some(Box::new(e)) })
     }
 
     /// Containers (running or not) that carry the run label: `(container id, run id)`.
@@ -114,16 +93,9 @@ impl Engine {
         let docker = self.client()?;
         let filters = HashMap::from([("label".to_string(), vec![RUN_LABEL.to_string()])]);
         let list = docker
-            .list_containers(Some(ListContainersOptions {
-                all: true,
-                filters: Some(filters),
-                ..Default::default()
-            }))
+            .list_containers(Some(ListContainersOptions { all: true, filters: Some(filters), ..Default::default() }))
             .await
-            .map_err(|e| Error::Tool {
-                what: "cannot list containers".into(),
-                source: Some(Box::new(e)),
-            })?;
+            .map_err(|e| Error::Tool { what: "cannot list containers".into(), source: Some(Box::new(e)) })?;
         Ok(list
             .into_iter()
             .filter_map(|c| {
@@ -135,33 +107,19 @@ impl Engine {
 
     /// Force-removes (with their anonymous volumes) the containers of the runs `which`
     /// selects; returns them as `(container id, run id)`.
-    pub async fn remove_containers(
-        &self,
-        which: impl Fn(&str) -> bool,
-    ) -> Result<Vec<(String, String)>> {
+    pub async fn remove_containers(&self, which: impl Fn(&str) -> bool) -> Result<Vec<(String, String)>> {
         let docker = self.client()?;
         let mut removed = Vec::new();
         for (id, run) in self.run_containers().await? {
             if !which(&run) {
                 continue;
             }
-            let opts = RemoveContainerOptions {
-                force: true,
-                v: true,
-                ..Default::default()
-            };
+            let opts = RemoveContainerOptions { force: true, v: true, ..Default::default() };
             match docker.remove_container(&id, Some(opts)).await {
                 Ok(()) => removed.push((id, run)),
                 // Gone in the meantime (its own teardown): nothing to do.
-                Err(bollard::errors::Error::DockerResponseServerError {
-                    status_code: 404, ..
-                }) => {}
-                Err(e) => {
-                    return Err(Error::Tool {
-                        what: format!("cannot remove container {id}"),
-                        source: Some(Box::new(e)),
-                    })
-                }
+                Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {}
+                Err(e) => return Err(Error::Tool { what: format!("cannot remove container {id}"), source: Some(Box::new(e)) }),
             }
         }
         Ok(removed)
@@ -172,24 +130,14 @@ impl Engine {
 /// task, a destructor, plain sync code): on a thread of its own with its own runtime, under
 /// a deadline. Does nothing, quickly, when no engine answers. Returns `(container id, run
 /// id)` of what it removed.
-pub fn remove_containers_blocking(
-    which: impl Fn(&str) -> bool + Send + 'static,
-) -> Vec<(String, String)> {
+pub fn remove_containers_blocking(which: impl Fn(&str) -> bool + Send + 'static) -> Vec<(String, String)> {
     let engine = Engine::from_env();
     if engine.check().is_err() {
         return Vec::new();
     }
     let worker = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .ok()?;
-        rt.block_on(async {
-            tokio::time::timeout(CLEANUP_TIMEOUT, engine.remove_containers(which))
-                .await
-                .ok()?
-                .ok()
-        })
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+        rt.block_on(async { tokio::time::timeout(CLEANUP_TIMEOUT, engine.remove_containers(which)).await.ok()?.ok() })
     });
     worker.join().ok().flatten().unwrap_or_default()
 }
@@ -197,10 +145,7 @@ pub fn remove_containers_blocking(
 /// The containers of one run, removed as [`remove_containers_blocking`] does.
 pub fn remove_run_containers_blocking(id: &RunId) -> Vec<String> {
     let id = id.as_str().to_string();
-    remove_containers_blocking(move |run| run == id)
-        .into_iter()
-        .map(|(c, _)| c)
-        .collect()
+    remove_containers_blocking(move |run| run == id).into_iter().map(|(c, _)| c).collect()
 }
 
 #[cfg(test)]
@@ -209,40 +154,20 @@ mod tests {
 
     #[test]
     fn docker_host_values_are_read() {
-        assert_eq!(
-            Engine::parse("unix:///tmp/d.sock"),
-            Engine::Unix("/tmp/d.sock".into())
-        );
-        assert_eq!(
-            Engine::parse("tcp://10.0.0.5:2375/"),
-            Engine::Tcp("10.0.0.5:2375".into())
-        );
-        assert_eq!(
-            Engine::parse("tcp://10.0.0.5:2375").tcp_host().as_deref(),
-            Some("10.0.0.5")
-        );
-        assert_eq!(
-            Engine::parse("tcp://[::1]:2375").tcp_host().as_deref(),
-            Some("::1")
-        );
-        assert_eq!(
-            Engine::parse("ssh://me@host"),
-            Engine::Other("ssh://me@host".into())
-        );
+        assert_eq!(Engine::parse("unix:///tmp/d.sock"), Engine::Unix("/tmp/d.sock".into()));
+        assert_eq!(Engine::parse("tcp://10.0.0.5:2375/"), Engine::Tcp("10.0.0.5:2375".into()));
+        assert_eq!(Engine::parse("tcp://10.0.0.5:2375").tcp_host().as_deref(), Some("10.0.0.5"));
+        assert_eq!(Engine::parse("tcp://[::1]:2375").tcp_host().as_deref(), Some("::1"));
+        assert_eq!(Engine::parse("ssh://me@host"), Engine::Other("ssh://me@host".into()));
     }
 
     #[test]
     fn an_engine_that_is_not_there_fails_at_once_with_what_to_do() {
         let dir = tempfile::tempdir().unwrap();
         let t = std::time::Instant::now();
-        let e = Engine::Unix(dir.path().join("docker.sock"))
-            .check()
-            .unwrap_err();
+        let e = Engine::Unix(dir.path().join("docker.sock")).check().unwrap_err();
         assert!(t.elapsed() < Duration::from_secs(2));
-        assert!(
-            e.to_string().starts_with("no docker engine is reachable"),
-            "{e}"
-        );
+        assert!(e.to_string().starts_with("no docker engine is reachable"), "{e}");
         assert!(e.to_string().contains("ci/docker.sh"), "{e}");
     }
 }

@@ -30,11 +30,7 @@ pub enum Error {
     },
 
     #[error("{tool} {version} is not installed (looked in {}); run `lily-e2e tools install`", .path.display())]
-    ToolMissing {
-        tool: String,
-        version: String,
-        path: PathBuf,
-    },
+    ToolMissing { tool: String, version: String, path: PathBuf },
 
     #[error("{what}")]
     Tool {
@@ -51,22 +47,13 @@ pub enum Error {
     },
 
     #[error("timed out after {}s waiting for {what}; last seen: {last_seen}", .after.as_secs())]
-    Timeout {
-        what: String,
-        after: Duration,
-        last_seen: String,
-    },
+    Timeout { what: String, after: Duration, last_seen: String },
 
     #[error("port {port} on 127.0.0.1 is already in use ({what}); free it or pick another port")]
     PortBusy { port: u16, what: String },
 
     #[error("{name} exited before it was ready ({status}); its log is {}{}", .log.display(), tail_suffix(.tail))]
-    ChildExited {
-        name: String,
-        status: String,
-        log: PathBuf,
-        tail: String,
-    },
+    ChildExited { name: String, status: String, log: PathBuf, tail: String },
 
     #[error("{what}")]
     Helm {

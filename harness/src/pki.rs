@@ -2,17 +2,14 @@
 //! Used by the local control plane and the local PostgreSQL's TLS.
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose, SanType,
 };
 
 use crate::error::{Error, Result};
 
 fn pki_err(what: &str) -> impl FnOnce(rcgen::Error) -> Error + '_ {
-    move |e| Error::Tool {
-        what: format!("cannot generate {what}"),
-        source: Some(Box::new(e)),
-    }
+    move |e| Error::Tool { what: format!("cannot generate {what}"), source: Some(Box::new(e)) }
 }
 
 /// A certificate and its private key, PEM-encoded.
@@ -51,14 +48,9 @@ impl Ca {
         let mut params = CertificateParams::default();
         params.distinguished_name = dn(common_name, &[]);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         let key = KeyPair::generate().map_err(pki_err("a CA key"))?;
-        let issuer =
-            CertifiedIssuer::self_signed(params, key).map_err(pki_err("the CA certificate"))?;
+        let issuer = CertifiedIssuer::self_signed(params, key).map_err(pki_err("the CA certificate"))?;
         Ok(Ca { issuer })
     }
 
@@ -67,42 +59,24 @@ impl Ca {
     }
 
     /// A leaf certificate. `sans` may hold DNS names and IP addresses.
-    pub fn issue(
-        &self,
-        common_name: &str,
-        organizations: &[&str],
-        sans: &[&str],
-        usage: Usage,
-    ) -> Result<Pair> {
+    pub fn issue(&self, common_name: &str, organizations: &[&str], sans: &[&str], usage: Usage) -> Result<Pair> {
         let mut params = CertificateParams::default();
         params.distinguished_name = dn(common_name, organizations);
         params.subject_alt_names = sans
             .iter()
             .map(|s| match s.parse::<std::net::IpAddr>() {
                 Ok(ip) => Ok(SanType::IpAddress(ip)),
-                Err(_) => s
-                    .to_string()
-                    .try_into()
-                    .map(SanType::DnsName)
-                    .map_err(pki_err("a subject alternative name")),
+                Err(_) => s.to_string().try_into().map(SanType::DnsName).map_err(pki_err("a subject alternative name")),
             })
             .collect::<Result<_>>()?;
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
         params.extended_key_usages = match usage {
             Usage::Server => vec![ExtendedKeyUsagePurpose::ServerAuth],
             Usage::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
         };
         let key = KeyPair::generate().map_err(pki_err("a key"))?;
-        let cert = params
-            .signed_by(&key, &self.issuer)
-            .map_err(pki_err("a certificate"))?;
-        Ok(Pair {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        })
+        let cert = params.signed_by(&key, &self.issuer).map_err(pki_err("a certificate"))?;
+        Ok(Pair { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
     }
 }
 
@@ -129,21 +103,10 @@ mod tests {
     #[test]
     fn issues_pem_pairs_signed_by_the_ca() {
         let ca = Ca::new("test-ca").unwrap();
-        let p = ca
-            .issue(
-                "admin",
-                &["system:masters"],
-                &["127.0.0.1", "localhost"],
-                Usage::Server,
-            )
-            .unwrap();
+        let p = ca.issue("admin", &["system:masters"], &["127.0.0.1", "localhost"], Usage::Server).unwrap();
         assert!(p.cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
         assert!(p.key_pem.contains("PRIVATE KEY"));
         assert_ne!(p.cert_pem, ca.cert_pem());
-        assert_eq!(
-            format!("{p:?}"),
-            "Pair { .. }",
-            "keys never reach a Debug print"
-        );
+        assert_eq!(format!("{p:?}"), "Pair { .. }", "keys never reach a Debug print");
     }
 }

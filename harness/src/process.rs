@@ -91,14 +91,8 @@ impl Supervised {
     pub fn spawn(spec: ChildSpec, run: &Run) -> Result<Self> {
         let logs = run.subdir("logs")?;
         let log = logs.join(format!("{}.log", spec.name));
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .map_err(Error::io(format!("open {}", log.display())))?;
-        let err = out
-            .try_clone()
-            .map_err(Error::io("duplicate a log file handle"))?;
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(&log).map_err(Error::io(format!("open {}", log.display())))?;
+        let err = out.try_clone().map_err(Error::io("duplicate a log file handle"))?;
         if let Some((uid, gid)) = spec.user {
             let _ = nix::unistd::chown(&log, Some(uid.into()), Some(gid.into()));
         }
@@ -117,11 +111,7 @@ impl Supervised {
         if let Some((uid, gid)) = spec.user {
             cmd.uid(uid).gid(gid);
         }
-        let child = cmd.spawn().map_err(Error::io(format!(
-            "start {} ({})",
-            spec.name,
-            spec.program.display()
-        )))?;
+        let child = cmd.spawn().map_err(Error::io(format!("start {} ({})", spec.name, spec.program.display())))?;
         let pid = child.id().expect("a just-spawned child has a pid") as i32;
         tracing::debug!(name = %spec.name, pid, log = %log.display(), "started");
         Ok(Supervised {
@@ -170,9 +160,7 @@ impl Supervised {
         let _ = killpg(self.pgid, Signal::SIGKILL);
         Error::ChildExited {
             name: self.name.clone(),
-            status: status
-                .map(|s| s.to_string())
-                .unwrap_or_else(|e| e.to_string()),
+            status: status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()),
             log: self.log.clone(),
             tail: log_tail(&self.log, 15),
         }
@@ -225,10 +213,7 @@ pub fn wait_pid_exit(pid: i32, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let mut fds = [nix::poll::PollFd::new(
-            fd.as_fd(),
-            nix::poll::PollFlags::POLLIN,
-        )];
+        let mut fds = [nix::poll::PollFd::new(fd.as_fd(), nix::poll::PollFlags::POLLIN)];
         let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
         match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms)) {
             Ok(n) if n > 0 => return true,
@@ -317,11 +302,7 @@ pub async fn run_command_as(
         Ok(r) => r,
         Err(_) => Err(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
-            format!(
-                "{} did not finish within {}s",
-                program.display(),
-                timeout.as_secs()
-            ),
+            format!("{} did not finish within {}s", program.display(), timeout.as_secs()),
         )),
     }
 }

@@ -65,10 +65,7 @@ pub fn write_junit(path: &Path, results: &[CaseResult]) -> Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(Error::io(format!("create {}", dir.display())))?;
     }
-    let xml = report.to_string().map_err(|e| Error::Tool {
-        what: "cannot render the junit report".into(),
-        source: Some(Box::new(e)),
-    })?;
+    let xml = report.to_string().map_err(|e| Error::Tool { what: "cannot render the junit report".into(), source: Some(Box::new(e)) })?;
     std::fs::write(path, xml).map_err(Error::io(format!("write {}", path.display())))
 }
 
@@ -77,35 +74,20 @@ pub fn summary(results: &[CaseResult]) -> String {
     let mut s = String::new();
     for r in results {
         let mark = if r.passed() { "PASS" } else { "FAIL" };
-        let slow = r
-            .slowest_step
-            .as_ref()
-            .map(|(n, d)| format!("  (slowest: {n} {:.1}s)", d.as_secs_f64()))
-            .unwrap_or_default();
-        s.push_str(&format!(
-            "{mark} {:<52} {:>6.1}s{slow}\n",
-            r.name,
-            r.duration.as_secs_f64()
-        ));
+        let slow = r.slowest_step.as_ref().map(|(n, d)| format!("  (slowest: {n} {:.1}s)", d.as_secs_f64())).unwrap_or_default();
+        s.push_str(&format!("{mark} {:<52} {:>6.1}s{slow}\n", r.name, r.duration.as_secs_f64()));
         for n in &r.notes {
             s.push_str(&format!("     {n}\n"));
         }
         if let CaseOutcome::Failed { step, message } = &r.outcome {
-            s.push_str(&format!(
-                "     step {step}: {}\n",
-                message.lines().next().unwrap_or("")
-            ));
+            s.push_str(&format!("     step {step}: {}\n", message.lines().next().unwrap_or("")));
             if let Some(a) = &r.artifacts {
                 s.push_str(&format!("     artifacts: {}\n", a.display()));
             }
         }
     }
     let passed = results.iter().filter(|r| r.passed()).count();
-    s.push_str(&format!(
-        "{} passed, {} failed\n",
-        passed,
-        results.len() - passed
-    ));
+    s.push_str(&format!("{} passed, {} failed\n", passed, results.len() - passed));
     s
 }
 
@@ -129,10 +111,7 @@ mod tests {
             CaseResult {
                 name: "multi-attach/node-gone".into(),
                 duration: Duration::from_secs(9),
-                outcome: CaseOutcome::Failed {
-                    step: "expect-event".into(),
-                    message: "timed out".into(),
-                },
+                outcome: CaseOutcome::Failed { step: "expect-event".into(), message: "timed out".into() },
                 slowest_step: None,
                 artifacts: None,
                 notes: vec![],
@@ -141,16 +120,9 @@ mod tests {
         write_junit(&p, &results).unwrap();
         let xml = std::fs::read_to_string(&p).unwrap();
         assert!(xml.contains(r#"classname="lily-e2e.install""#), "{xml}");
-        assert!(
-            xml.contains(r#"name="node-gone""#)
-                && xml.contains(r#"classname="lily-e2e.multi-attach""#),
-            "{xml}"
-        );
+        assert!(xml.contains(r#"name="node-gone""#) && xml.contains(r#"classname="lily-e2e.multi-attach""#), "{xml}");
         assert!(xml.contains("step expect-event failed"), "{xml}");
-        assert!(
-            xml.contains(r#"tests="2""#) && xml.contains(r#"failures="1""#),
-            "{xml}"
-        );
+        assert!(xml.contains(r#"tests="2""#) && xml.contains(r#"failures="1""#), "{xml}");
         let s = summary(&results);
         assert!(s.ends_with("1 passed, 1 failed\n"), "{s}");
     }

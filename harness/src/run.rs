@@ -47,9 +47,7 @@ pub fn cache_root() -> PathBuf {
     if let Some(dir) = std::env::var_os("LILY_E2E_CACHE") {
         return PathBuf::from(dir);
     }
-    dirs::cache_dir()
-        .unwrap_or_else(std::env::temp_dir)
-        .join("lily-e2e")
+    dirs::cache_dir().unwrap_or_else(std::env::temp_dir).join("lily-e2e")
 }
 
 /// The run registry: `$LILY_E2E_RUNS`, or `<cache>/runs`.
@@ -101,25 +99,12 @@ impl Run {
     pub fn create(keep: bool) -> Result<Self> {
         let id = RunId::new();
         let dir = std::env::temp_dir().join(format!("lily-e2e-{id}"));
-        std::fs::create_dir_all(&dir)
-            .map_err(Error::io(format!("create run directory {}", dir.display())))?;
+        std::fs::create_dir_all(&dir).map_err(Error::io(format!("create run directory {}", dir.display())))?;
         let me = std::process::id();
-        let entry = RegistryEntry {
-            id: id.clone(),
-            owner_pid: me,
-            owner_start: process_start(me).unwrap_or(0),
-            dirs: vec![dir.clone()],
-        };
-        let run = Run {
-            id,
-            dir,
-            keep,
-            entry,
-        };
+        let entry = RegistryEntry { id: id.clone(), owner_pid: me, owner_start: process_start(me).unwrap_or(0), dirs: vec![dir.clone()] };
+        let run = Run { id, dir, keep, entry };
         run.save()?;
-        LIVE.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(run.id.clone());
+        LIVE.lock().unwrap_or_else(|e| e.into_inner()).push(run.id.clone());
         Ok(run)
     }
 
@@ -141,9 +126,7 @@ impl Run {
     /// before anything ran) the run leaves nothing behind.
     pub fn keep_logs(&mut self) -> Option<PathBuf> {
         let logs = self.dir.join("logs");
-        let has_logs = std::fs::read_dir(&logs)
-            .map(|mut d| d.next().is_some())
-            .unwrap_or(false);
+        let has_logs = std::fs::read_dir(&logs).map(|mut d| d.next().is_some()).unwrap_or(false);
         self.keep = has_logs;
         has_logs.then(|| self.dir.clone())
     }
@@ -163,8 +146,7 @@ impl Run {
 
     fn save(&self) -> Result<()> {
         let reg = registry_dir();
-        std::fs::create_dir_all(&reg)
-            .map_err(Error::io(format!("create run registry {}", reg.display())))?;
+        std::fs::create_dir_all(&reg).map_err(Error::io(format!("create run registry {}", reg.display())))?;
         let path = reg.join(format!("{}.json", self.id));
         let tmp = reg.join(format!(".{}.json.tmp", self.id));
         let text = serde_json::to_vec_pretty(&self.entry).map_err(Error::json("registry entry"))?;
@@ -175,9 +157,7 @@ impl Run {
 
 impl Drop for Run {
     fn drop(&mut self) {
-        LIVE.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|r| r != &self.id);
+        LIVE.lock().unwrap_or_else(|e| e.into_inner()).retain(|r| r != &self.id);
         if self.keep {
             tracing::info!(run = %self.id, dir = %self.dir.display(), "run kept; `lily-e2e clean` removes it");
             return;
@@ -198,10 +178,7 @@ pub fn cleanup_live_runs(grace: std::time::Duration) {
     let ids: Vec<RunId> = LIVE.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let reg = registry_dir();
     if !ids.is_empty() {
-        let live = ids
-            .iter()
-            .map(|i| i.as_str().to_string())
-            .collect::<Vec<_>>();
+        let live = ids.iter().map(|i| i.as_str().to_string()).collect::<Vec<_>>();
         crate::engine::remove_containers_blocking(move |run| live.iter().any(|l| l == run));
     }
     for id in ids {
@@ -221,11 +198,10 @@ pub fn cleanup_live_runs(grace: std::time::Duration) {
 /// test binaries, where the default action would leave children running.
 pub fn cleanup_on_signal(handle: &tokio::runtime::Handle) {
     handle.spawn(async {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(t) => t,
-                Err(_) => return,
-            };
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(t) => t,
+            Err(_) => return,
+        };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {},
             _ = term.recv() => {},
@@ -288,9 +264,7 @@ pub fn clean(force: bool, grace: std::time::Duration) -> Result<Vec<Cleaned>> {
     let mut live = Vec::new();
     if let Ok(entries) = std::fs::read_dir(&reg) {
         for e in entries.flatten() {
-            if let Ok(entry) = std::fs::read(e.path())
-                .map_err(drop)
-                .and_then(|t| serde_json::from_slice::<RegistryEntry>(&t).map_err(drop))
+            if let Ok(entry) = std::fs::read(e.path()).map_err(drop).and_then(|t| serde_json::from_slice::<RegistryEntry>(&t).map_err(drop))
             {
                 if owner_alive(&entry) && !force {
                     live.push(entry.id.as_str().to_string());
@@ -299,9 +273,7 @@ pub fn clean(force: bool, grace: std::time::Duration) -> Result<Vec<Cleaned>> {
         }
     }
     let mut containers: std::collections::BTreeMap<String, Vec<String>> = Default::default();
-    for (cid, run) in
-        crate::engine::remove_containers_blocking(move |run| !live.iter().any(|l| l == run))
-    {
+    for (cid, run) in crate::engine::remove_containers_blocking(move |run| !live.iter().any(|l| l == run)) {
         containers.entry(run).or_default().push(cid);
     }
     let Ok(entries) = std::fs::read_dir(&reg) else {
@@ -320,13 +292,7 @@ pub fn clean(force: bool, grace: std::time::Duration) -> Result<Vec<Cleaned>> {
             continue;
         };
         if owner_alive(&entry) && !force {
-            out.push(Cleaned {
-                id: entry.id,
-                killed: vec![],
-                removed: vec![],
-                containers: vec![],
-                skipped_live: true,
-            });
+            out.push(Cleaned { id: entry.id, killed: vec![], removed: vec![], containers: vec![], skipped_live: true });
             continue;
         }
         let killed = processes_of(&entry.id);
@@ -339,13 +305,7 @@ pub fn clean(force: bool, grace: std::time::Duration) -> Result<Vec<Cleaned>> {
         }
         let _ = std::fs::remove_file(&path);
         let containers = containers.remove(entry.id.as_str()).unwrap_or_default();
-        out.push(Cleaned {
-            id: entry.id,
-            killed,
-            removed,
-            containers,
-            skipped_live: false,
-        });
+        out.push(Cleaned { id: entry.id, killed, removed, containers, skipped_live: false });
     }
     out.extend(orphan_containers(containers));
     Ok(out)
@@ -356,12 +316,6 @@ fn orphan_containers(containers: std::collections::BTreeMap<String, Vec<String>>
     containers
         .into_iter()
         .filter(|(_, ids)| !ids.is_empty())
-        .map(|(run, ids)| Cleaned {
-            id: RunId(run),
-            killed: vec![],
-            removed: vec![],
-            containers: ids,
-            skipped_live: false,
-        })
+        .map(|(run, ids)| Cleaned { id: RunId(run), killed: vec![], removed: vec![], containers: ids, skipped_live: false })
         .collect()
 }

@@ -49,12 +49,7 @@ pub fn sort_documents(docs: &mut [Value]) {
 }
 
 fn sort_key(d: &Value) -> (String, String, String) {
-    let s = |p: &str| {
-        d.pointer(p)
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string()
-    };
+    let s = |p: &str| d.pointer(p).and_then(Value::as_str).unwrap_or("").to_string();
     (s("/kind"), s("/metadata/namespace"), s("/metadata/name"))
 }
 
@@ -65,12 +60,7 @@ pub fn normalize_document(doc: &mut Value) {
             for v in data.values_mut() {
                 let n = v
                     .as_str()
-                    .map(|s| {
-                        base64::engine::general_purpose::STANDARD
-                            .decode(s.trim())
-                            .map(|b| b.len())
-                            .unwrap_or(s.len())
-                    })
+                    .map(|s| base64::engine::general_purpose::STANDARD.decode(s.trim()).map(|b| b.len()).unwrap_or(s.len()))
                     .unwrap_or(0);
                 *v = Value::String(redacted(n));
             }
@@ -163,18 +153,11 @@ pub async fn render(helm: &Helm, req: &RenderRequest) -> Result<String> {
 /// Renders with the real helm; the output as helm printed it (secrets included).
 pub async fn render_raw(helm: &Helm, req: &RenderRequest) -> Result<String> {
     req.source.check()?;
-    let asked = req
-        .version
-        .as_deref()
-        .map(crate::helm::chart::parse_version)
-        .transpose()?;
+    let asked = req.version.as_deref().map(crate::helm::chart::parse_version).transpose()?;
     let pinned = req.source.pinned_version().cloned();
     let version: Option<Version> = match (pinned, asked) {
         (Some(p), Some(a)) if p != a => {
-            return Err(Error::Invalid(format!(
-                "chart source {} pins version {p} but version {a} was asked for",
-                req.source
-            )))
+            return Err(Error::Invalid(format!("chart source {} pins version {p} but version {a} was asked for", req.source)))
         }
         (p, a) => p.or(a),
     };
@@ -188,39 +171,24 @@ pub async fn render_raw(helm: &Helm, req: &RenderRequest) -> Result<String> {
     match &req.source {
         ChartSource::Dir { path, .. } => match version {
             Some(v) => {
-                let tmp = tempfile::tempdir_in(helm.home())
-                    .map_err(Error::io("create a directory to package the chart in"))?;
+                let tmp = tempfile::tempdir_in(helm.home()).map_err(Error::io("create a directory to package the chart in"))?;
                 let tgz = helm.package(path, Some(&v.to_string()), tmp.path()).await?;
-                helm.template(&req.release, &ChartRef::Path(tgz), &opts(None))
-                    .await
+                helm.template(&req.release, &ChartRef::Path(tgz), &opts(None)).await
             }
-            None => {
-                helm.template(&req.release, &ChartRef::Path(path.clone()), &opts(None))
-                    .await
-            }
+            None => helm.template(&req.release, &ChartRef::Path(path.clone()), &opts(None)).await,
         },
         ChartSource::Archive { path } => {
             if let Some(v) = version {
                 let meta = crate::helm::ChartMeta::read(path)?;
                 if meta.semver()? != v {
-                    return Err(Error::Invalid(format!(
-                        "{} is {} version {}, not {v}",
-                        path.display(),
-                        meta.name,
-                        meta.version
-                    )));
+                    return Err(Error::Invalid(format!("{} is {} version {}, not {v}", path.display(), meta.name, meta.version)));
                 }
             }
-            helm.template(&req.release, &ChartRef::Path(path.clone()), &opts(None))
-                .await
+            helm.template(&req.release, &ChartRef::Path(path.clone()), &opts(None)).await
         }
         ChartSource::Remote { url, chart, .. } => {
-            let chart = ChartRef::Url {
-                url: url.clone(),
-                chart: chart.clone(),
-            };
-            helm.template(&req.release, &chart, &opts(version.map(|v| v.to_string())))
-                .await
+            let chart = ChartRef::Url { url: url.clone(), chart: chart.clone() };
+            helm.template(&req.release, &chart, &opts(version.map(|v| v.to_string()))).await
         }
     }
 }
@@ -243,16 +211,8 @@ mod tests {
 
     #[test]
     fn two_renders_with_different_random_secrets_normalise_identically() {
-        let a = normalize_manifests(&secret_stream(
-            "Zq8sT0kLr1aB2cD3eF4gH5iJ6kL7mN8o",
-            "hunter2hunter2",
-        ))
-        .unwrap();
-        let b = normalize_manifests(&secret_stream(
-            "Xy7wV6uT5sR4qP3oN2mL1kJ0iH9gF8eD",
-            "correct-horse1",
-        ))
-        .unwrap();
+        let a = normalize_manifests(&secret_stream("Zq8sT0kLr1aB2cD3eF4gH5iJ6kL7mN8o", "hunter2hunter2")).unwrap();
+        let b = normalize_manifests(&secret_stream("Xy7wV6uT5sR4qP3oN2mL1kJ0iH9gF8eD", "correct-horse1")).unwrap();
         assert_eq!(a, b);
         let token = "Zq8sT0kLr1aB2cD3eF4gH5iJ6kL7mN8o";
         let b64 = base64::engine::general_purpose::STANDARD.encode(token);
@@ -271,10 +231,7 @@ mod tests {
     fn checksums_are_replaced_at_every_depth_and_other_annotations_kept() {
         let out = normalize_manifests(&secret_stream("t", "p")).unwrap();
         assert_eq!(out.matches("[checksum]").count(), 3, "{out}");
-        assert!(
-            out.contains("keep/me: yes") || out.contains("keep/me: 'yes'"),
-            "{out}"
-        );
+        assert!(out.contains("keep/me: yes") || out.contains("keep/me: 'yes'"), "{out}");
         assert!(out.contains("helm.sh/chart: lily-0.2.0"), "{out}");
         assert!(!out.contains("# Source"), "comments are dropped");
     }
@@ -284,10 +241,7 @@ mod tests {
            &["ConfigMap//q", "ConfigMap/a/z", "Service/a/y", "Service/b/x"])]
     #[case(&[("StatefulSet", "", "lily-rel-worker"), ("StatefulSet", "", "lily-rel-notifier")],
            &["StatefulSet//lily-rel-notifier", "StatefulSet//lily-rel-worker"])]
-    fn documents_sort_by_kind_namespace_name(
-        #[case] input: &[(&str, &str, &str)],
-        #[case] want: &[&str],
-    ) {
+    fn documents_sort_by_kind_namespace_name(#[case] input: &[(&str, &str, &str)], #[case] want: &[&str]) {
         let docs: Vec<Value> = input
             .iter()
             .map(|(k, ns, n)| {
@@ -312,15 +266,8 @@ mod tests {
     fn output_is_a_stable_yaml_stream() {
         let text = "b: 1\na: {z: 1, y: [2, 1]}\nkind: ConfigMap\nmetadata: {name: x}\n";
         let once = normalize_manifests(text).unwrap();
-        assert_eq!(
-            once,
-            "---\na:\n  y:\n  - 2\n  - 1\n  z: 1\nb: 1\nkind: ConfigMap\nmetadata:\n  name: x\n"
-        );
-        assert_eq!(
-            normalize_manifests(&once).unwrap(),
-            once,
-            "normalising is idempotent"
-        );
+        assert_eq!(once, "---\na:\n  y:\n  - 2\n  - 1\n  z: 1\nb: 1\nkind: ConfigMap\nmetadata:\n  name: x\n");
+        assert_eq!(normalize_manifests(&once).unwrap(), once, "normalising is idempotent");
         assert_eq!(normalize_manifests("---\n# nothing\n").unwrap(), "");
     }
 
@@ -332,11 +279,7 @@ mod tests {
 
     #[test]
     fn non_base64_secret_data_is_still_redacted() {
-        let out = normalize_manifests("kind: Secret\nmetadata: {name: s}\ndata: {k: not*base64}\n")
-            .unwrap();
-        assert!(
-            out.contains("'[redacted: 10 bytes]'") && !out.contains("not*base64"),
-            "{out}"
-        );
+        let out = normalize_manifests("kind: Secret\nmetadata: {name: s}\ndata: {k: not*base64}\n").unwrap();
+        assert!(out.contains("'[redacted: 10 bytes]'") && !out.contains("not*base64"), "{out}");
     }
 }

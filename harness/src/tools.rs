@@ -51,9 +51,7 @@ impl Lock {
 
     /// The pin that provides binary `bin`.
     pub fn pin_for(&self, bin: &str) -> Option<(&ToolPin, &BinaryPin)> {
-        self.tool
-            .iter()
-            .find_map(|t| t.binaries.iter().find(|b| b.name == bin).map(|b| (t, b)))
+        self.tool.iter().find_map(|t| t.binaries.iter().find(|b| b.name == bin).map(|b| (t, b)))
     }
 }
 
@@ -68,20 +66,13 @@ impl ToolPin {
         let major = parts.next().unwrap_or("0");
         let minor = parts.next().unwrap_or("0");
         let mut flags = vec!["-s".to_string(), "-w".to_string()];
-        flags.extend(self.ldflags.iter().map(|f| {
-            f.replace("{version}", &self.version)
-                .replace("{major}", major)
-                .replace("{minor}", minor)
-        }));
+        flags
+            .extend(self.ldflags.iter().map(|f| f.replace("{version}", &self.version).replace("{major}", major).replace("{minor}", minor)));
         flags.join(" ")
     }
 
     fn is_installed(&self) -> bool {
-        self.dir().join(".complete").is_file()
-            && self
-                .binaries
-                .iter()
-                .all(|b| self.dir().join("bin").join(&b.name).is_file())
+        self.dir().join(".complete").is_file() && self.binaries.iter().all(|b| self.dir().join("bin").join(&b.name).is_file())
     }
 }
 
@@ -102,19 +93,12 @@ impl Tools {
 
     /// The path of binary `bin`, or an error naming the command that installs it.
     pub fn path(&self, bin: &str) -> Result<PathBuf> {
-        let (tool, _) = self
-            .lock
-            .pin_for(bin)
-            .ok_or_else(|| Error::Invalid(format!("{bin} is not a tool lily-e2e pins")))?;
+        let (tool, _) = self.lock.pin_for(bin).ok_or_else(|| Error::Invalid(format!("{bin} is not a tool lily-e2e pins")))?;
         let p = tool.dir().join("bin").join(bin);
         if tool.is_installed() {
             Ok(p)
         } else {
-            Err(Error::ToolMissing {
-                tool: bin.to_string(),
-                version: tool.version.clone(),
-                path: p,
-            })
+            Err(Error::ToolMissing { tool: bin.to_string(), version: tool.version.clone(), path: p })
         }
     }
 
@@ -124,12 +108,7 @@ impl Tools {
     }
 
     pub fn kubernetes_version(&self) -> &str {
-        self.lock
-            .tool
-            .iter()
-            .find(|t| t.name == "kubernetes")
-            .map(|t| t.version.as_str())
-            .unwrap_or("unknown")
+        self.lock.tool.iter().find(|t| t.name == "kubernetes").map(|t| t.version.as_str()).unwrap_or("unknown")
     }
 
     pub fn lock(&self) -> &Lock {
@@ -153,50 +132,28 @@ pub struct Installed {
 }
 
 /// Builds every pinned tool that is not in the cache yet. `only` limits it to some names.
-pub async fn install(
-    only: &[String],
-    progress: &indicatif::MultiProgress,
-) -> Result<Vec<Installed>> {
+pub async fn install(only: &[String], progress: &indicatif::MultiProgress) -> Result<Vec<Installed>> {
     let go = which("go").ok_or_else(|| {
         Error::Invalid("the Go toolchain (`go`) is not on PATH; install Go 1.24 or newer, then run `lily-e2e tools install` again".into())
     })?;
     let lock = Lock::load();
     let mut done = Vec::new();
-    for tool in lock
-        .tool
-        .iter()
-        .filter(|t| only.is_empty() || only.contains(&t.name))
-    {
+    for tool in lock.tool.iter().filter(|t| only.is_empty() || only.contains(&t.name)) {
         let bar = progress.add(indicatif::ProgressBar::new_spinner());
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} {prefix:>12} {wide_msg} [{elapsed}]",
-            )
-            .expect("static template"),
-        );
+        bar.set_style(indicatif::ProgressStyle::with_template("{spinner} {prefix:>12} {wide_msg} [{elapsed}]").expect("static template"));
         bar.set_prefix(tool.name.clone());
         bar.enable_steady_tick(Duration::from_millis(200));
         let start = Instant::now();
         if tool.is_installed() {
             bar.finish_with_message(format!("{} already installed", tool.version));
-            done.push(Installed {
-                name: tool.name.clone(),
-                version: tool.version.clone(),
-                built: false,
-                seconds: 0.0,
-            });
+            done.push(Installed { name: tool.name.clone(), version: tool.version.clone(), built: false, seconds: 0.0 });
             continue;
         }
         match build_tool(&go, tool, &bar).await {
             Ok(()) => {
                 let secs = start.elapsed().as_secs_f64();
                 bar.finish_with_message(format!("{} built in {secs:.0}s", tool.version));
-                done.push(Installed {
-                    name: tool.name.clone(),
-                    version: tool.version.clone(),
-                    built: true,
-                    seconds: secs,
-                });
+                done.push(Installed { name: tool.name.clone(), version: tool.version.clone(), built: true, seconds: secs });
             }
             Err(e) => {
                 bar.abandon_with_message(format!("{} failed", tool.version));
@@ -209,19 +166,11 @@ pub async fn install(
 
 async fn build_tool(go: &Path, tool: &ToolPin, bar: &indicatif::ProgressBar) -> Result<()> {
     let root = tools_root();
-    let src = root
-        .join("src")
-        .join(format!("{}-{}", tool.name, tool.version));
-    let staging = root.join(format!(
-        ".build-{}-{}-{}",
-        tool.name,
-        tool.version,
-        std::process::id()
-    ));
+    let src = root.join("src").join(format!("{}-{}", tool.name, tool.version));
+    let staging = root.join(format!(".build-{}-{}-{}", tool.name, tool.version, std::process::id()));
     std::fs::create_dir_all(&src).map_err(Error::io(format!("create {}", src.display())))?;
     let _ = std::fs::remove_dir_all(&staging);
-    std::fs::create_dir_all(staging.join("bin"))
-        .map_err(Error::io(format!("create {}", staging.display())))?;
+    std::fs::create_dir_all(staging.join("bin")).map_err(Error::io(format!("create {}", staging.display())))?;
     let result = async {
         bar.set_message("writing wrapper module");
         write_wrapper_module(go, tool, &src).await?;
@@ -244,15 +193,11 @@ async fn build_tool(go: &Path, tool: &ToolPin, bar: &indicatif::ProgressBar) -> 
             bar.set_message(format!("checking {} version", b.name));
             check_version(&out, b, &tool.version).await?;
         }
-        std::fs::write(
-            staging.join(".complete"),
-            format!("{} {}\n", tool.module, tool.version),
-        )
-        .map_err(Error::io("write the completion marker"))?;
+        std::fs::write(staging.join(".complete"), format!("{} {}\n", tool.module, tool.version))
+            .map_err(Error::io("write the completion marker"))?;
         let dest = tool.dir();
         let _ = std::fs::remove_dir_all(&dest);
-        std::fs::rename(&staging, &dest)
-            .map_err(Error::io(format!("move the build into {}", dest.display())))?;
+        std::fs::rename(&staging, &dest).map_err(Error::io(format!("move the build into {}", dest.display())))?;
         Ok(())
     }
     .await;
@@ -263,10 +208,7 @@ async fn build_tool(go: &Path, tool: &ToolPin, bar: &indicatif::ProgressBar) -> 
 }
 
 async fn write_wrapper_module(go: &Path, tool: &ToolPin, src: &Path) -> Result<()> {
-    let mut gomod = format!(
-        "module lilye2e/tools/{}\n\ngo 1.24\n\nrequire {} {}\n",
-        tool.name, tool.module, tool.version
-    );
+    let mut gomod = format!("module lilye2e/tools/{}\n\ngo 1.24\n\nrequire {} {}\n", tool.name, tool.module, tool.version);
     if let Some(staging) = &tool.staging_version {
         let modules = staging_modules(go, src, &tool.module, &tool.version).await?;
         gomod.push_str("\nreplace (\n");
@@ -275,38 +217,20 @@ async fn write_wrapper_module(go: &Path, tool: &ToolPin, src: &Path) -> Result<(
         }
         gomod.push_str(")\n");
     }
-    let imports: String = tool
-        .binaries
-        .iter()
-        .map(|b| format!("\t_ \"{}\"\n", b.package))
-        .collect();
+    let imports: String = tool.binaries.iter().map(|b| format!("\t_ \"{}\"\n", b.package)).collect();
     let tools_go = format!("//go:build tools\n\npackage tools\n\nimport (\n{imports})\n");
     std::fs::write(src.join("go.mod"), gomod).map_err(Error::io("write the wrapper go.mod"))?;
-    std::fs::write(src.join("tools.go"), tools_go)
-        .map_err(Error::io("write the wrapper tools.go"))?;
+    std::fs::write(src.join("tools.go"), tools_go).map_err(Error::io("write the wrapper tools.go"))?;
     Ok(())
 }
 
 /// The modules that `module@version`'s go.mod replaces with `./staging/...` paths.
-async fn staging_modules(
-    go: &Path,
-    cwd: &Path,
-    module: &str,
-    version: &str,
-) -> Result<Vec<String>> {
-    let out = go_cmd(
-        go,
-        cwd,
-        &["mod", "download", "-json", &format!("{module}@{version}")],
-        Duration::from_secs(900),
-    )
-    .await?;
-    let info: serde_json::Value =
-        serde_json::from_slice(&out).map_err(Error::json("go mod download output"))?;
-    let gomod = info["GoMod"].as_str().ok_or_else(|| Error::Tool {
-        what: format!("`go mod download {module}@{version}` did not name a go.mod"),
-        source: None,
-    })?;
+async fn staging_modules(go: &Path, cwd: &Path, module: &str, version: &str) -> Result<Vec<String>> {
+    let out = go_cmd(go, cwd, &["mod", "download", "-json", &format!("{module}@{version}")], Duration::from_secs(900)).await?;
+    let info: serde_json::Value = serde_json::from_slice(&out).map_err(Error::json("go mod download output"))?;
+    let gomod = info["GoMod"]
+        .as_str()
+        .ok_or_else(|| Error::Tool { what: format!("`go mod download {module}@{version}` did not name a go.mod"), source: None })?;
     let text = std::fs::read_to_string(gomod).map_err(Error::io(format!("read {gomod}")))?;
     Ok(parse_staging_replaces(&text))
 }
@@ -317,45 +241,23 @@ pub fn parse_staging_replaces(gomod: &str) -> Vec<String> {
         .lines()
         .filter_map(|l| {
             let (left, right) = l.split_once("=>")?;
-            right
-                .trim()
-                .starts_with("./staging/")
-                .then(|| left.trim().trim_start_matches("replace").trim().to_string())
+            right.trim().starts_with("./staging/").then(|| left.trim().trim_start_matches("replace").trim().to_string())
         })
         .collect()
 }
 
 async fn go_cmd(go: &Path, cwd: &Path, args: &[&str], timeout: Duration) -> Result<Vec<u8>> {
-    let env: Vec<(OsString, OsString)> = vec![
-        ("CGO_ENABLED".into(), "0".into()),
-        ("GOFLAGS".into(), "-mod=mod".into()),
-        ("GOWORK".into(), "off".into()),
-    ];
+    let env: Vec<(OsString, OsString)> =
+        vec![("CGO_ENABLED".into(), "0".into()), ("GOFLAGS".into(), "-mod=mod".into()), ("GOWORK".into(), "off".into())];
     let args_os: Vec<OsString> = args.iter().map(OsString::from).collect();
     let out = crate::process::run_command(go, &args_os, &env, Some(cwd), timeout)
         .await
-        .map_err(|e| Error::Tool {
-            what: format!("cannot run `go {}`", args.join(" ")),
-            source: Some(Box::new(e)),
-        })?;
+        .map_err(|e| Error::Tool { what: format!("cannot run `go {}`", args.join(" ")), source: Some(Box::new(e)) })?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
-        let tail: Vec<&str> = stderr
-            .lines()
-            .rev()
-            .take(20)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
+        let tail: Vec<&str> = stderr.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect();
         return Err(Error::Tool {
-            what: format!(
-                "`go {}` failed ({}) in {}:\n{}",
-                args.join(" "),
-                out.status,
-                cwd.display(),
-                tail.join("\n")
-            ),
+            what: format!("`go {}` failed ({}) in {}:\n{}", args.join(" "), out.status, cwd.display(), tail.join("\n")),
             source: None,
         });
     }
@@ -366,22 +268,11 @@ async fn check_version(bin: &Path, pin: &BinaryPin, version: &str) -> Result<()>
     let args: Vec<OsString> = pin.version_args.iter().map(OsString::from).collect();
     let out = crate::process::run_command(bin, &args, &[], None, Duration::from_secs(30))
         .await
-        .map_err(|e| Error::Tool {
-            what: format!("cannot run {} {}", pin.name, pin.version_args.join(" ")),
-            source: Some(Box::new(e)),
-        })?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .map_err(|e| Error::Tool { what: format!("cannot run {} {}", pin.name, pin.version_args.join(" ")), source: Some(Box::new(e)) })?;
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     if !text.contains(version.trim_start_matches('v')) {
         return Err(Error::Tool {
-            what: format!(
-                "{} reports `{}`, expected version {version}",
-                pin.name,
-                text.lines().next().unwrap_or("").trim()
-            ),
+            what: format!("{} reports `{}`, expected version {version}", pin.name, text.lines().next().unwrap_or("").trim()),
             source: None,
         });
     }
@@ -391,9 +282,7 @@ async fn check_version(bin: &Path, pin: &BinaryPin, version: &str) -> Result<()>
 /// A program on PATH.
 pub fn which(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
+    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file())
 }
 
 #[cfg(test)]
@@ -403,26 +292,13 @@ mod tests {
     #[test]
     fn lock_parses_and_pins_every_binary_the_harness_runs() {
         let lock = Lock::load();
-        for bin in [
-            "helm",
-            "kubectl",
-            "etcd",
-            "kube-apiserver",
-            "kube-controller-manager",
-            "kube-scheduler",
-            "kwok",
-        ] {
-            let (tool, _) = lock
-                .pin_for(bin)
-                .unwrap_or_else(|| panic!("{bin} is not pinned"));
+        for bin in ["helm", "kubectl", "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"] {
+            let (tool, _) = lock.pin_for(bin).unwrap_or_else(|| panic!("{bin} is not pinned"));
             assert!(tool.version.starts_with('v'), "{bin}: {}", tool.version);
         }
         let k8s = lock.tool.iter().find(|t| t.name == "kubernetes").unwrap();
         assert!(k8s.version.starts_with("v1.34."));
-        assert_eq!(
-            k8s.staging_version.as_deref().map(|s| &s[..5]),
-            Some("v0.34")
-        );
+        assert_eq!(k8s.staging_version.as_deref().map(|s| &s[..5]), Some("v0.34"));
     }
 
     #[test]
@@ -431,18 +307,12 @@ mod tests {
         let k8s = lock.tool.iter().find(|t| t.name == "kubernetes").unwrap();
         let f = k8s.ldflags();
         assert!(f.contains(&format!("gitVersion={}", k8s.version)));
-        assert!(
-            f.contains("gitMajor=1 ") && f.contains("gitMinor=34 "),
-            "{f}"
-        );
+        assert!(f.contains("gitMajor=1 ") && f.contains("gitMinor=34 "), "{f}");
     }
 
     #[test]
     fn staging_replaces_are_read_from_go_mod() {
         let gomod = "replace (\n\tk8s.io/api => ./staging/src/k8s.io/api\n\tgithub.com/x/y => github.com/x/y v1.0.0\n)\nreplace k8s.io/kubectl => ./staging/src/k8s.io/kubectl\n";
-        assert_eq!(
-            parse_staging_replaces(gomod),
-            vec!["k8s.io/api", "k8s.io/kubectl"]
-        );
+        assert_eq!(parse_staging_replaces(gomod), vec!["k8s.io/api", "k8s.io/kubectl"]);
     }
 }

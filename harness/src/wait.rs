@@ -44,13 +44,7 @@ fn truncate(s: &mut String, max: usize) {
 }
 
 /// Waits until object `name` satisfies `cond` (which sees `None` while it does not exist).
-pub async fn until<K, C>(
-    api: &Api<K>,
-    name: &str,
-    what: &str,
-    timeout: Duration,
-    cond: C,
-) -> Result<Option<K>>
+pub async fn until<K, C>(api: &Api<K>, name: &str, what: &str, timeout: Duration, cond: C) -> Result<Option<K>>
 where
     K: Clone + Debug + Send + Sync + DeserializeOwned + Serialize + Resource + 'static,
     C: Fn(Option<&K>) -> bool,
@@ -58,31 +52,16 @@ where
     let last: Arc<Mutex<Option<String>>> = Arc::default();
     let seen = last.clone();
     let recording = move |obj: Option<&K>| {
-        *seen.lock().unwrap() = Some(
-            obj.map(summarize)
-                .unwrap_or_else(|| format!("{name} does not exist")),
-        );
+        *seen.lock().unwrap() = Some(obj.map(summarize).unwrap_or_else(|| format!("{name} does not exist")));
         cond(obj)
     };
-    match tokio::time::timeout(
-        timeout,
-        await_condition(api.clone(), name, Recording(recording)),
-    )
-    .await
-    {
+    match tokio::time::timeout(timeout, await_condition(api.clone(), name, Recording(recording))).await {
         Ok(Ok(obj)) => Ok(obj),
-        Ok(Err(e)) => Err(Error::Tool {
-            what: format!("watch failed while waiting for {what}"),
-            source: Some(Box::new(e)),
-        }),
+        Ok(Err(e)) => Err(Error::Tool { what: format!("watch failed while waiting for {what}"), source: Some(Box::new(e)) }),
         Err(_) => Err(Error::Timeout {
             what: what.to_string(),
             after: timeout,
-            last_seen: last
-                .lock()
-                .unwrap()
-                .clone()
-                .unwrap_or_else(|| "nothing (no watch event arrived)".into()),
+            last_seen: last.lock().unwrap().clone().unwrap_or_else(|| "nothing (no watch event arrived)".into()),
         }),
     }
 }
@@ -95,13 +74,7 @@ impl<K, F: Fn(Option<&K>) -> bool> Condition<K> for Recording<F> {
 }
 
 /// Waits until the set of objects selected by `config` satisfies `cond`; returns that set.
-pub async fn until_list<K, C>(
-    api: &Api<K>,
-    config: watcher::Config,
-    what: &str,
-    timeout: Duration,
-    cond: C,
-) -> Result<Vec<K>>
+pub async fn until_list<K, C>(api: &Api<K>, config: watcher::Config, what: &str, timeout: Duration, cond: C) -> Result<Vec<K>>
 where
     K: Clone + Debug + Send + Sync + DeserializeOwned + Serialize + Resource + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
@@ -118,18 +91,8 @@ where
                 Ok(Some(watcher::Event::InitDone)) => listed = true,
                 Ok(Some(watcher::Event::Apply(_) | watcher::Event::Delete(_))) => {}
                 Ok(Some(_)) => continue,
-                Ok(None) => {
-                    return Err(Error::Tool {
-                        what: format!("watch ended while waiting for {what}"),
-                        source: None,
-                    })
-                }
-                Err(e) => {
-                    return Err(Error::Tool {
-                        what: format!("watch failed while waiting for {what}"),
-                        source: Some(Box::new(e)),
-                    })
-                }
+                Ok(None) => return Err(Error::Tool { what: format!("watch ended while waiting for {what}"), source: None }),
+                Err(e) => return Err(Error::Tool { what: format!("watch failed while waiting for {what}"), source: Some(Box::new(e)) }),
             }
             if !listed {
                 continue;
@@ -144,11 +107,7 @@ where
     let res = tokio::time::timeout(timeout, fut).await;
     match res {
         Ok(r) => r,
-        Err(_) => Err(Error::Timeout {
-            what: what.to_string(),
-            after: timeout,
-            last_seen: last,
-        }),
+        Err(_) => Err(Error::Timeout { what: what.to_string(), after: timeout, last_seen: last }),
     }
 }
 
@@ -156,11 +115,7 @@ fn describe_set<K: Serialize + ResourceExt>(objs: &[Arc<K>]) -> String {
     if objs.is_empty() {
         return "no objects".into();
     }
-    let mut s = objs
-        .iter()
-        .map(|o| summarize(o.as_ref()))
-        .collect::<Vec<_>>()
-        .join("; ");
+    let mut s = objs.iter().map(|o| summarize(o.as_ref())).collect::<Vec<_>>().join("; ");
     truncate(&mut s, 2000);
     s
 }
@@ -180,27 +135,18 @@ where
     let mut stream = std::pin::pin!(stream);
     let fut = async {
         while let Some(item) = stream.next().await {
-            let obj = item.map_err(|e| Error::Tool {
-                what: format!("watch failed while waiting for {what}"),
-                source: Some(Box::new(e)),
-            })?;
+            let obj =
+                item.map_err(|e| Error::Tool { what: format!("watch failed while waiting for {what}"), source: Some(Box::new(e)) })?;
             last = summarize(&obj);
             if pred(&obj) {
                 return Ok(obj);
             }
         }
-        Err(Error::Tool {
-            what: format!("watch ended while waiting for {what}"),
-            source: None,
-        })
+        Err(Error::Tool { what: format!("watch ended while waiting for {what}"), source: None })
     };
     let res = tokio::time::timeout(timeout, fut).await;
     match res {
         Ok(r) => r,
-        Err(_) => Err(Error::Timeout {
-            what: what.to_string(),
-            after: timeout,
-            last_seen: last,
-        }),
+        Err(_) => Err(Error::Timeout { what: what.to_string(), after: timeout, last_seen: last }),
     }
 }

@@ -33,19 +33,13 @@ impl YamlError {
 
 impl From<serde_yaml::Error> for YamlError {
     fn from(source: serde_yaml::Error) -> Self {
-        Self {
-            context: None,
-            source: Cause::Syntax(source),
-        }
+        Self { context: None, source: Cause::Syntax(source) }
     }
 }
 
 impl From<serde_json::Error> for YamlError {
     fn from(source: serde_json::Error) -> Self {
-        Self {
-            context: None,
-            source: Cause::Shape(source),
-        }
+        Self { context: None, source: Cause::Shape(source) }
     }
 }
 
@@ -60,10 +54,7 @@ pub fn from_str<T: DeserializeOwned>(text: &str) -> Result<T, YamlError> {
 
 /// Parses one YAML document from a file, naming the file in the error.
 pub fn from_file<T: DeserializeOwned>(path: &std::path::Path) -> Result<T, crate::Error> {
-    let text = std::fs::read_to_string(path).map_err(|source| crate::Error::Io {
-        what: format!("read {}", path.display()),
-        source,
-    })?;
+    let text = std::fs::read_to_string(path).map_err(|source| crate::Error::Io { what: format!("read {}", path.display()), source })?;
     from_str(&text).map_err(|e| e.context(path.display().to_string()).into())
 }
 
@@ -102,17 +93,12 @@ mod tests {
     #[test]
     fn splits_documents_and_skips_empty_ones() {
         let docs = documents("---\n# only a comment\n---\na: 1\n---\nb: [x]\n").unwrap();
-        assert_eq!(
-            docs,
-            vec![serde_json::json!({"a": 1}), serde_json::json!({"b": ["x"]})]
-        );
+        assert_eq!(docs, vec![serde_json::json!({"a": 1}), serde_json::json!({"b": ["x"]})]);
     }
 
     #[test]
     fn errors_name_their_source() {
-        let err = from_str::<serde_json::Value>("a: [")
-            .unwrap_err()
-            .context("values.yaml");
+        let err = from_str::<serde_json::Value>("a: [").unwrap_err().context("values.yaml");
         assert_eq!(err.to_string(), "invalid yaml in values.yaml");
         assert!(std::error::Error::source(&err).is_some());
     }

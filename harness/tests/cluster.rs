@@ -20,10 +20,7 @@ use tokio::io::AsyncBufReadExt;
 const T: Duration = Duration::from_secs(60);
 
 async fn start(run: &Run) -> lily_e2e::cluster::Cluster {
-    Local::new(Tools::new())
-        .start(&ClusterSpec::default(), run)
-        .await
-        .expect("the local cluster starts")
+    Local::new(Tools::new()).start(&ClusterSpec::default(), run).await.expect("the local cluster starts")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -32,20 +29,9 @@ async fn nodes_spread_across_zones_and_a_statefulset_runs() {
     let cluster = start(&run).await;
     let nodes: Api<Node> = Api::all(cluster.client.clone());
     let list = nodes.list(&Default::default()).await.unwrap();
-    let mut zones: Vec<(String, String)> = list
-        .items
-        .iter()
-        .map(|n| (n.name_any(), n.labels()[ZONE_LABEL].clone()))
-        .collect();
+    let mut zones: Vec<(String, String)> = list.items.iter().map(|n| (n.name_any(), n.labels()[ZONE_LABEL].clone())).collect();
     zones.sort();
-    assert_eq!(
-        zones,
-        [
-            ("sim-a1".into(), "zone-a".into()),
-            ("sim-a2".into(), "zone-a".into()),
-            ("sim-b1".into(), "zone-b".into())
-        ]
-    );
+    assert_eq!(zones, [("sim-a1".into(), "zone-a".into()), ("sim-a2".into(), "zone-a".into()), ("sim-b1".into(), "zone-b".into())]);
     assert!(list.items.iter().all(lily_e2e::cluster::nodes::is_ready));
 
     let sts: StatefulSet = serde_json::from_value(serde_json::json!({
@@ -60,34 +46,16 @@ async fn nodes_spread_across_zones_and_a_statefulset_runs() {
     let api: Api<StatefulSet> = Api::namespaced(cluster.client.clone(), "default");
     api.create(&PostParams::default(), &sts).await.unwrap();
     let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), "default");
-    let running = lily_e2e::wait::until_list(
-        &pods,
-        watcher::Config::default().labels("app=web"),
-        "2 web pods Running",
-        T,
-        |ps: &[Arc<Pod>]| {
-            ps.len() == 2
-                && ps
-                    .iter()
-                    .all(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
-        },
-    )
-    .await
-    .unwrap();
-    assert!(running.iter().all(|p| p
-        .spec
-        .as_ref()
-        .unwrap()
-        .node_name
-        .as_deref()
-        .unwrap()
-        .starts_with("sim-")));
+    let running =
+        lily_e2e::wait::until_list(&pods, watcher::Config::default().labels("app=web"), "2 web pods Running", T, |ps: &[Arc<Pod>]| {
+            ps.len() == 2 && ps.iter().all(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        })
+        .await
+        .unwrap();
+    assert!(running.iter().all(|p| p.spec.as_ref().unwrap().node_name.as_deref().unwrap().starts_with("sim-")));
 
     cluster.teardown().await.unwrap();
-    assert!(
-        processes_of(run.id()).is_empty(),
-        "a process of the run survived teardown"
-    );
+    assert!(processes_of(run.id()).is_empty(), "a process of the run survived teardown");
     let dir = run.dir().to_path_buf();
     drop(run);
     assert!(!dir.exists(), "the run directory survived");
@@ -99,40 +67,25 @@ async fn a_node_whose_heartbeat_stops_goes_not_ready_and_is_tainted_unreachable(
     let cluster = start(&run).await;
     let nodes: Api<Node> = Api::all(cluster.client.clone());
     let patch = serde_json::json!({"metadata": {"labels": {KWOK_LABEL.0: null}}});
-    nodes
-        .patch("sim-b1", &PatchParams::default(), &Patch::Merge(patch))
-        .await
-        .unwrap();
+    nodes.patch("sim-b1", &PatchParams::default(), &Patch::Merge(patch)).await.unwrap();
     let started = std::time::Instant::now();
-    let node = lily_e2e::wait::until(
-        &nodes,
-        "sim-b1",
-        "sim-b1 NotReady and tainted unreachable",
-        Duration::from_secs(45),
-        |n: Option<&Node>| {
+    let node =
+        lily_e2e::wait::until(&nodes, "sim-b1", "sim-b1 NotReady and tainted unreachable", Duration::from_secs(45), |n: Option<&Node>| {
             n.is_some_and(|n| {
                 !lily_e2e::cluster::nodes::is_ready(n)
                     && n.spec
                         .as_ref()
                         .and_then(|s| s.taints.as_ref())
-                        .is_some_and(|ts| {
-                            ts.iter().any(|t| t.key == "node.kubernetes.io/unreachable")
-                        })
+                        .is_some_and(|ts| ts.iter().any(|t| t.key == "node.kubernetes.io/unreachable"))
             })
-        },
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    eprintln!(
-        "sim-b1 unreachable after {:.1}s",
-        started.elapsed().as_secs_f64()
-    );
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    eprintln!("sim-b1 unreachable after {:.1}s", started.elapsed().as_secs_f64());
     assert!(!lily_e2e::cluster::nodes::is_ready(&node));
     // The other nodes are unaffected.
-    assert!(lily_e2e::cluster::nodes::is_ready(
-        &nodes.get("sim-a1").await.unwrap()
-    ));
+    assert!(lily_e2e::cluster::nodes::is_ready(&nodes.get("sim-a1").await.unwrap()));
     cluster.teardown().await.unwrap();
     assert!(processes_of(run.id()).is_empty());
 }
@@ -142,27 +95,16 @@ async fn a_busy_api_server_port_is_a_clear_error_and_nothing_is_left() {
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = busy.local_addr().unwrap().port();
     let run = Run::create(false).unwrap();
-    let spec = ClusterSpec {
-        apiserver_port: Some(port),
-        ..Default::default()
-    };
-    let err = Local::new(Tools::new())
-        .start(&spec, &run)
-        .await
-        .expect_err("the port is taken");
+    let spec = ClusterSpec { apiserver_port: Some(port), ..Default::default() };
+    let err = Local::new(Tools::new()).start(&spec, &run).await.expect_err("the port is taken");
     let msg = err.to_string();
-    assert!(
-        msg.contains(&format!("port {port}")) && msg.contains("in use"),
-        "{msg}"
-    );
+    assert!(msg.contains(&format!("port {port}")) && msg.contains("in use"), "{msg}");
     assert!(processes_of(run.id()).is_empty());
 }
 
 /// Starts `lily-e2e cluster exec -- sleep 600` with its own run registry; returns the child
 /// once the cluster is up, with its run id.
-async fn harness_with_cluster(
-    runs: &std::path::Path,
-) -> (tokio::process::Child, lily_e2e::run::RunId) {
+async fn harness_with_cluster(runs: &std::path::Path) -> (tokio::process::Child, lily_e2e::run::RunId) {
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_lily-e2e"))
         .args(["cluster", "exec", "--", "sleep", "600"])
         .env("LILY_E2E_RUNS", runs)
@@ -195,21 +137,10 @@ async fn sigint_to_the_harness_stops_everything() {
     let (mut child, id) = harness_with_cluster(runs.path()).await;
     let dir = std::env::temp_dir().join(format!("lily-e2e-{id}"));
     assert!(dir.exists());
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id().unwrap() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .unwrap();
-    let status = tokio::time::timeout(T, child.wait())
-        .await
-        .expect("the harness exits after SIGINT")
-        .unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id().unwrap() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    let status = tokio::time::timeout(T, child.wait()).await.expect("the harness exits after SIGINT").unwrap();
     assert_eq!(status.code(), Some(130));
-    assert!(
-        processes_of(&id).is_empty(),
-        "a process survived SIGINT: {:?}",
-        processes_of(&id)
-    );
+    assert!(processes_of(&id).is_empty(), "a process survived SIGINT: {:?}", processes_of(&id));
     assert!(!dir.exists(), "the run directory survived SIGINT");
 }
 
@@ -220,30 +151,12 @@ async fn after_sigkill_clean_removes_what_the_run_left() {
     let dir = std::env::temp_dir().join(format!("lily-e2e-{id}"));
     child.kill().await.unwrap();
     let _ = child.wait().await;
-    assert!(
-        !processes_of(&id).is_empty(),
-        "children outlive a SIGKILLed harness (that is what clean is for)"
-    );
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_lily-e2e"))
-        .arg("clean")
-        .env("LILY_E2E_RUNS", runs.path())
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(!processes_of(&id).is_empty(), "children outlive a SIGKILLed harness (that is what clean is for)");
+    let out =
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_lily-e2e")).arg("clean").env("LILY_E2E_RUNS", runs.path()).output().await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.contains(id.as_str()) && text.contains("stopped"),
-        "{text}"
-    );
-    assert!(
-        processes_of(&id).is_empty(),
-        "clean left processes: {:?}",
-        processes_of(&id)
-    );
+    assert!(text.contains(id.as_str()) && text.contains("stopped"), "{text}");
+    assert!(processes_of(&id).is_empty(), "clean left processes: {:?}", processes_of(&id));
     assert!(!dir.exists(), "clean left the run directory");
 }

@@ -8,21 +8,13 @@ use lily_e2e::scenario::{runner, scenarios_dir};
 
 fn case(file: &str, case: &str) -> (Scenario, Vec<Step>) {
     let sc = Scenario::load(&scenarios_dir().join(file)).unwrap();
-    let steps = sc
-        .cases
-        .iter()
-        .find(|c| c.name == case)
-        .unwrap()
-        .steps
-        .clone();
+    let steps = sc.cases.iter().find(|c| c.name == case).unwrap().steps.clone();
     (sc, steps)
 }
 
 /// Runs a case and returns (failing step, message).
 async fn failure_of(sc: &Scenario, name: &str, steps: &[Step]) -> (String, String) {
-    let env = Env::start(&EnvOptions::default())
-        .await
-        .expect("the environment starts");
+    let env = Env::start(&EnvOptions::default()).await.expect("the environment starts");
     let r = runner::run_case(&env, sc, name, steps).await;
     env.teardown().await.unwrap();
     match r.result.outcome {
@@ -43,10 +35,7 @@ async fn multi_attach_without_a_slow_unmount_does_not_reproduce() {
     }
     let (step, message) = failure_of(&sc, "multi-attach/no-fault", &steps).await;
     assert!(step.contains("expect-event"), "failed at {step}: {message}");
-    assert!(
-        message.contains("the fault did not reproduce") && message.contains("FailedAttachVolume"),
-        "{message}"
-    );
+    assert!(message.contains("the fault did not reproduce") && message.contains("FailedAttachVolume"), "{message}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -59,9 +48,7 @@ async fn node_affinity_conflict_without_a_zone_change_does_not_reproduce() {
             Step::HelmUpgrade(h) => {
                 upgrades += 1;
                 if upgrades == 2 {
-                    h.set = Some(
-                        serde_json::json!({"nodeSelector": {"lily-e2e.io/node-pool": "pool-a"}, "logLevel": "debug"}),
-                    );
+                    h.set = Some(serde_json::json!({"nodeSelector": {"lily-e2e.io/node-pool": "pool-a"}, "logLevel": "debug"}));
                 }
             }
             Step::ExpectEvent(e) => e.timeout = Some("20s".into()),
@@ -70,8 +57,5 @@ async fn node_affinity_conflict_without_a_zone_change_does_not_reproduce() {
     }
     let (step, message) = failure_of(&sc, "pvc-node-affinity-conflict/no-fault", &steps).await;
     assert!(step.contains("expect-event"), "failed at {step}: {message}");
-    assert!(
-        message.contains("the fault did not reproduce") && message.contains("FailedScheduling"),
-        "{message}"
-    );
+    assert!(message.contains("the fault did not reproduce") && message.contains("FailedScheduling"), "{message}");
 }

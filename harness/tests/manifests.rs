@@ -16,8 +16,8 @@ use rstest::rstest;
 use serde_json::Value;
 
 use lily_e2e::helm::{
-    default_sources, fixture_chart_dir, repo_root, values_files, ChartMeta, ChartRepo, ChartSource,
-    Helm, TemplateOpts, Values, FIXTURE_VERSIONS,
+    default_sources, fixture_chart_dir, repo_root, values_files, ChartMeta, ChartRepo, ChartSource, Helm, TemplateOpts, Values,
+    FIXTURE_VERSIONS,
 };
 use lily_e2e::snapshot::{self, RenderRequest};
 
@@ -26,8 +26,7 @@ fn snapshot_dir() -> PathBuf {
 }
 
 fn helm(tmp: &Path) -> Helm {
-    Helm::new(tmp.join("helm"))
-        .expect("the pinned helm is installed (`lily-e2e tools install helm`)")
+    Helm::new(tmp.join("helm")).expect("the pinned helm is installed (`lily-e2e tools install helm`)")
 }
 
 fn stem(p: &Path) -> String {
@@ -60,26 +59,19 @@ fn insta_settings(version: &str, values: &Path) -> insta::Settings {
 async fn rendered_manifests_match_snapshots(#[case] version: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let helm = helm(tmp.path());
-    let tgz = helm
-        .package(&fixture_chart_dir(), Some(version), &tmp.path().join("pkg"))
-        .await
-        .expect("package the fixture chart");
+    let tgz = helm.package(&fixture_chart_dir(), Some(version), &tmp.path().join("pkg")).await.expect("package the fixture chart");
     assert_eq!(ChartMeta::read(&tgz).unwrap().version, version);
     let cases = values_files().unwrap();
     assert!(!cases.is_empty(), "no values files in scenarios/values");
 
     let mut failures = Vec::new();
     for values in &cases {
-        let case = format!(
-            "lily {version} with {}",
-            values.file_name().unwrap().to_string_lossy()
-        );
+        let case = format!("lily {version} with {}", values.file_name().unwrap().to_string_lossy());
         if let Err(e) = helm.lint(&tgz, &Values::files([values]), true).await {
             failures.push(format!("{case}: helm lint failed: {e:#}"));
             continue;
         }
-        let req = RenderRequest::new(ChartSource::Archive { path: tgz.clone() })
-            .values(Values::files([values]));
+        let req = RenderRequest::new(ChartSource::Archive { path: tgz.clone() }).values(Values::files([values]));
         let text = match snapshot::render(&helm, &req).await {
             Ok(t) => t,
             Err(e) => {
@@ -89,28 +81,16 @@ async fn rendered_manifests_match_snapshots(#[case] version: &str) {
         };
         let name = snapshot_name(version, values);
         let settings = insta_settings(version, values);
-        let res = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            settings.bind(|| insta::assert_snapshot!(name.clone(), text))
-        }));
+        let res = std::panic::catch_unwind(AssertUnwindSafe(|| settings.bind(|| insta::assert_snapshot!(name.clone(), text))));
         if res.is_err() {
             if snapshot_dir().join(format!("{name}.snap")).is_file() {
-                failures.push(format!(
-                    "{case}: rendered manifests differ from snapshots/manifests/{name}.snap"
-                ));
+                failures.push(format!("{case}: rendered manifests differ from snapshots/manifests/{name}.snap"));
             } else {
-                failures.push(format!(
-                    "{case}: snapshots/manifests/{name}.snap does not exist yet"
-                ));
+                failures.push(format!("{case}: snapshots/manifests/{name}.snap does not exist yet"));
             }
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} of {} cases failed:\n  {}",
-        failures.len(),
-        cases.len(),
-        failures.join("\n  ")
-    );
+    assert!(failures.is_empty(), "{} of {} cases failed:\n  {}", failures.len(), cases.len(), failures.join("\n  "));
 }
 
 /// No stale snapshots (for removed values files or versions) and no unreviewed `.snap.new`.
@@ -118,26 +98,16 @@ async fn rendered_manifests_match_snapshots(#[case] version: &str) {
 fn snapshot_set_is_exactly_versions_times_values_files() {
     let want: BTreeSet<String> = FIXTURE_VERSIONS
         .iter()
-        .flat_map(|v| {
-            values_files()
-                .unwrap()
-                .into_iter()
-                .map(move |f| format!("{}.snap", snapshot_name(v, &f)))
-        })
+        .flat_map(|v| values_files().unwrap().into_iter().map(move |f| format!("{}.snap", snapshot_name(v, &f))))
         .collect();
     let have: BTreeSet<String> = std::fs::read_dir(snapshot_dir())
         .unwrap()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| {
-            n.ends_with(".snap") || n.ends_with(".snap.new") || n.ends_with(".pending-snap")
-        })
+        .filter(|n| n.ends_with(".snap") || n.ends_with(".snap.new") || n.ends_with(".pending-snap"))
         .collect();
     let pending: Vec<&String> = have.iter().filter(|n| !n.ends_with(".snap")).collect();
-    assert!(
-        pending.is_empty(),
-        "unreviewed snapshots (review with `cargo insta review`, or delete): {pending:?}"
-    );
+    assert!(pending.is_empty(), "unreviewed snapshots (review with `cargo insta review`, or delete): {pending:?}");
     let missing: Vec<&String> = want.difference(&have).collect();
     let stale: Vec<&String> = have.difference(&want).collect();
     assert!(
@@ -152,12 +122,7 @@ fn secret_values(rendered: &str) -> Vec<String> {
     for d in docs.iter().filter(|d| d["kind"] == "Secret") {
         for v in d["data"].as_object().into_iter().flat_map(|m| m.values()) {
             let b64 = v.as_str().unwrap().to_string();
-            let plain = String::from_utf8(
-                base64::engine::general_purpose::STANDARD
-                    .decode(&b64)
-                    .unwrap(),
-            )
-            .unwrap();
+            let plain = String::from_utf8(base64::engine::general_purpose::STANDARD.decode(&b64).unwrap()).unwrap();
             out.push(b64);
             out.push(plain);
         }
@@ -174,32 +139,19 @@ fn secret_values(rendered: &str) -> Vec<String> {
 async fn rendering_twice_is_byte_identical_and_shows_no_secret(#[case] values: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let helm = helm(tmp.path());
-    let src: ChartSource = format!("{}@0.2.0", fixture_chart_dir().display())
-        .parse()
-        .unwrap();
-    let req = RenderRequest::new(src).values(Values::files([repo_root()
-        .join("scenarios/values")
-        .join(values)]));
+    let src: ChartSource = format!("{}@0.2.0", fixture_chart_dir().display()).parse().unwrap();
+    let req = RenderRequest::new(src).values(Values::files([repo_root().join("scenarios/values").join(values)]));
     let raw1 = snapshot::render_raw(&helm, &req).await.unwrap();
     let raw2 = snapshot::render_raw(&helm, &req).await.unwrap();
-    let secrets: Vec<String> = secret_values(&raw1)
-        .into_iter()
-        .chain(secret_values(&raw2))
-        .collect();
+    let secrets: Vec<String> = secret_values(&raw1).into_iter().chain(secret_values(&raw2)).collect();
     assert!(!secrets.is_empty(), "the fixture renders a Secret");
-    assert_ne!(
-        raw1, raw2,
-        "the fixture's secrets are random, so raw renders differ"
-    );
+    assert_ne!(raw1, raw2, "the fixture's secrets are random, so raw renders differ");
     let n1 = snapshot::normalize_manifests(&raw1).unwrap();
     let n2 = snapshot::normalize_manifests(&raw2).unwrap();
     assert_eq!(n1, n2);
     assert_eq!(snapshot::render(&helm, &req).await.unwrap(), n1);
     for s in &secrets {
-        assert!(
-            !n1.contains(s.as_str()),
-            "secret value {s:?} appears in the normalised manifests"
-        );
+        assert!(!n1.contains(s.as_str()), "secret value {s:?} appears in the normalised manifests");
     }
     assert!(n1.contains("[redacted: 32 bytes]") && n1.contains("[checksum]"));
 }
@@ -209,9 +161,7 @@ async fn rendering_twice_is_byte_identical_and_shows_no_secret(#[case] values: &
 async fn served_repo_answers_repo_add_search_pull_and_pinned_template() {
     let tmp = tempfile::tempdir().unwrap();
     let helm = helm(tmp.path());
-    let repo = ChartRepo::serve(&helm, &default_sources(), &tmp.path().join("repo"))
-        .await
-        .unwrap();
+    let repo = ChartRepo::serve(&helm, &default_sources(), &tmp.path().join("repo")).await.unwrap();
     let versions: Vec<String> = repo.versions().iter().map(ToString::to_string).collect();
     assert_eq!(versions, FIXTURE_VERSIONS);
     assert_eq!(repo.latest().to_string(), "0.3.0");
@@ -221,29 +171,16 @@ async fn served_repo_answers_repo_add_search_pull_and_pinned_template() {
 
     repo.add_to(&helm).await.unwrap();
     let repos = std::fs::read_to_string(helm.home().join("config/repositories.yaml")).unwrap();
-    assert!(
-        repos.contains(repo.url()),
-        "repo added to the driver's own helm home:\n{repos}"
-    );
+    assert!(repos.contains(repo.url()), "repo added to the driver's own helm home:\n{repos}");
     helm.repo_update(&[repo.name()]).await.unwrap();
 
     let query = format!("{}/lily", repo.name());
     let hits = helm.search_repo_versions(&query, false).await.unwrap();
-    let found: BTreeSet<String> = hits
-        .iter()
-        .filter(|h| h.name == query)
-        .map(|h| h.version.clone())
-        .collect();
-    assert_eq!(
-        found,
-        FIXTURE_VERSIONS.iter().map(|s| s.to_string()).collect()
-    );
+    let found: BTreeSet<String> = hits.iter().filter(|h| h.name == query).map(|h| h.version.clone()).collect();
+    assert_eq!(found, FIXTURE_VERSIONS.iter().map(|s| s.to_string()).collect());
     assert!(hits.iter().all(|h| h.app_version == "0.17.0"), "{hits:?}");
 
-    let pulled = helm
-        .pull(&repo.chart_ref(), Some("0.2.0"), &tmp.path().join("pulled"))
-        .await
-        .unwrap();
+    let pulled = helm.pull(&repo.chart_ref(), Some("0.2.0"), &tmp.path().join("pulled")).await.unwrap();
     assert_eq!(pulled.file_name().unwrap(), "lily-0.2.0.tgz");
     assert_eq!(ChartMeta::read(&pulled).unwrap().version, "0.2.0");
 
@@ -253,28 +190,13 @@ async fn served_repo_answers_repo_add_search_pull_and_pinned_template() {
         values: Values::files([repo_root().join("scenarios/values/daemon-default.yaml")]),
         ..Default::default()
     };
-    let rendered = helm
-        .template("rel", &repo.chart_ref(), &opts)
-        .await
-        .unwrap();
+    let rendered = helm.template("rel", &repo.chart_ref(), &opts).await.unwrap();
     let docs = lily_e2e::yaml::documents(&rendered).unwrap();
-    let labels: BTreeSet<&str> = docs
-        .iter()
-        .filter_map(|d| {
-            d.pointer("/metadata/labels/helm.sh~1chart")
-                .and_then(Value::as_str)
-        })
-        .collect();
+    let labels: BTreeSet<&str> = docs.iter().filter_map(|d| d.pointer("/metadata/labels/helm.sh~1chart").and_then(Value::as_str)).collect();
     assert_eq!(labels, BTreeSet::from(["lily-0.1.0"]));
     let sts = docs.iter().find(|d| d["kind"] == "StatefulSet").unwrap();
-    let env = sts
-        .pointer("/spec/template/spec/containers/0/env")
-        .map(|e| e.to_string())
-        .unwrap_or_default();
-    assert!(
-        !env.contains("GOMAXPROCS"),
-        "0.1.0 predates the GOMAXPROCS env"
-    );
+    let env = sts.pointer("/spec/template/spec/containers/0/env").map(|e| e.to_string()).unwrap_or_default();
+    assert!(!env.contains("GOMAXPROCS"), "0.1.0 predates the GOMAXPROCS env");
 }
 
 fn http_get(url: &str, path: &str) -> String {
@@ -283,43 +205,26 @@ fn http_get(url: &str, path: &str) -> String {
     write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
-    String::from_utf8_lossy(&out)
-        .lines()
-        .next()
-        .unwrap_or("")
-        .to_string()
+    String::from_utf8_lossy(&out).lines().next().unwrap_or("").to_string()
 }
 
 #[tokio::test]
 async fn repo_server_serves_only_its_files_and_stops_on_drop() {
     let tmp = tempfile::tempdir().unwrap();
     let helm = helm(tmp.path());
-    let src: ChartSource = format!("{}@0.2.0", fixture_chart_dir().display())
-        .parse()
-        .unwrap();
-    let repo = ChartRepo::serve(&helm, &[src], &tmp.path().join("repo"))
-        .await
-        .unwrap();
+    let src: ChartSource = format!("{}@0.2.0", fixture_chart_dir().display()).parse().unwrap();
+    let repo = ChartRepo::serve(&helm, &[src], &tmp.path().join("repo")).await.unwrap();
     let url = repo.url().to_string();
     assert!(http_get(&url, "/index.yaml").contains("200"));
     assert!(http_get(&url, "/lily-0.2.0.tgz").contains("200"));
-    for bad in [
-        "/../repo/index.yaml",
-        "/%2e%2e/etc/passwd",
-        "/nope.tgz",
-        "/",
-        "/.staging",
-    ] {
+    for bad in ["/../repo/index.yaml", "/%2e%2e/etc/passwd", "/nope.tgz", "/", "/.staging"] {
         assert!(http_get(&url, bad).contains("404"), "{bad}");
     }
     drop(repo);
     // tiny_http closes its listener from its accept thread, shortly after the drop.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while std::net::TcpStream::connect(url.trim_start_matches("http://")).is_ok() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the repository server still listens after drop"
-        );
+        assert!(std::time::Instant::now() < deadline, "the repository server still listens after drop");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
@@ -328,37 +233,16 @@ async fn repo_server_serves_only_its_files_and_stops_on_drop() {
 async fn unknown_version_lists_the_versions_that_exist() {
     let tmp = tempfile::tempdir().unwrap();
     let helm = helm(tmp.path());
-    let repo = ChartRepo::serve(&helm, &default_sources(), &tmp.path().join("repo"))
-        .await
-        .unwrap();
+    let repo = ChartRepo::serve(&helm, &default_sources(), &tmp.path().join("repo")).await.unwrap();
     let e = repo.version("9.9.9").unwrap_err().to_string();
-    assert_eq!(
-        e,
-        "chart lily has no version 9.9.9 in the local repository; it has 0.1.0, 0.2.0, 0.3.0"
-    );
+    assert_eq!(e, "chart lily has no version 9.9.9 in the local repository; it has 0.1.0, 0.2.0, 0.3.0");
     assert_eq!(repo.version("v0.2.0").unwrap().to_string(), "0.2.0");
 
     repo.add_to(&helm).await.unwrap();
-    let opts = TemplateOpts {
-        version: Some("9.9.9".into()),
-        ..Default::default()
-    };
-    let e = format!(
-        "{:#}",
-        helm.template("rel", &repo.chart_ref(), &opts)
-            .await
-            .unwrap_err()
-    );
-    assert!(
-        e.starts_with(
-            "chart lily-e2e/lily has no version 9.9.9; the repository has 0.1.0, 0.2.0, 0.3.0"
-        ),
-        "{e}"
-    );
-    assert!(
-        e.contains("helm template rel lily-e2e/lily --version 9.9.9"),
-        "{e}"
-    );
+    let opts = TemplateOpts { version: Some("9.9.9".into()), ..Default::default() };
+    let e = format!("{:#}", helm.template("rel", &repo.chart_ref(), &opts).await.unwrap_err());
+    assert!(e.starts_with("chart lily-e2e/lily has no version 9.9.9; the repository has 0.1.0, 0.2.0, 0.3.0"), "{e}");
+    assert!(e.contains("helm template rel lily-e2e/lily --version 9.9.9"), "{e}");
 }
 
 #[tokio::test]
@@ -371,20 +255,12 @@ async fn missing_chart_path_is_reported_with_the_accepted_forms() {
         missing.display()
     );
     let src = ChartSource::parse(&format!("{}@0.2.0", missing.display())).unwrap();
-    let e = ChartRepo::serve(&helm, std::slice::from_ref(&src), &tmp.path().join("repo"))
-        .await
-        .unwrap_err();
+    let e = ChartRepo::serve(&helm, std::slice::from_ref(&src), &tmp.path().join("repo")).await.unwrap_err();
     assert_eq!(e.to_string(), want);
-    let e = snapshot::render(&helm, &RenderRequest::new(src))
-        .await
-        .unwrap_err();
+    let e = snapshot::render(&helm, &RenderRequest::new(src)).await.unwrap_err();
     assert_eq!(e.to_string(), want);
     let tgz = ChartSource::parse(&format!("{}.tgz", missing.display())).unwrap();
-    assert!(snapshot::render(&helm, &RenderRequest::new(tgz))
-        .await
-        .unwrap_err()
-        .to_string()
-        .contains("does not exist"));
+    assert!(snapshot::render(&helm, &RenderRequest::new(tgz)).await.unwrap_err().to_string().contains("does not exist"));
 }
 
 fn broken_copy(tmp: &Path, name: &str, edit: impl FnOnce(&Path)) -> PathBuf {
@@ -413,63 +289,27 @@ async fn broken_charts_surface_helms_error_verbatim() {
 
     let bad_meta = broken_copy(tmp.path(), "meta", |d| {
         let f = d.join("Chart.yaml");
-        let text = std::fs::read_to_string(&f)
-            .unwrap()
-            .replace("version: 0.3.0", "version: [broken");
+        let text = std::fs::read_to_string(&f).unwrap().replace("version: 0.3.0", "version: [broken");
         std::fs::write(f, text).unwrap();
     });
-    let src = ChartSource::Dir {
-        path: bad_meta.clone(),
-        version: Some("0.2.0".parse().unwrap()),
-    };
-    let e = ChartRepo::serve(&helm, &[src], &tmp.path().join("repo1"))
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.starts_with(&format!(
-            "`helm package {} --version 0.2.0 -d ",
-            bad_meta.display()
-        )),
-        "{e}"
-    );
+    let src = ChartSource::Dir { path: bad_meta.clone(), version: Some("0.2.0".parse().unwrap()) };
+    let e = ChartRepo::serve(&helm, &[src], &tmp.path().join("repo1")).await.unwrap_err().to_string();
+    assert!(e.starts_with(&format!("`helm package {} --version 0.2.0 -d ", bad_meta.display())), "{e}");
     assert!(e.contains("failed (exit status: 1):\nError: cannot load Chart.yaml: error converting YAML to JSON"), "{e}");
 
     let bad_template = broken_copy(tmp.path(), "tpl", |d| {
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(d.join("templates/configmap.yaml"))
-            .unwrap();
+        let mut f = std::fs::OpenOptions::new().append(true).open(d.join("templates/configmap.yaml")).unwrap();
         writeln!(f, "{{{{ .Values.unclosed ").unwrap();
     });
-    let e = snapshot::render(
-        &helm,
-        &RenderRequest::new(ChartSource::Dir {
-            path: bad_template.clone(),
-            version: None,
-        }),
-    )
-    .await
-    .unwrap_err()
-    .to_string();
-    assert!(
-        e.starts_with(&format!(
-            "`helm template rel {} --namespace lily` failed (exit status: 1):\n",
-            bad_template.display()
-        )),
-        "{e}"
-    );
-    assert!(
-        e.contains("Error: parse error at (lily/templates/configmap.yaml:"),
-        "{e}"
-    );
-    assert!(e.contains("unclosed action"), "{e}");
-
-    let e = helm
-        .lint(&bad_template, &Values::default(), false)
+    let e = snapshot::render(&helm, &RenderRequest::new(ChartSource::Dir { path: bad_template.clone(), version: None }))
         .await
         .unwrap_err()
         .to_string();
+    assert!(e.starts_with(&format!("`helm template rel {} --namespace lily` failed (exit status: 1):\n", bad_template.display())), "{e}");
+    assert!(e.contains("Error: parse error at (lily/templates/configmap.yaml:"), "{e}");
+    assert!(e.contains("unclosed action"), "{e}");
+
+    let e = helm.lint(&bad_template, &Values::default(), false).await.unwrap_err().to_string();
     assert!(e.contains("[ERROR] templates/: parse error"), "{e}");
 }
 
@@ -477,45 +317,18 @@ async fn broken_charts_surface_helms_error_verbatim() {
 async fn a_repository_serves_one_chart_and_each_version_once() {
     let tmp = tempfile::tempdir().unwrap();
     let helm = helm(tmp.path());
-    let lily: ChartSource = format!("{}@0.1.0", fixture_chart_dir().display())
-        .parse()
-        .unwrap();
-    let redis: ChartSource = fixture_chart_dir()
-        .join("charts/redis")
-        .display()
-        .to_string()
-        .parse()
-        .unwrap();
-    let e = ChartRepo::serve(&helm, &[lily.clone(), redis], &tmp.path().join("r1"))
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.starts_with("mixed chart names: ")
-            && e.contains("is chart lily but")
-            && e.contains("is chart redis"),
-        "{e}"
-    );
+    let lily: ChartSource = format!("{}@0.1.0", fixture_chart_dir().display()).parse().unwrap();
+    let redis: ChartSource = fixture_chart_dir().join("charts/redis").display().to_string().parse().unwrap();
+    let e = ChartRepo::serve(&helm, &[lily.clone(), redis], &tmp.path().join("r1")).await.unwrap_err().to_string();
+    assert!(e.starts_with("mixed chart names: ") && e.contains("is chart lily but") && e.contains("is chart redis"), "{e}");
 
-    let e = ChartRepo::serve(&helm, &[lily.clone(), lily.clone()], &tmp.path().join("r2"))
-        .await
-        .unwrap_err()
-        .to_string();
+    let e = ChartRepo::serve(&helm, &[lily.clone(), lily.clone()], &tmp.path().join("r2")).await.unwrap_err().to_string();
     assert!(e.starts_with("chart version 0.1.0 is given twice"), "{e}");
 
     // A packaged chart keeps its own version; a directory without @ keeps Chart.yaml's.
-    let tgz = helm
-        .package(&fixture_chart_dir(), Some("0.1.0"), &tmp.path().join("pkg"))
-        .await
-        .unwrap();
+    let tgz = helm.package(&fixture_chart_dir(), Some("0.1.0"), &tmp.path().join("pkg")).await.unwrap();
     let plain: ChartSource = fixture_chart_dir().display().to_string().parse().unwrap();
-    let repo = ChartRepo::serve(
-        &helm,
-        &[ChartSource::Archive { path: tgz }, plain],
-        &tmp.path().join("r3"),
-    )
-    .await
-    .unwrap();
+    let repo = ChartRepo::serve(&helm, &[ChartSource::Archive { path: tgz }, plain], &tmp.path().join("r3")).await.unwrap();
     let versions: Vec<String> = repo.versions().iter().map(ToString::to_string).collect();
     assert_eq!(versions, ["0.1.0", "0.3.0"]);
     assert_eq!(repo.previous().unwrap().to_string(), "0.1.0");
@@ -527,22 +340,11 @@ async fn drivers_have_separate_helm_homes() {
     let tmp = tempfile::tempdir().unwrap();
     let a = Helm::new(tmp.path().join("a")).unwrap();
     let b = Helm::new(tmp.path().join("b")).unwrap();
-    let src: ChartSource = format!("{}@0.2.0", fixture_chart_dir().display())
-        .parse()
-        .unwrap();
-    let repo = ChartRepo::serve(&a, &[src], &tmp.path().join("repo"))
-        .await
-        .unwrap();
+    let src: ChartSource = format!("{}@0.2.0", fixture_chart_dir().display()).parse().unwrap();
+    let repo = ChartRepo::serve(&a, &[src], &tmp.path().join("repo")).await.unwrap();
     repo.add_to(&a).await.unwrap();
-    let e = b
-        .template("rel", &repo.chart_ref(), &TemplateOpts::default())
-        .await
-        .unwrap_err()
-        .to_string();
+    let e = b.template("rel", &repo.chart_ref(), &TemplateOpts::default()).await.unwrap_err().to_string();
     assert!(e.contains("lily-e2e"), "{e}");
-    assert!(a
-        .template("rel", &repo.chart_ref(), &TemplateOpts::default())
-        .await
-        .is_ok());
+    assert!(a.template("rel", &repo.chart_ref(), &TemplateOpts::default()).await.is_ok());
     assert!(!b.home().join("config/repositories.yaml").exists());
 }

@@ -17,9 +17,7 @@ use std::time::{Duration, Instant};
 use lily_e2e::engine::Engine;
 use lily_e2e::postgres::contract::{self, ContractSummary, Expect, PodCheck, SecretRef};
 use lily_e2e::postgres::secret::{self, StorageBinding};
-use lily_e2e::postgres::{
-    container, DbUrl, HostKind, Password, Postgres, PostgresProvider, PostgresSpec, SslMode,
-};
+use lily_e2e::postgres::{container, DbUrl, HostKind, Password, Postgres, PostgresProvider, PostgresSpec, SslMode};
 use lily_e2e::run::{self, Run};
 use rstest::rstest;
 
@@ -72,48 +70,26 @@ fn everything(e: &lily_e2e::Error) -> String {
 
 fn assert_hidden(password: &Password, text: &str) {
     let raw = password.expose();
-    let encoded =
-        percent_encoding::utf8_percent_encode(raw, lily_e2e::postgres::dsn::COMPONENT).to_string();
+    let encoded = percent_encoding::utf8_percent_encode(raw, lily_e2e::postgres::dsn::COMPONENT).to_string();
     assert!(!text.contains(raw), "the password appears in:\n{text}");
-    assert!(
-        !text.contains(&encoded),
-        "the encoded password appears in:\n{text}"
-    );
+    assert!(!text.contains(&encoded), "the encoded password appears in:\n{text}");
 }
 
 fn source() -> SecretRef {
-    SecretRef {
-        namespace: "lily".into(),
-        name: "lily-db".into(),
-        key: "url".into(),
-    }
+    SecretRef { namespace: "lily".into(), name: "lily-db".into(), key: "url".into() }
 }
 
 fn expect(ca: Option<&str>) -> Expect {
-    Expect {
-        schema: "lily".into(),
-        application_name: "lily".into(),
-        ca_pem: ca.map(str::to_string),
-        timeout: Duration::from_secs(10),
-    }
+    Expect { schema: "lily".into(), application_name: "lily".into(), ca_pem: ca.map(str::to_string), timeout: Duration::from_secs(10) }
 }
 
 async fn start(provider: &dyn PostgresProvider, run: &Run, tls: bool) -> Postgres {
-    provider
-        .start(&PostgresSpec { tls }, run)
-        .await
-        .unwrap_or_else(|e| panic!("the {} postgresql starts: {e:?}", provider.name()))
+    provider.start(&PostgresSpec { tls }, run).await.unwrap_or_else(|e| panic!("the {} postgresql starts: {e:?}", provider.name()))
 }
 
 fn uid_of(pid: i32) -> Option<u32> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with("Uid:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
+    status.lines().find(|l| l.starts_with("Uid:"))?.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// A loopback port nothing listens on.
@@ -135,19 +111,11 @@ async fn server_serves_the_contract_over_tls_and_tears_down_clean(#[case] provid
     let pg = start(provider.as_ref(), &run, true).await;
     assert_eq!(pg.provider, provider.name());
     assert_eq!(HostKind::of(pg.host()), HostKind::Loopback, "{}", pg.host());
-    assert!(
-        pg.version().starts_with(char::is_numeric),
-        "{}",
-        pg.version()
-    );
+    assert!(pg.version().starts_with(char::is_numeric), "{}", pg.version());
     if pg.provider == "local" {
         local_server_runs_unprivileged(&run);
     } else {
-        assert_eq!(
-            containers_of(&run).await.len(),
-            1,
-            "one container carries the run label"
-        );
+        assert_eq!(containers_of(&run).await.len(), 1, "one container carries the run label");
     }
     serves_the_contract(&pg, &run).await;
 
@@ -169,11 +137,7 @@ fn local_server_runs_unprivileged(run: &Run) {
     let key = std::fs::metadata(data.join("server.key")).unwrap();
     assert_eq!(key.permissions().mode() & 0o777, 0o600);
     if nix::unistd::geteuid().is_root() {
-        let nobody = nix::unistd::User::from_name("nobody")
-            .unwrap()
-            .unwrap()
-            .uid
-            .as_raw();
+        let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap().uid.as_raw();
         for p in &pids {
             if let Some(uid) = uid_of(*p) {
                 assert_eq!(uid, nobody, "pid {p} runs as uid {uid}");
@@ -200,24 +164,15 @@ async fn serves_the_contract(pg: &Postgres, run: &Run) {
     let text = String::from_utf8(sec.object().data.as_ref().unwrap()["url"].0.clone()).unwrap();
     assert!(
         text.starts_with("postgres://scenario_a_user:")
-            && text.ends_with(&format!(
-                "@{}:{}/scenario_a?sslmode=require",
-                pg.host(),
-                pg.port()
-            ))
+            && text.ends_with(&format!("@{}:{}/scenario_a?sslmode=require", pg.host(), pg.port()))
     );
-    assert!(
-        !text.contains(db.password.expose()),
-        "the password is percent-encoded in the url"
-    );
+    assert!(!text.contains(db.password.expose()), "the password is percent-encoded in the url");
     let back = DbUrl::parse(&text).unwrap();
     assert_eq!(back, url);
     assert_eq!(back.password.as_ref().unwrap(), &db.password);
 
     // The contract holds, twice (the step is idempotent), and the summary is redacted.
-    let summary = contract::check_url(&source(), &text, &expect(None))
-        .await
-        .unwrap();
+    let summary = contract::check_url(&source(), &text, &expect(None)).await.unwrap();
     assert_eq!(
         summary,
         ContractSummary {
@@ -233,170 +188,73 @@ async fn serves_the_contract(pg: &Postgres, run: &Run) {
             application_name: "lily".into(),
         }
     );
-    contract::check_url(&source(), &text, &expect(None))
-        .await
-        .unwrap();
+    contract::check_url(&source(), &text, &expect(None)).await.unwrap();
     let shown = format!("{summary:?}\n{}", serde_json::to_string(&summary).unwrap());
     assert_hidden(&db.password, &shown);
-    assert!(
-        !shown.contains(&pg.port().to_string()),
-        "no port in the summary: {shown}"
-    );
-    assert_hidden(
-        &db.password,
-        &format!("{db:?}\n{url:?}\n{url}\n{sec:?}\n{pg:?}"),
-    );
+    assert!(!shown.contains(&pg.port().to_string()), "no port in the summary: {shown}");
+    assert_hidden(&db.password, &format!("{db:?}\n{url:?}\n{url}\n{sec:?}\n{pg:?}"));
 
     // The schema really is there, owned by the scenario's role.
-    let admin_url = DbUrl {
-        database: "scenario_a".into(),
-        ..pg.superuser_url()
-    };
-    let admin = lily_e2e::postgres::tls::connect(&admin_url, None, None, Duration::from_secs(10))
-        .await
-        .unwrap();
-    let owner: String = admin
-        .query_one(
-            "SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'lily'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let admin_url = DbUrl { database: "scenario_a".into(), ..pg.superuser_url() };
+    let admin = lily_e2e::postgres::tls::connect(&admin_url, None, None, Duration::from_secs(10)).await.unwrap();
+    let owner: String =
+        admin.query_one("SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'lily'", &[]).await.unwrap().get(0);
     assert_eq!(owner, "scenario_a_user");
 
     // verify-full and verify-ca with the run's CA; verify-full without it, or with another CA, fails.
     let ca = pg.ca_pem().unwrap().to_string();
     for mode in [SslMode::VerifyFull, SslMode::VerifyCa] {
         let u = db.url(mode).expose();
-        let s = contract::check_url(&source(), &u, &expect(Some(&ca)))
-            .await
-            .unwrap();
+        let s = contract::check_url(&source(), &u, &expect(Some(&ca))).await.unwrap();
         assert_eq!(s.sslmode, mode);
         assert!(s.tls_in_use);
     }
     let other_ca = lily_e2e::pki::Ca::new("another").unwrap().cert_pem();
     let mut errors = Vec::new();
     for (what, u, ca, needle) in [
-        (
-            "verify-full without a CA",
-            db.url(SslMode::VerifyFull).expose(),
-            None,
-            "needs the CA certificate",
-        ),
-        (
-            "verify-full with another CA",
-            db.url(SslMode::VerifyFull).expose(),
-            Some(other_ca.as_str()),
-            "UnknownIssuer",
-        ),
-        (
-            "verify-ca with another CA",
-            db.url(SslMode::VerifyCa).expose(),
-            Some(other_ca.as_str()),
-            "UnknownIssuer",
-        ),
+        ("verify-full without a CA", db.url(SslMode::VerifyFull).expose(), None, "needs the CA certificate"),
+        ("verify-full with another CA", db.url(SslMode::VerifyFull).expose(), Some(other_ca.as_str()), "UnknownIssuer"),
+        ("verify-ca with another CA", db.url(SslMode::VerifyCa).expose(), Some(other_ca.as_str()), "UnknownIssuer"),
     ] {
-        let e = contract::check_url(&source(), &u, &expect(ca))
-            .await
-            .expect_err(what);
+        let e = contract::check_url(&source(), &u, &expect(ca)).await.expect_err(what);
         let all = everything(&e);
         assert!(all.contains(needle), "{what}: {all}");
         errors.push(all);
     }
 
     // Bad input: each error names the Secret and key and what failed.
-    let wrong_password = DbUrl::new(
-        &db.user,
-        Some(Password::new("wr@ng/p%ss:word")),
-        pg.host(),
-        pg.port(),
-        &db.name,
-        SslMode::Require,
-    );
-    let closed = DbUrl::new(
-        &db.user,
-        Some(db.password.clone()),
-        "127.0.0.1",
-        closed_port(),
-        &db.name,
-        SslMode::Require,
-    );
+    let wrong_password = DbUrl::new(&db.user, Some(Password::new("wr@ng/p%ss:word")), pg.host(), pg.port(), &db.name, SslMode::Require);
+    let closed = DbUrl::new(&db.user, Some(db.password.clone()), "127.0.0.1", closed_port(), &db.name, SslMode::Require);
     let cases = [
-        (
-            "wrong password",
-            wrong_password.expose(),
-            "the password was refused",
-        ),
-        (
-            "unreachable host",
-            closed.expose(),
-            "cannot connect to database `scenario_a`",
-        ),
+        ("wrong password", wrong_password.expose(), "the password was refused"),
+        ("unreachable host", closed.expose(), "cannot connect to database `scenario_a`"),
         (
             "sslmode=disable",
             db.url(SslMode::Disable).expose(),
             "the server accepts only TLS connections and sslmode=disable does not use TLS",
         ),
-        (
-            "no such database",
-            DbUrl {
-                database: "nope".into(),
-                ..url.clone()
-            }
-            .expose(),
-            "cannot connect to database `nope`",
-        ),
-        (
-            "not a url",
-            format!("{}{}", db.password.expose(), "garbage"),
-            "is not a usable postgresql url",
-        ),
+        ("no such database", DbUrl { database: "nope".into(), ..url.clone() }.expose(), "cannot connect to database `nope`"),
+        ("not a url", format!("{}{}", db.password.expose(), "garbage"), "is not a usable postgresql url"),
     ];
     for (what, u, needle) in cases {
-        let e = contract::check_url(&source(), &u, &expect(None))
-            .await
-            .expect_err(what);
+        let e = contract::check_url(&source(), &u, &expect(None)).await.expect_err(what);
         let all = everything(&e);
-        assert!(
-            e.to_string().starts_with("secret lily/lily-db key `url`: "),
-            "{what}: {e}"
-        );
+        assert!(e.to_string().starts_with("secret lily/lily-db key `url`: "), "{what}: {e}");
         assert!(all.contains(needle), "{what}: {all}");
         errors.push(all);
     }
-    assert!(
-        errors[errors.len() - 5].contains("password authentication failed"),
-        "{}",
-        errors[errors.len() - 5]
-    );
-    assert!(
-        errors[errors.len() - 4]
-            .to_lowercase()
-            .contains("connection refused"),
-        "{}",
-        errors[errors.len() - 4]
-    );
-    assert!(
-        errors[errors.len() - 3].contains("no encryption"),
-        "{}",
-        errors[errors.len() - 3]
-    );
+    assert!(errors[errors.len() - 5].contains("password authentication failed"), "{}", errors[errors.len() - 5]);
+    assert!(errors[errors.len() - 4].to_lowercase().contains("connection refused"), "{}", errors[errors.len() - 4]);
+    assert!(errors[errors.len() - 3].contains("no encryption"), "{}", errors[errors.len() - 3]);
     for e in &errors {
         assert_hidden(&db.password, e);
-        assert!(
-            !e.contains("wr@ng/p%ss:word") && !e.contains("wr%40ng"),
-            "{e}"
-        );
+        assert!(!e.contains("wr@ng/p%ss:word") && !e.contains("wr%40ng"), "{e}");
     }
 
     // Neither the server's log nor anything in the run directory holds the password.
     for log in pg.current_logs().await {
         let log = std::fs::read_to_string(&log).unwrap();
-        assert!(
-            log.contains("connection authorized") || log.contains("connection received"),
-            "{log}"
-        );
+        assert!(log.contains("connection authorized") || log.contains("connection received"), "{log}");
         assert_hidden(&db.password, &log);
     }
     assert_eq!(pg.logs().len(), 1, "one log file, for artifacts");
@@ -437,22 +295,14 @@ async fn sslmode_require_refuses_a_server_without_tls(#[case] provider: &str) {
     assert!(!pg.tls() && pg.ca_pem().is_none());
     let db = pg.create_database("plain").await.unwrap();
 
-    let e = contract::check_url(&source(), &db.url(SslMode::Require).expose(), &expect(None))
-        .await
-        .unwrap_err();
+    let e = contract::check_url(&source(), &db.url(SslMode::Require).expose(), &expect(None)).await.unwrap_err();
     let all = everything(&e);
-    assert!(
-        e.to_string()
-            .starts_with("secret lily/lily-db key `url`: cannot connect to database `plain`"),
-        "{e}"
-    );
+    assert!(e.to_string().starts_with("secret lily/lily-db key `url`: cannot connect to database `plain`"), "{e}");
     assert!(all.contains("TLS"), "{all}");
     assert_hidden(&db.password, &all);
 
     // Without TLS on both sides it connects, and says so.
-    let s = contract::check_url(&source(), &db.url(SslMode::Disable).expose(), &expect(None))
-        .await
-        .unwrap();
+    let s = contract::check_url(&source(), &db.url(SslMode::Disable).expose(), &expect(None)).await.unwrap();
     assert!(!s.tls_in_use);
     assert_eq!(s.sslmode, SslMode::Disable);
 
@@ -495,18 +345,9 @@ async fn clean_removes_the_containers_a_dead_run_left() {
     let id = run.id().clone();
     drop(run);
     let cleaned = run::clean(false, Duration::from_secs(1)).unwrap();
-    let mine = cleaned
-        .iter()
-        .find(|c| c.id == id)
-        .unwrap_or_else(|| panic!("clean reports run {id}: {cleaned:?}"));
+    let mine = cleaned.iter().find(|c| c.id == id).unwrap_or_else(|| panic!("clean reports run {id}: {cleaned:?}"));
     assert_eq!(mine.containers, ids);
-    let left: Vec<_> = Engine::from_env()
-        .run_containers()
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|(_, r)| r == id.as_str())
-        .collect();
+    let left: Vec<_> = Engine::from_env().run_containers().await.unwrap().into_iter().filter(|(_, r)| r == id.as_str()).collect();
     assert!(left.is_empty(), "{left:?}");
 }
 
@@ -535,44 +376,14 @@ async fn container_image_starts_like_the_official_image() {
         .with_startup_timeout(Duration::from_secs(60))
         .start()
         .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "{}:{} starts with the module's defaults: {e:?}",
-                c.image, c.tag
-            )
-        });
+        .unwrap_or_else(|e| panic!("{}:{} starts with the module's defaults: {e:?}", c.image, c.tag));
     let port = node.get_host_port_ipv4(5432.tcp()).await.unwrap();
-    let url = DbUrl::new(
-        "lily",
-        Some(Password::new("not-a-secret")),
-        "127.0.0.1",
-        port,
-        "chain",
-        SslMode::Require,
-    );
-    let client = lily_e2e::postgres::tls::connect(&url, None, None, Duration::from_secs(10))
-        .await
-        .expect("connects over tls");
-    let row = client
-        .query_one(
-            "SELECT current_user::text, current_database()::text, current_setting('ssl')",
-            &[],
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        (
-            row.get::<_, String>(0),
-            row.get::<_, String>(1),
-            row.get::<_, String>(2)
-        ),
-        ("lily".into(), "chain".into(), "on".into())
-    );
+    let url = DbUrl::new("lily", Some(Password::new("not-a-secret")), "127.0.0.1", port, "chain", SslMode::Require);
+    let client = lily_e2e::postgres::tls::connect(&url, None, None, Duration::from_secs(10)).await.expect("connects over tls");
+    let row = client.query_one("SELECT current_user::text, current_database()::text, current_setting('ssl')", &[]).await.unwrap();
+    assert_eq!((row.get::<_, String>(0), row.get::<_, String>(1), row.get::<_, String>(2)), ("lily".into(), "chain".into(), "on".into()));
     let fsync: String = client.query_one("SHOW fsync", &[]).await.unwrap().get(0);
-    assert_eq!(
-        fsync, "off",
-        "the module's `-c fsync=off` reaches the server"
-    );
+    assert_eq!(fsync, "off", "the module's `-c fsync=off` reaches the server");
     node.rm().await.unwrap();
     assert_nothing_left("container", &run).await;
 }
@@ -580,28 +391,16 @@ async fn container_image_starts_like_the_official_image() {
 #[tokio::test]
 async fn container_provider_fails_fast_without_a_docker_engine() {
     let dir = tempfile::tempdir().unwrap();
-    let provider = container::Container {
-        engine: Engine::Unix(dir.path().join("docker.sock")),
-        ..Default::default()
-    };
+    let provider = container::Container { engine: Engine::Unix(dir.path().join("docker.sock")), ..Default::default() };
     let run = Run::create(false).unwrap();
     let t = Instant::now();
-    let e = provider
-        .start(&PostgresSpec::default(), &run)
-        .await
-        .unwrap_err();
+    let e = provider.start(&PostgresSpec::default(), &run).await.unwrap_err();
     assert_eq!(
         e.to_string(),
         "no docker engine is reachable (DOCKER_HOST or /var/run/docker.sock); start one with ci/docker.sh, or use --postgres local"
     );
-    assert!(
-        t.elapsed() < Duration::from_secs(2),
-        "took {:?}",
-        t.elapsed()
-    );
-    let e = lily_e2e::postgres::provider("sideways")
-        .err()
-        .expect("an unknown provider is refused");
+    assert!(t.elapsed() < Duration::from_secs(2), "took {:?}", t.elapsed());
+    let e = lily_e2e::postgres::provider("sideways").err().expect("an unknown provider is refused");
     assert!(e.to_string().contains("choose local or container"));
 }
 
@@ -621,46 +420,23 @@ async fn contract_check_follows_the_chart_pod_to_its_secret(#[case] provider: &s
     use lily_e2e::tools::Tools;
 
     let tools = Tools::new();
-    for bin in [
-        "etcd",
-        "kube-apiserver",
-        "kube-controller-manager",
-        "kube-scheduler",
-        "kwok",
-    ] {
+    for bin in ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"] {
         if let Err(e) = tools.path(bin) {
             eprintln!("skipping the kubernetes contract test: {e}");
             return;
         }
     }
     let run = Run::create(false).unwrap();
-    let spec = ClusterSpec {
-        nodes: 1,
-        zones: 1,
-        ..Default::default()
-    };
-    let cluster = cluster::local::Local::new(tools)
-        .start(&spec, &run)
-        .await
-        .expect("the local control plane starts");
+    let spec = ClusterSpec { nodes: 1, zones: 1, ..Default::default() };
+    let cluster = cluster::local::Local::new(tools).start(&spec, &run).await.expect("the local control plane starts");
     let pg = start(provider.as_ref(), &run, true).await;
     let db = pg.create_database("scenario_k").await.unwrap();
     let client = cluster.client.clone();
     let ns = "default";
 
-    let binding = StorageBinding {
-        application_name: "lily-k".into(),
-        ..StorageBinding::new("lily-db")
-    };
-    let url = db.url_with_host(
-        &secret::pod_host(cluster.provider, &pg).unwrap(),
-        SslMode::Require,
-    );
-    binding
-        .secret(ns, run.id(), &url)
-        .create(&client)
-        .await
-        .unwrap();
+    let binding = StorageBinding { application_name: "lily-k".into(), ..StorageBinding::new("lily-db") };
+    let url = db.url_with_host(&secret::pod_host(cluster.provider, &pg).unwrap(), SslMode::Require);
+    binding.secret(ns, run.id(), &url).create(&client).await.unwrap();
     let config = format!(
         "[Storage]\n  [Storage.Postgresql]\n    [Storage.Postgresql.db]\n      SchemaName = \"lily\"\n      URLEnv = \"{}\"\n      ApplicationName = \"lily-k\"\n      PoolSize = 20\n",
         binding.env_name()
@@ -670,10 +446,7 @@ async fn contract_check_follows_the_chart_pod_to_its_secret(#[case] provider: &s
         "data": {"config.toml": config}
     }))
     .unwrap();
-    Api::<ConfigMap>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &cm)
-        .await
-        .unwrap();
+    Api::<ConfigMap>::namespaced(client.clone(), ns).create(&PostParams::default(), &cm).await.unwrap();
     let pod = |name: &str, secret: &str, key: &str| -> Pod {
         serde_json::from_value(serde_json::json!({
             "metadata": {"name": name, "labels": {run::RUN_LABEL: run.id().as_str()}},
@@ -690,28 +463,14 @@ async fn contract_check_follows_the_chart_pod_to_its_secret(#[case] provider: &s
         .unwrap()
     };
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    for (name, secret, key) in [
-        ("lily-daemon-0", "lily-db", "url"),
-        ("wrong-key", "lily-db", "uri"),
-        ("no-secret", "absent", "url"),
-    ] {
-        pods.create(&PostParams::default(), &pod(name, secret, key))
-            .await
-            .unwrap();
+    for (name, secret, key) in [("lily-daemon-0", "lily-db", "url"), ("wrong-key", "lily-db", "uri"), ("no-secret", "absent", "url")] {
+        pods.create(&PostParams::default(), &pod(name, secret, key)).await.unwrap();
     }
 
-    let s = contract::check_pod(&client, ns, "lily-daemon-0", &PodCheck::default())
-        .await
-        .unwrap();
+    let s = contract::check_pod(&client, ns, "lily-daemon-0", &PodCheck::default()).await.unwrap();
     assert_eq!(s.env.as_deref(), Some("LILY_STORAGE_POSTGRESQL_DB_URL"));
-    assert_eq!(
-        (s.secret_name.as_str(), s.secret_key.as_str()),
-        ("lily-db", "url")
-    );
-    assert_eq!(
-        s.application_name, "lily-k",
-        "read from the rendered config"
-    );
+    assert_eq!((s.secret_name.as_str(), s.secret_key.as_str()), ("lily-db", "url"));
+    assert_eq!(s.application_name, "lily-k", "read from the rendered config");
     assert!(s.tls_in_use);
     assert_eq!(s.host, HostKind::Loopback);
 
@@ -775,31 +534,12 @@ async fn sigint_to_a_kept_run_removes_its_postgres_container() {
     let entries = run::registered_in(runs.path());
     assert_eq!(entries.len(), 1);
     let id = entries[0].id.clone();
-    let mine =
-        |all: Vec<(String, String)>| all.into_iter().filter(|(_, r)| r == id.as_str()).count();
-    assert_eq!(
-        mine(Engine::from_env().run_containers().await.unwrap()),
-        1,
-        "the kept run's container"
-    );
+    let mine = |all: Vec<(String, String)>| all.into_iter().filter(|(_, r)| r == id.as_str()).count();
+    assert_eq!(mine(Engine::from_env().run_containers().await.unwrap()), 1, "the kept run's container");
 
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id().unwrap() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .unwrap();
-    let status = tokio::time::timeout(T, child.wait())
-        .await
-        .expect("the harness exits after SIGINT")
-        .unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id().unwrap() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    let status = tokio::time::timeout(T, child.wait()).await.expect("the harness exits after SIGINT").unwrap();
     assert!(status.code().is_some(), "{status:?}");
-    assert_eq!(
-        mine(Engine::from_env().run_containers().await.unwrap()),
-        0,
-        "the container survived SIGINT"
-    );
-    assert!(
-        run::processes_of(&id).is_empty(),
-        "a process survived SIGINT"
-    );
+    assert_eq!(mine(Engine::from_env().run_containers().await.unwrap()), 0, "the container survived SIGINT");
+    assert!(run::processes_of(&id).is_empty(), "a process survived SIGINT");
 }

@@ -11,11 +11,7 @@ use lily_e2e::run::{processes_of, Run};
 fn peak_rss_kib(pid: i32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
         .unwrap_or(0)
 }
 
@@ -37,21 +33,12 @@ pub async fn cluster(runs: usize, spec: ClusterSpec) -> anyhow::Result<ExitCode>
         let t = Instant::now();
         c.teardown().await?;
         let d = t.elapsed().as_secs_f64();
-        println!(
-            "run {}: start to {} nodes Ready {s:.2}s, teardown {d:.2}s, peak RSS {:.0} MiB",
-            i + 1,
-            spec.nodes,
-            kib as f64 / 1024.0
-        );
+        println!("run {}: start to {} nodes Ready {s:.2}s, teardown {d:.2}s, peak RSS {:.0} MiB", i + 1, spec.nodes, kib as f64 / 1024.0);
         start.push(s);
         stop.push(d);
         rss.push(kib as f64 / 1024.0);
     }
-    for (name, v, unit) in [
-        ("start", start, "s"),
-        ("teardown", stop, "s"),
-        ("peak RSS", rss, " MiB"),
-    ] {
+    for (name, v, unit) in [("start", start, "s"), ("teardown", stop, "s"), ("peak RSS", rss, " MiB")] {
         let (min, med, max) = stats(v);
         println!("{name:>9}: min {min:.2}{unit}  median {med:.2}{unit}  max {max:.2}{unit}");
     }
@@ -62,10 +49,7 @@ pub async fn cluster(runs: usize, spec: ClusterSpec) -> anyhow::Result<ExitCode>
 /// interleaved so that both see the same machine.
 pub async fn postgres(runs: usize, providers: &[String]) -> anyhow::Result<ExitCode> {
     use lily_e2e::postgres::{self, PostgresSpec};
-    let providers = providers
-        .iter()
-        .map(|p| postgres::provider(p))
-        .collect::<Result<Vec<_>, _>>()?;
+    let providers = providers.iter().map(|p| postgres::provider(p)).collect::<Result<Vec<_>, _>>()?;
     let mut times: Vec<(Vec<f64>, Vec<f64>)> = vec![(Vec::new(), Vec::new()); providers.len()];
     for i in 0..runs {
         for (p, (start, stop)) in providers.iter().zip(times.iter_mut()) {
@@ -76,11 +60,7 @@ pub async fn postgres(runs: usize, providers: &[String]) -> anyhow::Result<ExitC
             let t = Instant::now();
             pg.teardown().await?;
             let d = t.elapsed().as_secs_f64();
-            println!(
-                "run {} {}: start to ready {s:.2}s, teardown {d:.2}s",
-                i + 1,
-                p.name()
-            );
+            println!("run {} {}: start to ready {s:.2}s, teardown {d:.2}s", i + 1, p.name());
             start.push(s);
             stop.push(d);
         }
@@ -88,10 +68,7 @@ pub async fn postgres(runs: usize, providers: &[String]) -> anyhow::Result<ExitC
     for (p, (start, stop)) in providers.iter().zip(times) {
         for (name, v) in [("start", start), ("teardown", stop)] {
             let (min, med, max) = stats(v);
-            println!(
-                "{:>9} {name:>8}: min {min:.2}s  median {med:.2}s  max {max:.2}s",
-                p.name()
-            );
+            println!("{:>9} {name:>8}: min {min:.2}s  median {med:.2}s  max {max:.2}s", p.name());
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -26,12 +26,7 @@ use lily_e2e::tools::Tools;
 )]
 struct Cli {
     /// Log filter (tracing's EnvFilter syntax), e.g. `lily_e2e=debug`.
-    #[arg(
-        long,
-        global = true,
-        env = "LILY_E2E_LOG",
-        default_value = "lily_e2e=info"
-    )]
+    #[arg(long, global = true, env = "LILY_E2E_LOG", default_value = "lily_e2e=info")]
     log: String,
     #[command(subcommand)]
     command: Command,
@@ -169,20 +164,12 @@ pub struct ClusterArgs {
 
 impl ClusterArgs {
     pub fn spec(&self) -> ClusterSpec {
-        ClusterSpec {
-            nodes: self.nodes,
-            zones: self.zones,
-            apiserver_port: self.apiserver_port,
-            ..Default::default()
-        }
+        ClusterSpec { nodes: self.nodes, zones: self.zones, apiserver_port: self.apiserver_port, ..Default::default() }
     }
     pub fn provider(&self) -> lily_e2e::Result<Box<dyn cluster::ClusterProvider>> {
         cluster::provider(
             &self.provider,
-            cluster::existing::Existing {
-                kubeconfig: self.kubeconfig.clone(),
-                context: self.context.clone(),
-            },
+            cluster::existing::Existing { kubeconfig: self.kubeconfig.clone(), context: self.context.clone() },
         )
     }
 }
@@ -190,17 +177,11 @@ impl ClusterArgs {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&cli.log)
-                .unwrap_or_else(|_| "lily_e2e=info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "lily_e2e=info".into()))
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");
     match rt.block_on(async {
         listen_for_interrupts();
         dispatch(cli.command).await
@@ -215,13 +196,9 @@ pub fn main() -> ExitCode {
 
 async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
     match cmd {
-        Command::Tools {
-            command: ToolsCommand::Install { names },
-        } => {
+        Command::Tools { command: ToolsCommand::Install { names } } => {
             let mp = indicatif::MultiProgress::new();
-            let done = lily_e2e::tools::install(&names, &mp)
-                .await
-                .context("tools install failed")?;
+            let done = lily_e2e::tools::install(&names, &mp).await.context("tools install failed")?;
             for d in done {
                 if d.built {
                     println!("{} {}: built in {:.0}s", d.name, d.version, d.seconds);
@@ -231,9 +208,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Tools {
-            command: ToolsCommand::List,
-        } => {
+        Command::Tools { command: ToolsCommand::List } => {
             let tools = Tools::new();
             for t in &tools.lock().tool {
                 for b in &t.binaries {
@@ -245,36 +220,15 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Cluster {
-            command: ClusterCommand::Exec { cluster, keep, cmd },
-        } => cluster_exec(cluster, keep, cmd).await,
+        Command::Cluster { command: ClusterCommand::Exec { cluster, keep, cmd } } => cluster_exec(cluster, keep, cmd).await,
         Command::List { scenarios } => scenarios::list(&scenarios),
         Command::Schema => scenarios::schema(),
-        Command::Bench { runs, postgres, .. } if !postgres.is_empty() => {
-            bench::postgres(runs.max(1), &postgres).await
-        }
-        Command::Bench {
-            runs, nodes, zones, ..
-        } => {
-            bench::cluster(
-                runs.max(1),
-                ClusterSpec {
-                    nodes,
-                    zones,
-                    ..Default::default()
-                },
-            )
-            .await
-        }
+        Command::Bench { runs, postgres, .. } if !postgres.is_empty() => bench::postgres(runs.max(1), &postgres).await,
+        Command::Bench { runs, nodes, zones, .. } => bench::cluster(runs.max(1), ClusterSpec { nodes, zones, ..Default::default() }).await,
         Command::Suite { args } => scenarios::suite(args, Vec::new(), false).await,
         Command::Run { args, keep, names } => scenarios::suite(args, names, keep).await,
         Command::Reproduce { args, case, name } => scenarios::reproduce(args, name, case).await,
-        Command::Render {
-            chart,
-            version,
-            values,
-            release,
-        } => scenarios::render(chart, version, values, release).await,
+        Command::Render { chart, version, values, release } => scenarios::render(chart, version, values, release).await,
         Command::Clean { force } => {
             let cleaned = lily_e2e::run::clean(force, lily_e2e::process::GRACE)?;
             if cleaned.is_empty() {
@@ -282,10 +236,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             }
             for c in cleaned {
                 if c.skipped_live {
-                    println!(
-                        "{}: still running (its owner is alive); use --force to clean it anyway",
-                        c.id
-                    );
+                    println!("{}: still running (its owner is alive); use --force to clean it anyway", c.id);
                 } else {
                     println!(
                         "{}: stopped {} process(es), removed {} dir(s), {} container(s)",
@@ -301,16 +252,14 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-static INTERRUPT: std::sync::OnceLock<tokio::sync::watch::Receiver<bool>> =
-    std::sync::OnceLock::new();
+static INTERRUPT: std::sync::OnceLock<tokio::sync::watch::Receiver<bool>> = std::sync::OnceLock::new();
 
 /// Listens for Ctrl-C and SIGTERM from the start of the program, so a signal that arrives
 /// between two waits is not lost (tokio keeps the handler installed but only tells
 /// listeners that exist when the signal comes).
 fn listen_for_interrupts() {
     let (tx, rx) = tokio::sync::watch::channel(false);
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("a SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("a SIGTERM handler");
     let int = tokio::signal::ctrl_c();
     tokio::spawn(async move {
         tokio::select! {
@@ -335,11 +284,7 @@ pub async fn interrupted() {
     }
 }
 
-async fn cluster_exec(
-    args: ClusterArgs,
-    keep: bool,
-    cmd: Vec<OsString>,
-) -> anyhow::Result<ExitCode> {
+async fn cluster_exec(args: ClusterArgs, keep: bool, cmd: Vec<OsString>) -> anyhow::Result<ExitCode> {
     let provider = args.provider()?;
     let mut run = Run::create(false)?;
     let spec = args.spec();
@@ -351,21 +296,12 @@ async fn cluster_exec(
         Ok(c) => c,
         Err(e) => {
             if let Some(dir) = run.keep_logs() {
-                eprintln!(
-                    "lily-e2e: logs kept in {} (`lily-e2e clean` removes them)",
-                    dir.display()
-                );
+                eprintln!("lily-e2e: logs kept in {} (`lily-e2e clean` removes them)", dir.display());
             }
-            return Err(anyhow::Error::new(e)
-                .context(format!("cannot start the {} cluster", provider.name())));
+            return Err(anyhow::Error::new(e).context(format!("cannot start the {} cluster", provider.name())));
         }
     };
-    eprintln!(
-        "cluster up: Kubernetes {} ({}), KUBECONFIG={}",
-        cluster.version,
-        cluster.provider,
-        cluster.kubeconfig.display()
-    );
+    eprintln!("cluster up: Kubernetes {} ({}), KUBECONFIG={}", cluster.version, cluster.provider, cluster.kubeconfig.display());
 
     let tools = Tools::new();
     let mut path: Vec<PathBuf> = tools.bin_dirs();
@@ -392,7 +328,10 @@ async fn cluster_exec(
         }
     };
     if keep && status.is_some() {
-        eprintln!("cluster kept; reach it with:\n  export KUBECONFIG={}\n  kubectl get nodes\nPress Ctrl-C to tear it down.", cluster.kubeconfig.display());
+        eprintln!(
+            "cluster kept; reach it with:\n  export KUBECONFIG={}\n  kubectl get nodes\nPress Ctrl-C to tear it down.",
+            cluster.kubeconfig.display()
+        );
         interrupted().await;
     }
     cluster.teardown().await.context("teardown failed")?;

@@ -46,11 +46,7 @@ pub struct SuiteArgs {
 
 impl SuiteArgs {
     fn env_options(&self, keep: bool) -> anyhow::Result<EnvOptions> {
-        let charts = self
-            .charts
-            .iter()
-            .map(|c| ChartSource::parse(c))
-            .collect::<Result<Vec<_>, _>>()?;
+        let charts = self.charts.iter().map(|c| ChartSource::parse(c)).collect::<Result<Vec<_>, _>>()?;
         Ok(EnvOptions {
             provider: self.cluster.provider.clone(),
             existing: lily_e2e::cluster::existing::Existing {
@@ -75,11 +71,7 @@ pub fn list(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
         if sc.fixture_only {
             tags.push("fixture-only");
         }
-        let tags = if tags.is_empty() {
-            String::new()
-        } else {
-            format!(" [{}]", tags.join(", "))
-        };
+        let tags = if tags.is_empty() { String::new() } else { format!(" [{}]", tags.join(", ")) };
         println!("{:<28} {}{tags}", sc.name, sc.summary);
         for c in &sc.cases {
             println!("  {:<26} {}", format!("/{}", c.name), c.summary);
@@ -110,10 +102,7 @@ fn select(
     let mut out = Vec::new();
     for (_, sc) in all {
         if sc.fixture_only && custom_charts {
-            eprintln!(
-                "skipping {}: it needs the fixture chart's versions (fixture-only)",
-                sc.name
-            );
+            eprintln!("skipping {}: it needs the fixture chart's versions (fixture-only)", sc.name);
             continue;
         }
         for (name, _, steps) in sc.cases() {
@@ -143,10 +132,7 @@ pub async fn suite(args: SuiteArgs, names: Vec<String>, keep: bool) -> anyhow::R
     opts.artifacts = std::path::absolute(&opts.artifacts).unwrap_or(opts.artifacts.clone());
     let bar = indicatif::ProgressBar::new(cases.len() as u64);
     bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {wide_msg}",
-        )
-        .expect("static template"),
+        indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {wide_msg}").expect("static template"),
     );
     bar.enable_steady_tick(Duration::from_millis(200));
     bar.set_message("starting the environment");
@@ -154,8 +140,7 @@ pub async fn suite(args: SuiteArgs, names: Vec<String>, keep: bool) -> anyhow::R
     let work = async {
         // One batch shares an environment: all non-exclusive cases together (in parallel);
         // each exclusive case alone on a cluster of its own.
-        let (exclusive, shared): (Vec<_>, Vec<_>) =
-            cases.into_iter().partition(|(sc, _, _)| sc.exclusive);
+        let (exclusive, shared): (Vec<_>, Vec<_>) = cases.into_iter().partition(|(sc, _, _)| sc.exclusive);
         let mut batches: Vec<Vec<_>> = Vec::new();
         if !shared.is_empty() {
             batches.push(shared);
@@ -165,9 +150,7 @@ pub async fn suite(args: SuiteArgs, names: Vec<String>, keep: bool) -> anyhow::R
         let run_batch = |batch: Vec<(model::Scenario, String, Vec<model::Step>)>| {
             let (opts, extra_values, bar) = (&opts, &extra_values, &bar);
             async move {
-                let env = Env::start(opts)
-                    .await
-                    .context("cannot start the environment")?;
+                let env = Env::start(opts).await.context("cannot start the environment")?;
                 let runs = batch.iter().map(|(sc, name, steps)| {
                     let mut sc = sc.clone();
                     sc.values.extend(extra_values.iter().cloned());
@@ -175,11 +158,7 @@ pub async fn suite(args: SuiteArgs, names: Vec<String>, keep: bool) -> anyhow::R
                     async move {
                         let r = runner::run_case(env, &sc, name, steps).await;
                         bar.inc(1);
-                        bar.println(format!(
-                            "{} {}",
-                            if r.result.passed() { "PASS" } else { "FAIL" },
-                            name
-                        ));
+                        bar.println(format!("{} {}", if r.result.passed() { "PASS" } else { "FAIL" }, name));
                         r
                     }
                 });
@@ -197,16 +176,11 @@ pub async fn suite(args: SuiteArgs, names: Vec<String>, keep: bool) -> anyhow::R
         let mut results: Vec<CaseResult> = Vec::new();
         let mut namespaces: Vec<(String, String, String)> = Vec::new();
         let mut envs_kept = Vec::new();
-        let mut batches =
-            futures::stream::iter(batches.into_iter().map(run_batch)).buffer_unordered(2);
+        let mut batches = futures::stream::iter(batches.into_iter().map(run_batch)).buffer_unordered(2);
         while let Some(b) = futures::StreamExt::next(&mut batches).await {
             let (done, kubeconfig, env) = b?;
             for r in done {
-                namespaces.push((
-                    r.result.name.clone(),
-                    r.namespace.clone(),
-                    kubeconfig.clone(),
-                ));
+                namespaces.push((r.result.name.clone(), r.namespace.clone(), kubeconfig.clone()));
                 results.push(r.result);
             }
             envs_kept.extend(env);
@@ -240,20 +214,11 @@ pub async fn suite(args: SuiteArgs, names: Vec<String>, keep: bool) -> anyhow::R
             let _ = env.teardown().await;
         }
     }
-    Ok(if results.iter().all(|r| r.passed()) {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(if results.iter().all(|r| r.passed()) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 fn print_reach(env: &Env) {
-    let path: Vec<String> = env
-        .tools
-        .bin_dirs()
-        .iter()
-        .map(|b| b.display().to_string())
-        .collect();
+    let path: Vec<String> = env.tools.bin_dirs().iter().map(|b| b.display().to_string()).collect();
     println!("\nreach the cluster with the pinned kubectl and helm:");
     println!("  export KUBECONFIG={}", env.cluster.kubeconfig.display());
     println!("  export PATH={}:$PATH", path.join(":"));
@@ -263,27 +228,13 @@ fn print_reach(env: &Env) {
 
 /// Drives a scenario case to its failing state (every step before the first `runbook`),
 /// stops there with everything kept, prints what a maintainer needs, waits for Ctrl-C.
-pub async fn reproduce(
-    args: SuiteArgs,
-    name: String,
-    case: Option<usize>,
-) -> anyhow::Result<ExitCode> {
-    let all = select(
-        &args.scenarios,
-        std::slice::from_ref(&name),
-        !args.charts.is_empty(),
-    )?;
+pub async fn reproduce(args: SuiteArgs, name: String, case: Option<usize>) -> anyhow::Result<ExitCode> {
+    let all = select(&args.scenarios, std::slice::from_ref(&name), !args.charts.is_empty())?;
     let (sc, test_name, steps) = match case {
-        Some(n) => all
-            .into_iter()
-            .nth(n.saturating_sub(1))
-            .context("no such case number (cases count from 1)")?,
+        Some(n) => all.into_iter().nth(n.saturating_sub(1)).context("no such case number (cases count from 1)")?,
         None => all.into_iter().next().context("no case")?,
     };
-    let upto = steps
-        .iter()
-        .position(|s| matches!(s, model::Step::Runbook(_)))
-        .unwrap_or(steps.len());
+    let upto = steps.iter().position(|s| matches!(s, model::Step::Runbook(_))).unwrap_or(steps.len());
     let failing: Vec<model::Step> = steps[..upto].to_vec();
     let opts = args.env_options(true)?;
     let env = tokio::select! {
@@ -300,11 +251,7 @@ pub async fn reproduce(
         "{} driven to its failing state in namespace {} ({})",
         test_name,
         r.namespace,
-        if r.result.passed() {
-            "reproduced"
-        } else {
-            "NOT reproduced"
-        }
+        if r.result.passed() { "reproduced" } else { "NOT reproduced" }
     );
     if let report::CaseOutcome::Failed { step, message } = &r.result.outcome {
         println!("step {step} failed: {message}");
@@ -313,14 +260,8 @@ pub async fn reproduce(
     print_reach(&env);
     println!("  kubectl -n {} get pods,pvc,events", r.namespace);
     if let Some(model::Step::Runbook(rb)) = steps.get(upto) {
-        println!(
-            "\nthe guide's runbook ({}), with this run's names:",
-            rb.name
-        );
-        if let Ok(book) = lily_e2e::scenario::runbook::Runbook::load(
-            &scenario::scenarios_dir().join("runbooks"),
-            &rb.name,
-        ) {
+        println!("\nthe guide's runbook ({}), with this run's names:", rb.name);
+        if let Ok(book) = lily_e2e::scenario::runbook::Runbook::load(&scenario::scenarios_dir().join("runbooks"), &rb.name) {
             for s in &book.steps {
                 let mut args = s.kubectl.join(" ");
                 for (k, v) in &r.vars {
@@ -337,17 +278,11 @@ pub async fn reproduce(
 }
 
 /// Renders a chart with helm and prints the normalised manifests (what the snapshots hold).
-pub async fn render(
-    chart: String,
-    version: Option<String>,
-    values: Vec<PathBuf>,
-    release: String,
-) -> anyhow::Result<ExitCode> {
+pub async fn render(chart: String, version: Option<String>, values: Vec<PathBuf>, release: String) -> anyhow::Result<ExitCode> {
     let source = ChartSource::parse(&chart)?;
     let run = lily_e2e::run::Run::create(false)?;
     let helm = lily_e2e::helm::Helm::new(run.subdir("helm")?)?;
-    let mut req = lily_e2e::snapshot::RenderRequest::new(source)
-        .values(lily_e2e::helm::Values::files(values));
+    let mut req = lily_e2e::snapshot::RenderRequest::new(source).values(lily_e2e::helm::Values::files(values));
     req.release = release;
     req.version = version;
     let text = lily_e2e::snapshot::render(&helm, &req).await?;

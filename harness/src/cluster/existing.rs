@@ -21,20 +21,14 @@ impl ClusterProvider for Existing {
         "existing"
     }
 
-    fn start<'a>(
-        &'a self,
-        _spec: &'a ClusterSpec,
-        _run: &'a Run,
-    ) -> BoxFuture<'a, Result<Cluster>> {
+    fn start<'a>(&'a self, _spec: &'a ClusterSpec, _run: &'a Run) -> BoxFuture<'a, Result<Cluster>> {
         Box::pin(async move {
             let path = self
                 .kubeconfig
                 .clone()
                 .or_else(|| std::env::var_os("KUBECONFIG").map(PathBuf::from))
                 .or_else(|| dirs::home_dir().map(|h| h.join(".kube/config")))
-                .ok_or_else(|| {
-                    Error::Invalid("no kubeconfig: pass --kubeconfig or set KUBECONFIG".into())
-                })?;
+                .ok_or_else(|| Error::Invalid("no kubeconfig: pass --kubeconfig or set KUBECONFIG".into()))?;
             if !path.is_file() {
                 return Err(Error::Invalid(format!(
                     "kubeconfig {} does not exist; pass --kubeconfig FILE for the existing provider",
@@ -42,17 +36,8 @@ impl ClusterProvider for Existing {
                 )));
             }
             let client = kubeconfig::client(&path, self.context.as_deref()).await?;
-            let version = client
-                .apiserver_version()
-                .await
-                .map_err(Error::kube("read the server version"))?;
-            Ok(Cluster::new(
-                client,
-                path,
-                version.git_version,
-                "existing",
-                Box::new(Nothing),
-            ))
+            let version = client.apiserver_version().await.map_err(Error::kube("read the server version"))?;
+            Ok(Cluster::new(client, path, version.git_version, "existing", Box::new(Nothing)))
         })
     }
 }

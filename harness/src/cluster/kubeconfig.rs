@@ -10,14 +10,7 @@ use crate::error::{Error, Result};
 
 /// Writes a kubeconfig for `server` with client-certificate credentials, readable by the
 /// owner only.
-pub fn write(
-    path: &Path,
-    cluster: &str,
-    server: &str,
-    ca_pem: &str,
-    cert_pem: &str,
-    key_pem: &str,
-) -> Result<()> {
+pub fn write(path: &Path, cluster: &str, server: &str, ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<()> {
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
     let doc = serde_json::json!({
         "apiVersion": "v1",
@@ -42,31 +35,17 @@ pub fn write_private(path: &Path, data: &[u8]) -> Result<()> {
         .mode(0o600)
         .open(path)
         .map_err(Error::io(format!("write {}", path.display())))?;
-    f.write_all(data)
-        .map_err(Error::io(format!("write {}", path.display())))
+    f.write_all(data).map_err(Error::io(format!("write {}", path.display())))
 }
 
 /// A client for the kubeconfig at `path`, with `context` (or its current context).
 pub async fn client(path: &Path, context: Option<&str>) -> Result<Client> {
-    let kc = Kubeconfig::read_from(path).map_err(|e| Error::Tool {
-        what: format!("cannot read kubeconfig {}", path.display()),
+    let kc = Kubeconfig::read_from(path)
+        .map_err(|e| Error::Tool { what: format!("cannot read kubeconfig {}", path.display()), source: Some(Box::new(e)) })?;
+    let opts = KubeConfigOptions { context: context.map(str::to_string), ..Default::default() };
+    let config = Config::from_custom_kubeconfig(kc, &opts).await.map_err(|e| Error::Tool {
+        what: format!("cannot use kubeconfig {}{}", path.display(), context.map(|c| format!(" with context `{c}`")).unwrap_or_default()),
         source: Some(Box::new(e)),
     })?;
-    let opts = KubeConfigOptions {
-        context: context.map(str::to_string),
-        ..Default::default()
-    };
-    let config = Config::from_custom_kubeconfig(kc, &opts)
-        .await
-        .map_err(|e| Error::Tool {
-            what: format!(
-                "cannot use kubeconfig {}{}",
-                path.display(),
-                context
-                    .map(|c| format!(" with context `{c}`"))
-                    .unwrap_or_default()
-            ),
-            source: Some(Box::new(e)),
-        })?;
     Client::try_from(config).map_err(Error::kube("build a client"))
 }

@@ -58,10 +58,7 @@ pub struct Local {
 
 impl Local {
     pub fn new(tools: Tools) -> Self {
-        Local {
-            tools,
-            timings: Timings::default(),
-        }
+        Local { tools, timings: Timings::default() }
     }
 }
 
@@ -74,21 +71,11 @@ impl ClusterProvider for Local {
         Box::pin(async move {
             let plan = NodePlan::new(spec.nodes, spec.zones, spec.node_cpu, spec.node_memory_gib)?;
             let bins = Binaries::resolve(&self.tools)?;
-            let mut cp = ControlPlane {
-                children: Vec::new(),
-                nodes: plan.nodes.clone(),
-                sim: None,
-            };
+            let mut cp = ControlPlane { children: Vec::new(), nodes: plan.nodes.clone(), sim: None };
             // On any error below, `cp` drops and stops what was started.
             let (client, kubeconfig) = cp.boot(self, spec, run, &bins, &plan).await?;
             let version = self.tools.kubernetes_version().to_string();
-            Ok(Cluster::new(
-                client,
-                kubeconfig,
-                version,
-                "local",
-                Box::new(cp),
-            ))
+            Ok(Cluster::new(client, kubeconfig, version, "local", Box::new(cp)))
         })
     }
 }
@@ -116,18 +103,11 @@ impl Binaries {
 /// A free loopback port, or the requested one if it is free.
 fn port(requested: Option<u16>, what: &str) -> Result<u16> {
     match TcpListener::bind(("127.0.0.1", requested.unwrap_or(0))) {
-        Ok(l) => Ok(l
-            .local_addr()
-            .map_err(Error::io("read a socket address"))?
-            .port()),
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(Error::PortBusy {
-            port: requested.unwrap_or(0),
-            what: what.to_string(),
-        }),
-        Err(e) => Err(Error::Io {
-            what: format!("bind a loopback port for {what}"),
-            source: e,
-        }),
+        Ok(l) => Ok(l.local_addr().map_err(Error::io("read a socket address"))?.port()),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            Err(Error::PortBusy { port: requested.unwrap_or(0), what: what.to_string() })
+        }
+        Err(e) => Err(Error::Io { what: format!("bind a loopback port for {what}"), source: e }),
     }
 }
 
@@ -160,14 +140,7 @@ impl ControlPlane {
         let serving = ca.issue(
             "kube-apiserver",
             &[],
-            &[
-                "127.0.0.1",
-                "localhost",
-                "kubernetes",
-                "kubernetes.default",
-                "kubernetes.default.svc",
-                "10.96.0.1",
-            ],
+            &["127.0.0.1", "localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "10.96.0.1"],
             Usage::Server,
         )?;
         let admin = ca.issue("lily-e2e-admin", &["system:masters"], &[], Usage::Client)?;
@@ -184,14 +157,7 @@ impl ControlPlane {
         let sa_pub = write("sa.pub", &sa_public)?;
         let server = format!("https://127.0.0.1:{apiserver_port}");
         let kcfg = dir.join("kubeconfig");
-        kubeconfig::write(
-            &kcfg,
-            &format!("lily-e2e-{}", run.id()),
-            &server,
-            &ca.cert_pem(),
-            &admin.cert_pem,
-            &admin.key_pem,
-        )?;
+        kubeconfig::write(&kcfg, &format!("lily-e2e-{}", run.id()), &server, &ca.cert_pem(), &admin.cert_pem, &admin.key_pem)?;
 
         let p = |p: &PathBuf| p.display().to_string();
         self.children.push(Supervised::spawn(
@@ -211,42 +177,33 @@ impl ControlPlane {
         // The API server's graceful shutdown drains requests a throwaway cluster does not
         // need drained: a short grace before KILL keeps teardown fast.
         self.children.push(Supervised::spawn(
-            ChildSpec::new("kube-apiserver", &bins.apiserver)
-                .grace(Duration::from_secs(2))
-                .args([
-                    format!("--etcd-servers=http://127.0.0.1:{etcd_client}"),
-                    "--bind-address=127.0.0.1".into(),
-                    "--advertise-address=127.0.0.1".into(),
-                    format!("--secure-port={apiserver_port}"),
-                    format!("--cert-dir={}", dir.join("apiserver-certs").display()),
-                    format!("--tls-cert-file={}", p(&tls_crt)),
-                    format!("--tls-private-key-file={}", p(&tls_key)),
-                    format!("--client-ca-file={}", p(&ca_crt)),
-                    format!("--service-account-key-file={}", p(&sa_pub)),
-                    format!("--service-account-signing-key-file={}", p(&sa_key)),
-                    "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
-                    "--service-cluster-ip-range=10.96.0.0/16".into(),
-                    "--authorization-mode=RBAC".into(),
-                    "--anonymous-auth=false".into(),
-                    "--enable-priority-and-fairness=false".into(),
-                    "--endpoint-reconciler-type=none".into(),
-                    "--allow-privileged=true".into(),
-                    "--profiling=false".into(),
-                    format!(
-                        "--default-not-ready-toleration-seconds={}",
-                        t.not_ready_toleration_seconds
-                    ),
-                    format!(
-                        "--default-unreachable-toleration-seconds={}",
-                        t.unreachable_toleration_seconds
-                    ),
-                ]),
+            ChildSpec::new("kube-apiserver", &bins.apiserver).grace(Duration::from_secs(2)).args([
+                format!("--etcd-servers=http://127.0.0.1:{etcd_client}"),
+                "--bind-address=127.0.0.1".into(),
+                "--advertise-address=127.0.0.1".into(),
+                format!("--secure-port={apiserver_port}"),
+                format!("--cert-dir={}", dir.join("apiserver-certs").display()),
+                format!("--tls-cert-file={}", p(&tls_crt)),
+                format!("--tls-private-key-file={}", p(&tls_key)),
+                format!("--client-ca-file={}", p(&ca_crt)),
+                format!("--service-account-key-file={}", p(&sa_pub)),
+                format!("--service-account-signing-key-file={}", p(&sa_key)),
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
+                "--service-cluster-ip-range=10.96.0.0/16".into(),
+                "--authorization-mode=RBAC".into(),
+                "--anonymous-auth=false".into(),
+                "--enable-priority-and-fairness=false".into(),
+                "--endpoint-reconciler-type=none".into(),
+                "--allow-privileged=true".into(),
+                "--profiling=false".into(),
+                format!("--default-not-ready-toleration-seconds={}", t.not_ready_toleration_seconds),
+                format!("--default-unreachable-toleration-seconds={}", t.unreachable_toleration_seconds),
+            ]),
             run,
         )?);
 
         let client = kubeconfig::client(&kcfg, None).await?;
-        self.ready(&client, START_TIMEOUT, etcd_client, apiserver_port)
-            .await?;
+        self.ready(&client, START_TIMEOUT, etcd_client, apiserver_port).await?;
 
         let common = |name: &str, bin: &PathBuf| {
             ChildSpec::new(name, bin).args([
@@ -262,19 +219,13 @@ impl ControlPlane {
                 format!("--root-ca-file={}", p(&ca_crt)),
                 "--use-service-account-credentials=false".to_string(),
                 format!("--node-monitor-period={}", t.node_monitor_period),
-                format!(
-                    "--node-monitor-grace-period={}",
-                    t.node_monitor_grace_period
-                ),
+                format!("--node-monitor-grace-period={}", t.node_monitor_grace_period),
                 "--allocate-node-cidrs=false".to_string(),
                 "--profiling=false".to_string(),
             ]),
             run,
         )?);
-        self.children.push(Supervised::spawn(
-            common("kube-scheduler", &bins.scheduler).arg("--profiling=false"),
-            run,
-        )?);
+        self.children.push(Supervised::spawn(common("kube-scheduler", &bins.scheduler).arg("--profiling=false"), run)?);
         let kwok_cfg = dir.join("kwok.yaml");
         kubeconfig::write_private(&kwok_cfg, crate::sim::kwok_config().as_bytes())?;
         self.children.push(Supervised::spawn(
@@ -282,10 +233,7 @@ impl ControlPlane {
                 format!("--kubeconfig={}", p(&kcfg)),
                 format!("--config={}", p(&kwok_cfg)),
                 "--manage-all-nodes=false".to_string(),
-                format!(
-                    "--manage-nodes-with-label-selector={}={}",
-                    KWOK_LABEL.0, KWOK_LABEL.1
-                ),
+                format!("--manage-nodes-with-label-selector={}={}", KWOK_LABEL.0, KWOK_LABEL.1),
                 format!("--node-lease-duration-seconds={}", t.node_lease_seconds),
                 "--cidr=10.244.0.1/16".to_string(),
                 "--node-ip=10.0.0.1".to_string(),
@@ -294,25 +242,17 @@ impl ControlPlane {
             run,
         )?);
 
-        plan.create(&client, run.id(), provider.tools.kubernetes_version())
-            .await?;
+        plan.create(&client, run.id(), provider.tools.kubernetes_version()).await?;
 
         // The `default` ServiceAccount appears once the controller manager runs; pods cannot
         // be created in `default` before it.
         let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
         let want = plan.nodes.len();
         let nodes: Api<Node> = Api::all(client.clone());
-        let node_sel =
-            watcher::Config::default().labels(&format!("{}={}", crate::run::RUN_LABEL, run.id()));
+        let node_sel = watcher::Config::default().labels(&format!("{}={}", crate::run::RUN_LABEL, run.id()));
         let waits = async {
-            crate::wait::until(
-                &sas,
-                "default",
-                "the `default` ServiceAccount in namespace default",
-                START_TIMEOUT,
-                |sa| sa.is_some(),
-            )
-            .await?;
+            crate::wait::until(&sas, "default", "the `default` ServiceAccount in namespace default", START_TIMEOUT, |sa| sa.is_some())
+                .await?;
             crate::wait::until_list(
                 &nodes,
                 node_sel,
@@ -324,21 +264,14 @@ impl ControlPlane {
             Ok::<_, Error>(())
         };
         self.race(waits).await?;
-        let sim = self
-            .race(crate::sim::SimCloud::start(
-                &client,
-                run,
-                crate::sim::SimOptions::default(),
-            ))
-            .await?;
+        let sim = self.race(crate::sim::SimCloud::start(&client, run, crate::sim::SimOptions::default())).await?;
         self.sim = Some(sim);
         Ok((client, kcfg))
     }
 
     /// Runs `fut`, failing early if any child exits meanwhile.
     async fn race<T>(&mut self, fut: impl std::future::Future<Output = Result<T>>) -> Result<T> {
-        let exits =
-            futures::future::select_all(self.children.iter_mut().map(|c| Box::pin(c.exited())));
+        let exits = futures::future::select_all(self.children.iter_mut().map(|c| Box::pin(c.exited())));
         tokio::select! {
             r = fut => r,
             (e, _, _) = exits => Err(e),
@@ -348,59 +281,31 @@ impl ControlPlane {
     /// Waits for `/readyz`. This is a readiness probe: the API has no watch until it is
     /// up, so it polls (every 100 ms) under a deadline, racing against etcd or the API
     /// server exiting.
-    async fn ready(
-        &mut self,
-        client: &Client,
-        timeout: Duration,
-        etcd_port: u16,
-        api_port: u16,
-    ) -> Result<()> {
+    async fn ready(&mut self, client: &Client, timeout: Duration, etcd_port: u16, api_port: u16) -> Result<()> {
         let deadline = Instant::now() + timeout;
         let mut last = String::from("no answer yet");
         let probe = async {
             let mut tick = tokio::time::interval(Duration::from_millis(100));
             loop {
                 tick.tick().await;
-                let req = http::Request::get("/readyz")
-                    .body(Vec::new())
-                    .expect("static request");
+                let req = http::Request::get("/readyz").body(Vec::new()).expect("static request");
                 match client.request_text(req).await {
                     Ok(body) if body.trim() == "ok" => return Ok(()),
-                    Ok(body) => {
-                        last = body
-                            .lines()
-                            .filter(|l| l.contains("failed"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    }
+                    Ok(body) => last = body.lines().filter(|l| l.contains("failed")).collect::<Vec<_>>().join(", "),
                     Err(e) => last = e.to_string(),
                 }
                 if Instant::now() >= deadline {
-                    return Err(Error::Timeout {
-                        what: "kube-apiserver /readyz".into(),
-                        after: timeout,
-                        last_seen: last.clone(),
-                    });
+                    return Err(Error::Timeout { what: "kube-apiserver /readyz".into(), after: timeout, last_seen: last.clone() });
                 }
             }
         };
         match self.race(probe).await {
-            Err(Error::ChildExited {
-                name,
-                status,
-                log,
-                tail,
-            }) => {
+            Err(Error::ChildExited { name, status, log, tail }) => {
                 if tail.contains("address already in use") {
                     let port = if name == "etcd" { etcd_port } else { api_port };
                     return Err(Error::PortBusy { port, what: name });
                 }
-                Err(Error::ChildExited {
-                    name,
-                    status,
-                    log,
-                    tail,
-                })
+                Err(Error::ChildExited { name, status, log, tail })
             }
             r => r,
         }
@@ -429,11 +334,7 @@ impl Running for ControlPlane {
     }
 
     fn logs(&self) -> Vec<PathBuf> {
-        let mut logs: Vec<PathBuf> = self
-            .children
-            .iter()
-            .map(|c| c.log().to_path_buf())
-            .collect();
+        let mut logs: Vec<PathBuf> = self.children.iter().map(|c| c.log().to_path_buf()).collect();
         logs.extend(self.sim.as_ref().map(|s| s.log_path().to_path_buf()));
         logs
     }

@@ -40,13 +40,7 @@ pub struct ClusterSpec {
 
 impl Default for ClusterSpec {
     fn default() -> Self {
-        ClusterSpec {
-            nodes: 3,
-            zones: 2,
-            node_cpu: 64,
-            node_memory_gib: 512,
-            apiserver_port: None,
-        }
+        ClusterSpec { nodes: 3, zones: 2, node_cpu: 64, node_memory_gib: 512, apiserver_port: None }
     }
 }
 
@@ -94,20 +88,8 @@ impl std::fmt::Debug for Cluster {
 }
 
 impl Cluster {
-    pub fn new(
-        client: Client,
-        kubeconfig: PathBuf,
-        version: String,
-        provider: &'static str,
-        running: Box<dyn Running>,
-    ) -> Self {
-        Cluster {
-            client,
-            kubeconfig,
-            version,
-            provider,
-            running: Some(running),
-        }
+    pub fn new(client: Client, kubeconfig: PathBuf, version: String, provider: &'static str, running: Box<dyn Running>) -> Self {
+        Cluster { client, kubeconfig, version, provider, running: Some(running) }
     }
 
     pub fn kubeconfig(&self) -> &Path {

@@ -39,9 +39,7 @@ pub struct NodePlan {
 impl NodePlan {
     pub fn new(count: usize, zones: usize, cpu: u32, memory_gib: u32) -> Result<Self> {
         if zones == 0 || zones > 26 {
-            return Err(Error::Invalid(format!(
-                "--zones must be between 1 and 26, not {zones}"
-            )));
+            return Err(Error::Invalid(format!("--zones must be between 1 and 26, not {zones}")));
         }
         if count == 0 {
             return Err(Error::Invalid("--nodes must be at least 1".into()));
@@ -50,18 +48,10 @@ impl NodePlan {
             .map(|i| {
                 let z = (b'a' + (i % zones) as u8) as char;
                 let n = i / zones + 1;
-                SimNode {
-                    name: format!("sim-{z}{n}"),
-                    zone: format!("zone-{z}"),
-                    pool: format!("pool-{z}"),
-                }
+                SimNode { name: format!("sim-{z}{n}"), zone: format!("zone-{z}"), pool: format!("pool-{z}") }
             })
             .collect();
-        Ok(NodePlan {
-            nodes,
-            cpu,
-            memory_gib,
-        })
+        Ok(NodePlan { nodes, cpu, memory_gib })
     }
 
     pub fn node_object(&self, n: &SimNode, run: &RunId, k8s_version: &str) -> Node {
@@ -82,10 +72,7 @@ impl NodePlan {
         let annotations: BTreeMap<String, String> = [
             ("node.alpha.kubernetes.io/ttl", "0"),
             ("kwok.x-k8s.io/node", "fake"),
-            (
-                "volumes.kubernetes.io/controller-managed-attach-detach",
-                "true",
-            ),
+            ("volumes.kubernetes.io/controller-managed-attach-detach", "true"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -100,12 +87,7 @@ impl NodePlan {
         .map(|(k, v)| (k.to_string(), Quantity(v)))
         .collect();
         Node {
-            metadata: ObjectMeta {
-                name: Some(n.name.clone()),
-                labels: Some(labels),
-                annotations: Some(annotations),
-                ..Default::default()
-            },
+            metadata: ObjectMeta { name: Some(n.name.clone()), labels: Some(labels), annotations: Some(annotations), ..Default::default() },
             spec: None,
             status: Some(NodeStatus {
                 allocatable: Some(resources.clone()),
@@ -126,12 +108,9 @@ impl NodePlan {
     pub async fn create(&self, client: &Client, run: &RunId, k8s_version: &str) -> Result<()> {
         let api: Api<Node> = Api::all(client.clone());
         for n in &self.nodes {
-            api.create(
-                &PostParams::default(),
-                &self.node_object(n, run, k8s_version),
-            )
-            .await
-            .map_err(Error::kube(format!("create simulated node {}", n.name)))?;
+            api.create(&PostParams::default(), &self.node_object(n, run, k8s_version))
+                .await
+                .map_err(Error::kube(format!("create simulated node {}", n.name)))?;
         }
         Ok(())
     }
@@ -139,10 +118,7 @@ impl NodePlan {
 
 /// Whether a node's Ready condition is True.
 pub fn is_ready(node: &Node) -> bool {
-    node.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    node.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 #[cfg(test)]
@@ -156,11 +132,7 @@ mod tests {
     #[case(2, 1, &["sim-a1/zone-a", "sim-a2/zone-a"])]
     fn nodes_are_spread_round_robin(#[case] n: usize, #[case] z: usize, #[case] want: &[&str]) {
         let plan = NodePlan::new(n, z, 64, 512).unwrap();
-        let got: Vec<String> = plan
-            .nodes
-            .iter()
-            .map(|n| format!("{}/{}", n.name, n.zone))
-            .collect();
+        let got: Vec<String> = plan.nodes.iter().map(|n| format!("{}/{}", n.name, n.zone)).collect();
         assert_eq!(got, want);
     }
 
@@ -181,14 +153,7 @@ mod tests {
         assert_eq!(labels[POOL_LABEL], "pool-a");
         assert_eq!(labels[KWOK_LABEL.0], KWOK_LABEL.1);
         assert!(labels.contains_key(RUN_LABEL));
-        assert_eq!(
-            node.metadata.annotations.unwrap()
-                ["volumes.kubernetes.io/controller-managed-attach-detach"],
-            "true"
-        );
-        assert_eq!(
-            node.status.unwrap().allocatable.unwrap()["memory"].0,
-            "512Gi"
-        );
+        assert_eq!(node.metadata.annotations.unwrap()["volumes.kubernetes.io/controller-managed-attach-detach"], "true");
+        assert_eq!(node.status.unwrap().allocatable.unwrap()["memory"].0, "512Gi");
     }
 }

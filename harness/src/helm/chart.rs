@@ -27,8 +27,7 @@ pub use semver::Version;
 pub const FIXTURE_VERSIONS: [&str; 3] = ["0.1.0", "0.2.0", "0.3.0"];
 
 /// What to write after a bad chart argument.
-const SYNTAX_HINT: &str =
-    "pass a chart directory, a .tgz, DIR@X.Y.Z, or https://REPO_URL#CHART[@X.Y.Z]";
+const SYNTAX_HINT: &str = "pass a chart directory, a .tgz, DIR@X.Y.Z, or https://REPO_URL#CHART[@X.Y.Z]";
 
 /// The repository root (the directory that holds `harness/` and `scenarios/`).
 pub fn repo_root() -> PathBuf {
@@ -50,10 +49,7 @@ pub fn values_dir() -> PathBuf {
 pub fn default_sources() -> Vec<ChartSource> {
     FIXTURE_VERSIONS
         .iter()
-        .map(|v| ChartSource::Dir {
-            path: fixture_chart_dir(),
-            version: Some(parse_version(v).expect("fixture versions are semver")),
-        })
+        .map(|v| ChartSource::Dir { path: fixture_chart_dir(), version: Some(parse_version(v).expect("fixture versions are semver")) })
         .collect()
 }
 
@@ -72,29 +68,19 @@ pub fn values_files() -> Result<Vec<PathBuf>> {
 
 /// Parses a chart version (helm accepts a leading `v`).
 pub fn parse_version(s: &str) -> Result<Version> {
-    Version::parse(s.trim().trim_start_matches('v')).map_err(|_| {
-        Error::Invalid(format!(
-            "{s:?} is not a chart version; versions look like 1.2.3 or 1.2.3-rc.1"
-        ))
-    })
+    Version::parse(s.trim().trim_start_matches('v'))
+        .map_err(|_| Error::Invalid(format!("{s:?} is not a chart version; versions look like 1.2.3 or 1.2.3-rc.1")))
 }
 
 /// Where a chart comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChartSource {
     /// A chart directory; packaged as `version` when given.
-    Dir {
-        path: PathBuf,
-        version: Option<Version>,
-    },
+    Dir { path: PathBuf, version: Option<Version> },
     /// A packaged chart.
     Archive { path: PathBuf },
     /// A chart in a remote chart repository.
-    Remote {
-        url: String,
-        chart: String,
-        version: Option<Version>,
-    },
+    Remote { url: String, chart: String, version: Option<Version> },
 }
 
 impl ChartSource {
@@ -106,30 +92,20 @@ impl ChartSource {
             return Err(Error::Invalid(format!("empty chart source; {SYNTAX_HINT}")));
         }
         if s.starts_with("https://") || s.starts_with("http://") {
-            let (url, frag) = s.split_once('#').ok_or_else(|| {
-                Error::Invalid(format!(
-                    "chart repository {s} names no chart; write {s}#CHART (e.g. {s}#lily)"
-                ))
-            })?;
+            let (url, frag) = s
+                .split_once('#')
+                .ok_or_else(|| Error::Invalid(format!("chart repository {s} names no chart; write {s}#CHART (e.g. {s}#lily)")))?;
             let (chart, version) = match frag.rsplit_once('@') {
                 Some((c, v)) => (c, Some(parse_version(v)?)),
                 None => (frag, None),
             };
             if chart.is_empty() || chart.contains('/') {
-                return Err(Error::Invalid(format!(
-                    "{chart:?} in {s} is not a chart name; {SYNTAX_HINT}"
-                )));
+                return Err(Error::Invalid(format!("{chart:?} in {s} is not a chart name; {SYNTAX_HINT}")));
             }
-            return Ok(ChartSource::Remote {
-                url: url.trim_end_matches('/').to_string(),
-                chart: chart.to_string(),
-                version,
-            });
+            return Ok(ChartSource::Remote { url: url.trim_end_matches('/').to_string(), chart: chart.to_string(), version });
         }
         if s.contains("://") {
-            return Err(Error::Invalid(format!(
-                "unsupported chart source {s}; {SYNTAX_HINT}"
-            )));
+            return Err(Error::Invalid(format!("unsupported chart source {s}; {SYNTAX_HINT}")));
         }
         // PATH@X.Y.Z: only when the part after the last '@' is a version, so paths with '@' work.
         if let Some((path, v)) = s.rsplit_once('@') {
@@ -139,20 +115,14 @@ impl ChartSource {
                         "{path} is a packaged chart; @{v} only applies to a chart directory (a .tgz keeps the version it was packaged with)"
                     )));
                 }
-                return Ok(ChartSource::Dir {
-                    path: PathBuf::from(path),
-                    version: Some(version),
-                });
+                return Ok(ChartSource::Dir { path: PathBuf::from(path), version: Some(version) });
             }
         }
         let path = PathBuf::from(s);
         if is_tgz(&path) {
             Ok(ChartSource::Archive { path })
         } else {
-            Ok(ChartSource::Dir {
-                path,
-                version: None,
-            })
+            Ok(ChartSource::Dir { path, version: None })
         }
     }
 
@@ -164,16 +134,10 @@ impl ChartSource {
                     return Err(missing(path));
                 }
                 if !path.is_dir() {
-                    return Err(Error::Invalid(format!(
-                        "chart path {} is not a directory or a .tgz; {SYNTAX_HINT}",
-                        path.display()
-                    )));
+                    return Err(Error::Invalid(format!("chart path {} is not a directory or a .tgz; {SYNTAX_HINT}", path.display())));
                 }
                 if !path.join("Chart.yaml").is_file() {
-                    return Err(Error::Invalid(format!(
-                        "{} is not a chart directory: it has no Chart.yaml",
-                        path.display()
-                    )));
+                    return Err(Error::Invalid(format!("{} is not a chart directory: it has no Chart.yaml", path.display())));
                 }
                 Ok(())
             }
@@ -191,19 +155,14 @@ impl ChartSource {
     /// known after reading it: [`ChartMeta::read`]).
     pub fn pinned_version(&self) -> Option<&Version> {
         match self {
-            ChartSource::Dir { version, .. } | ChartSource::Remote { version, .. } => {
-                version.as_ref()
-            }
+            ChartSource::Dir { version, .. } | ChartSource::Remote { version, .. } => version.as_ref(),
             ChartSource::Archive { .. } => None,
         }
     }
 }
 
 fn missing(path: &Path) -> Error {
-    Error::Invalid(format!(
-        "chart path {} does not exist; {SYNTAX_HINT}",
-        path.display()
-    ))
+    Error::Invalid(format!("chart path {} does not exist; {SYNTAX_HINT}", path.display()))
 }
 
 fn is_tgz(p: &Path) -> bool {
@@ -221,25 +180,10 @@ impl FromStr for ChartSource {
 impl fmt::Display for ChartSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ChartSource::Dir {
-                path,
-                version: Some(v),
-            } => write!(f, "{}@{v}", path.display()),
-            ChartSource::Dir {
-                path,
-                version: None,
-            }
-            | ChartSource::Archive { path } => write!(f, "{}", path.display()),
-            ChartSource::Remote {
-                url,
-                chart,
-                version: Some(v),
-            } => write!(f, "{url}#{chart}@{v}"),
-            ChartSource::Remote {
-                url,
-                chart,
-                version: None,
-            } => write!(f, "{url}#{chart}"),
+            ChartSource::Dir { path, version: Some(v) } => write!(f, "{}@{v}", path.display()),
+            ChartSource::Dir { path, version: None } | ChartSource::Archive { path } => write!(f, "{}", path.display()),
+            ChartSource::Remote { url, chart, version: Some(v) } => write!(f, "{url}#{chart}@{v}"),
+            ChartSource::Remote { url, chart, version: None } => write!(f, "{url}#{chart}"),
         }
     }
 }
@@ -258,43 +202,23 @@ impl ChartMeta {
     pub fn read(path: &Path) -> Result<Self> {
         if path.is_dir() {
             let f = path.join("Chart.yaml");
-            let text =
-                std::fs::read_to_string(&f).map_err(Error::io(format!("read {}", f.display())))?;
-            return crate::yaml::from_str(&text)
-                .map_err(|e| e.context(f.display().to_string()).into());
+            let text = std::fs::read_to_string(&f).map_err(Error::io(format!("read {}", f.display())))?;
+            return crate::yaml::from_str(&text).map_err(|e| e.context(f.display().to_string()).into());
         }
-        let file =
-            std::fs::File::open(path).map_err(Error::io(format!("open {}", path.display())))?;
+        let file = std::fs::File::open(path).map_err(Error::io(format!("open {}", path.display())))?;
         let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
-        let entries = archive.entries().map_err(Error::io(format!(
-            "read {} as a gzipped tar",
-            path.display()
-        )))?;
+        let entries = archive.entries().map_err(Error::io(format!("read {} as a gzipped tar", path.display())))?;
         for entry in entries {
-            let mut entry = entry.map_err(Error::io(format!(
-                "read {} as a gzipped tar",
-                path.display()
-            )))?;
-            let name = entry
-                .path()
-                .map_err(Error::io(format!("read {}", path.display())))?
-                .into_owned();
+            let mut entry = entry.map_err(Error::io(format!("read {} as a gzipped tar", path.display())))?;
+            let name = entry.path().map_err(Error::io(format!("read {}", path.display())))?.into_owned();
             let parts: Vec<_> = name.components().collect();
             if parts.len() == 2 && parts[1].as_os_str() == "Chart.yaml" {
                 let mut text = String::new();
-                entry
-                    .read_to_string(&mut text)
-                    .map_err(Error::io(format!("read Chart.yaml in {}", path.display())))?;
-                return crate::yaml::from_str(&text).map_err(|e| {
-                    e.context(format!("Chart.yaml in {}", path.display()))
-                        .into()
-                });
+                entry.read_to_string(&mut text).map_err(Error::io(format!("read Chart.yaml in {}", path.display())))?;
+                return crate::yaml::from_str(&text).map_err(|e| e.context(format!("Chart.yaml in {}", path.display())).into());
             }
         }
-        Err(Error::Invalid(format!(
-            "{} is not a packaged chart: it has no CHART/Chart.yaml",
-            path.display()
-        )))
+        Err(Error::Invalid(format!("{} is not a packaged chart: it has no CHART/Chart.yaml", path.display())))
     }
 
     pub fn semver(&self) -> Result<Version> {
@@ -322,19 +246,12 @@ mod tests {
     fn sources_parse(#[case] input: &str, #[case] want: ChartSource) {
         let got = ChartSource::parse(input).unwrap();
         assert_eq!(got, want);
-        assert_eq!(
-            ChartSource::parse(&got.to_string()).unwrap(),
-            want,
-            "display round-trips"
-        );
+        assert_eq!(ChartSource::parse(&got.to_string()).unwrap(), want, "display round-trips");
     }
 
     #[rstest]
     #[case("", "empty chart source")]
-    #[case(
-        "https://charts.example",
-        "names no chart; write https://charts.example#CHART"
-    )]
+    #[case("https://charts.example", "names no chart; write https://charts.example#CHART")]
     #[case("oci://ghcr.io/x/lily", "unsupported chart source")]
     #[case("lily-0.2.0.tgz@0.3.0", "only applies to a chart directory")]
     #[case("https://charts.example#lily@latest", "is not a chart version")]
@@ -345,15 +262,8 @@ mod tests {
 
     #[test]
     fn missing_path_says_what_to_pass() {
-        let e = ChartSource::parse("/nonexistent/lily@0.2.0")
-            .unwrap()
-            .check()
-            .unwrap_err()
-            .to_string();
-        assert_eq!(
-            e,
-            format!("chart path /nonexistent/lily does not exist; {SYNTAX_HINT}")
-        );
+        let e = ChartSource::parse("/nonexistent/lily@0.2.0").unwrap().check().unwrap_err().to_string();
+        assert_eq!(e, format!("chart path /nonexistent/lily does not exist; {SYNTAX_HINT}"));
     }
 
     #[test]

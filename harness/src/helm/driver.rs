@@ -75,10 +75,7 @@ pub struct Values {
 
 impl Values {
     pub fn files<I: IntoIterator<Item = P>, P: Into<PathBuf>>(files: I) -> Self {
-        Values {
-            files: files.into_iter().map(Into::into).collect(),
-            ..Default::default()
-        }
+        Values { files: files.into_iter().map(Into::into).collect(), ..Default::default() }
     }
     pub fn file(mut self, f: impl Into<PathBuf>) -> Self {
         self.files.push(f.into());
@@ -100,9 +97,7 @@ impl Values {
             // Name the key only: the value may be a secret.
             _ => Err(Error::Invalid(format!(
                 "--set expects KEY=VALUE, got {:?}",
-                s.split_once('=')
-                    .map(|(k, _)| format!("{k}=…"))
-                    .unwrap_or_else(|| "a value without =".into())
+                s.split_once('=').map(|(k, _)| format!("{k}=…")).unwrap_or_else(|| "a value without =".into())
             ))),
         }
     }
@@ -123,11 +118,7 @@ impl Values {
 
 impl fmt::Debug for Values {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let keys = |v: &[(String, String)]| {
-            v.iter()
-                .map(|(k, _)| format!("{k}=[redacted]"))
-                .collect::<Vec<_>>()
-        };
+        let keys = |v: &[(String, String)]| v.iter().map(|(k, _)| format!("{k}=[redacted]")).collect::<Vec<_>>();
         f.debug_struct("Values")
             .field("files", &self.files)
             .field("set", &keys(&self.set))
@@ -284,28 +275,16 @@ pub struct LintReport {
 
 impl LintReport {
     pub fn errors(&self) -> impl Iterator<Item = &str> {
-        self.messages
-            .iter()
-            .filter(|(s, _)| s == "ERROR")
-            .map(|(_, m)| m.as_str())
+        self.messages.iter().filter(|(s, _)| s == "ERROR").map(|(_, m)| m.as_str())
     }
     pub fn warnings(&self) -> impl Iterator<Item = &str> {
-        self.messages
-            .iter()
-            .filter(|(s, _)| s == "WARNING")
-            .map(|(_, m)| m.as_str())
+        self.messages.iter().filter(|(s, _)| s == "WARNING").map(|(_, m)| m.as_str())
     }
 
     /// Parses lint's `[SEVERITY] message` lines.
     pub fn parse(stdout: &str) -> Self {
         let re = regex::Regex::new(r"^\[(INFO|WARNING|ERROR)\]\s*(.*)$").expect("static regex");
-        let messages = stdout
-            .lines()
-            .filter_map(|l| {
-                re.captures(l.trim())
-                    .map(|c| (c[1].to_string(), c[2].trim().to_string()))
-            })
-            .collect();
+        let messages = stdout.lines().filter_map(|l| re.captures(l.trim()).map(|c| (c[1].to_string(), c[2].trim().to_string()))).collect();
         LintReport { messages }
     }
 }
@@ -383,13 +362,7 @@ impl Helm {
             std::fs::create_dir_all(&p).map_err(Error::io(format!("create {}", p.display())))?;
         }
         let kubeconfig = home.join("no-kubeconfig");
-        Ok(Helm {
-            bin: bin.into(),
-            home,
-            kubeconfig,
-            kube_context: None,
-            timeout: DEFAULT_COMMAND_TIMEOUT,
-        })
+        Ok(Helm { bin: bin.into(), home, kubeconfig, kube_context: None, timeout: DEFAULT_COMMAND_TIMEOUT })
     }
 
     /// Talk to the cluster of this kubeconfig (the default is none: only offline commands work).
@@ -423,20 +396,11 @@ impl Helm {
             ("HELM_CONFIG_HOME".into(), p("config")),
             ("HELM_CACHE_HOME".into(), p("cache")),
             ("HELM_DATA_HOME".into(), p("data")),
-            (
-                "HELM_REPOSITORY_CONFIG".into(),
-                p("config/repositories.yaml"),
-            ),
+            ("HELM_REPOSITORY_CONFIG".into(), p("config/repositories.yaml")),
             ("HELM_REPOSITORY_CACHE".into(), p("cache/repository")),
-            (
-                "HELM_REGISTRY_CONFIG".into(),
-                p("config/registry/config.json"),
-            ),
+            ("HELM_REGISTRY_CONFIG".into(), p("config/registry/config.json")),
             ("HELM_PLUGINS".into(), p("data/plugins")),
-            (
-                "KUBECONFIG".into(),
-                self.kubeconfig.clone().into_os_string(),
-            ),
+            ("KUBECONFIG".into(), self.kubeconfig.clone().into_os_string()),
         ];
         // Everything else helm reads from the environment: empty means helm's default.
         for k in [
@@ -474,24 +438,14 @@ impl Helm {
         tracing::debug!(cmd = %cmd.shown(), "helm");
         let out = crate::process::run_command(&self.bin, &args, &self.env(), None, timeout)
             .await
-            .map_err(|e| Error::Helm {
-                what: format!("cannot run `{}`", cmd.shown()),
-                source: Some(Box::new(e)),
-            })?;
+            .map_err(|e| Error::Helm { what: format!("cannot run `{}`", cmd.shown()), source: Some(Box::new(e)) })?;
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         if !out.status.success() {
             // Only stderr: stdout may hold rendered manifests, secrets included.
             let said = stderr.trim();
-            let said = if said.is_empty() {
-                "(helm printed nothing on stderr)"
-            } else {
-                said
-            };
-            return Err(Error::Helm {
-                what: format!("`{}` failed ({}):\n{}", cmd.shown(), out.status, said),
-                source: None,
-            });
+            let said = if said.is_empty() { "(helm printed nothing on stderr)" } else { said };
+            return Err(Error::Helm { what: format!("`{}` failed ({}):\n{}", cmd.shown(), out.status, said), source: None });
         }
         if !stderr.trim().is_empty() {
             tracing::debug!(cmd = %cmd.shown(), stderr = %stderr.trim(), "helm warnings");
@@ -500,28 +454,17 @@ impl Helm {
     }
 
     fn wait_timeout(&self, wait: Option<Duration>) -> Duration {
-        wait.map(|w| w + WAIT_MARGIN)
-            .unwrap_or(self.timeout)
-            .max(self.timeout)
+        wait.map(|w| w + WAIT_MARGIN).unwrap_or(self.timeout).max(self.timeout)
     }
 
     /// `helm version --short`.
     pub async fn version(&self) -> Result<String> {
-        Ok(self
-            .exec(&Cmd::new(["version", "--short"]), self.timeout)
-            .await?
-            .stdout
-            .trim()
-            .to_string())
+        Ok(self.exec(&Cmd::new(["version", "--short"]), self.timeout).await?.stdout.trim().to_string())
     }
 
     /// `helm repo add NAME URL --force-update`.
     pub async fn repo_add(&self, name: &str, url: &str) -> Result<()> {
-        self.exec(
-            &Cmd::new(["repo", "add", name, url, "--force-update"]),
-            self.timeout,
-        )
-        .await?;
+        self.exec(&Cmd::new(["repo", "add", name, url, "--force-update"]), self.timeout).await?;
         Ok(())
     }
 
@@ -555,12 +498,7 @@ impl Helm {
 
     /// `helm pull CHART [--version V] -d DEST`; returns the archive it wrote. DEST should be
     /// empty (the archive is the `.tgz` that appears in it).
-    pub async fn pull(
-        &self,
-        chart: &ChartRef,
-        version: Option<&str>,
-        dest: &Path,
-    ) -> Result<PathBuf> {
+    pub async fn pull(&self, chart: &ChartRef, version: Option<&str>, dest: &Path) -> Result<PathBuf> {
         std::fs::create_dir_all(dest).map_err(Error::io(format!("create {}", dest.display())))?;
         let before = tgz_files(dest);
         let mut cmd = Cmd::new(["pull"]);
@@ -570,30 +508,18 @@ impl Helm {
         }
         cmd.arg("-d").arg(dest.as_os_str());
         self.exec(&cmd, self.timeout).await?;
-        let new: Vec<PathBuf> = tgz_files(dest)
-            .into_iter()
-            .filter(|p| !before.contains(p))
-            .collect();
+        let new: Vec<PathBuf> = tgz_files(dest).into_iter().filter(|p| !before.contains(p)).collect();
         match new.as_slice() {
             [one] => Ok(one.clone()),
             _ => Err(Error::Helm {
-                what: format!(
-                    "`{}` did not leave exactly one new .tgz in {}",
-                    cmd.shown(),
-                    dest.display()
-                ),
+                what: format!("`{}` did not leave exactly one new .tgz in {}", cmd.shown(), dest.display()),
                 source: None,
             }),
         }
     }
 
     /// `helm package CHART_DIR [--version V] -d DEST`; returns the archive's path.
-    pub async fn package(
-        &self,
-        chart_dir: &Path,
-        version: Option<&str>,
-        dest: &Path,
-    ) -> Result<PathBuf> {
+    pub async fn package(&self, chart_dir: &Path, version: Option<&str>, dest: &Path) -> Result<PathBuf> {
         std::fs::create_dir_all(dest).map_err(Error::io(format!("create {}", dest.display())))?;
         let mut cmd = Cmd::new(["package"]);
         cmd.arg(chart_dir.as_os_str());
@@ -607,15 +533,9 @@ impl Helm {
             .stdout
             .lines()
             .rev()
-            .find_map(|l| {
-                l.split_once("saved it to:")
-                    .map(|(_, p)| PathBuf::from(p.trim()))
-            })
+            .find_map(|l| l.split_once("saved it to:").map(|(_, p)| PathBuf::from(p.trim())))
             .filter(|p| p.is_file())
-            .ok_or_else(|| Error::Helm {
-                what: format!("`{}` did not say where it saved the chart", cmd.shown()),
-                source: None,
-            })?;
+            .ok_or_else(|| Error::Helm { what: format!("`{}` did not say where it saved the chart", cmd.shown()), source: None })?;
         Ok(path)
     }
 
@@ -635,10 +555,7 @@ impl Helm {
         }
         let out = crate::process::run_command(&self.bin, &args, &self.env(), None, self.timeout)
             .await
-            .map_err(|e| Error::Helm {
-                what: format!("cannot run `{}`", cmd.shown()),
-                source: Some(Box::new(e)),
-            })?;
+            .map_err(|e| Error::Helm { what: format!("cannot run `{}`", cmd.shown()), source: Some(Box::new(e)) })?;
         let stdout = String::from_utf8_lossy(&out.stdout);
         let report = LintReport::parse(&stdout);
         if !out.status.success() {
@@ -652,26 +569,13 @@ impl Helm {
             if !stderr.trim().is_empty() {
                 said.push(stderr.trim().to_string());
             }
-            return Err(Error::Helm {
-                what: format!(
-                    "`{}` failed ({}):\n{}",
-                    cmd.shown(),
-                    out.status,
-                    said.join("\n")
-                ),
-                source: None,
-            });
+            return Err(Error::Helm { what: format!("`{}` failed ({}):\n{}", cmd.shown(), out.status, said.join("\n")), source: None });
         }
         Ok(report)
     }
 
     /// `helm template RELEASE CHART ...`: the rendered manifests (stdout only).
-    pub async fn template(
-        &self,
-        release: &str,
-        chart: &ChartRef,
-        opts: &TemplateOpts,
-    ) -> Result<String> {
+    pub async fn template(&self, release: &str, chart: &ChartRef, opts: &TemplateOpts) -> Result<String> {
         let mut cmd = Cmd::new(["template", release]);
         chart.push(&mut cmd);
         if let Some(ns) = &opts.namespace {
@@ -688,50 +592,25 @@ impl Helm {
             cmd.arg("--api-versions").arg(a);
         }
         let out = self.exec(&cmd, self.timeout).await;
-        Ok(self
-            .explain_missing_version(out, chart, opts.version.as_deref())
-            .await?
-            .stdout)
+        Ok(self.explain_missing_version(out, chart, opts.version.as_deref()).await?.stdout)
     }
 
     /// `helm upgrade --install RELEASE CHART --namespace NS ...` (install or upgrade).
-    pub async fn upgrade_install(
-        &self,
-        release: &str,
-        chart: &ChartRef,
-        opts: &InstallOpts,
-    ) -> Result<HelmOutput> {
-        self.release_cmd(&["upgrade", "--install"], release, chart, opts)
-            .await
+    pub async fn upgrade_install(&self, release: &str, chart: &ChartRef, opts: &InstallOpts) -> Result<HelmOutput> {
+        self.release_cmd(&["upgrade", "--install"], release, chart, opts).await
     }
 
     /// `helm install RELEASE CHART --namespace NS ...` (fails if the release exists).
-    pub async fn install(
-        &self,
-        release: &str,
-        chart: &ChartRef,
-        opts: &InstallOpts,
-    ) -> Result<HelmOutput> {
+    pub async fn install(&self, release: &str, chart: &ChartRef, opts: &InstallOpts) -> Result<HelmOutput> {
         self.release_cmd(&["install"], release, chart, opts).await
     }
 
     /// `helm upgrade RELEASE CHART --namespace NS ...` (fails if the release does not exist).
-    pub async fn upgrade(
-        &self,
-        release: &str,
-        chart: &ChartRef,
-        opts: &InstallOpts,
-    ) -> Result<HelmOutput> {
+    pub async fn upgrade(&self, release: &str, chart: &ChartRef, opts: &InstallOpts) -> Result<HelmOutput> {
         self.release_cmd(&["upgrade"], release, chart, opts).await
     }
 
-    async fn release_cmd(
-        &self,
-        verb: &[&str],
-        release: &str,
-        chart: &ChartRef,
-        opts: &InstallOpts,
-    ) -> Result<HelmOutput> {
+    async fn release_cmd(&self, verb: &[&str], release: &str, chart: &ChartRef, opts: &InstallOpts) -> Result<HelmOutput> {
         let mut cmd = Cmd::new(verb);
         cmd.arg(release);
         chart.push(&mut cmd);
@@ -748,17 +627,11 @@ impl Helm {
         opts.values.push(&mut cmd);
         cmd.wait(opts.wait);
         let out = self.exec(&cmd, self.wait_timeout(opts.wait)).await;
-        self.explain_missing_version(out, chart, opts.version.as_deref())
-            .await
+        self.explain_missing_version(out, chart, opts.version.as_deref()).await
     }
 
     /// `helm rollback RELEASE [REVISION]` (the previous revision when `None`).
-    pub async fn rollback(
-        &self,
-        release: &str,
-        revision: Option<u32>,
-        opts: &ReleaseOpts,
-    ) -> Result<()> {
+    pub async fn rollback(&self, release: &str, revision: Option<u32>, opts: &ReleaseOpts) -> Result<()> {
         let mut cmd = Cmd::new(["rollback", release]);
         if let Some(r) = revision {
             cmd.arg(r.to_string());
@@ -783,21 +656,11 @@ impl Helm {
     pub async fn status(&self, release: &str, namespace: &str) -> Result<ReleaseStatus> {
         let cmd = Cmd::new(["status", release, "--namespace", namespace, "-o", "json"]);
         let out = self.exec(&cmd, self.timeout).await?;
-        let mut status =
-            parse_status(&out.stdout).map_err(Error::json(format!("`{}` output", cmd.shown())))?;
+        let mut status = parse_status(&out.stdout).map_err(Error::json(format!("`{}` output", cmd.shown())))?;
         if status.chart_name.is_empty() {
-            let cmd = Cmd::new([
-                "get",
-                "metadata",
-                release,
-                "--namespace",
-                namespace,
-                "-o",
-                "json",
-            ]);
+            let cmd = Cmd::new(["get", "metadata", release, "--namespace", namespace, "-o", "json"]);
             let out = self.exec(&cmd, self.timeout).await?;
-            let meta: RawMeta = serde_json::from_str(&out.stdout)
-                .map_err(Error::json(format!("`{}` output", cmd.shown())))?;
+            let meta: RawMeta = serde_json::from_str(&out.stdout).map_err(Error::json(format!("`{}` output", cmd.shown())))?;
             status.chart = format!("{}-{}", meta.name_or_chart(), meta.version);
             status.chart_name = meta.name_or_chart().to_string();
             status.chart_version = meta.version;
@@ -808,31 +671,16 @@ impl Helm {
 
     /// `helm history RELEASE -o json`, oldest first.
     pub async fn history(&self, release: &str, namespace: &str) -> Result<Vec<HistoryEntry>> {
-        let cmd = Cmd::new([
-            "history",
-            release,
-            "--namespace",
-            namespace,
-            "--max",
-            "256",
-            "-o",
-            "json",
-        ]);
+        let cmd = Cmd::new(["history", release, "--namespace", namespace, "--max", "256", "-o", "json"]);
         let out = self.exec(&cmd, self.timeout).await?;
-        let mut h: Vec<HistoryEntry> = serde_json::from_str(&out.stdout)
-            .map_err(Error::json(format!("`{}` output", cmd.shown())))?;
+        let mut h: Vec<HistoryEntry> = serde_json::from_str(&out.stdout).map_err(Error::json(format!("`{}` output", cmd.shown())))?;
         h.sort_by_key(|e| e.revision);
         Ok(h)
     }
 
     /// When helm could not find a repository chart at the asked version, adds the versions
     /// the repository does have to the error.
-    async fn explain_missing_version(
-        &self,
-        out: Result<HelmOutput>,
-        chart: &ChartRef,
-        version: Option<&str>,
-    ) -> Result<HelmOutput> {
+    async fn explain_missing_version(&self, out: Result<HelmOutput>, chart: &ChartRef, version: Option<&str>) -> Result<HelmOutput> {
         let err = match out {
             Ok(o) => return Ok(o),
             Err(e) => e,
@@ -848,22 +696,14 @@ impl Helm {
         }
         let query = format!("{repo}/{name}");
         let mut known: Vec<String> = match self.search_repo_versions(&query, true).await {
-            Ok(hits) => hits
-                .into_iter()
-                .filter(|h| h.name == query)
-                .map(|h| h.version)
-                .collect(),
+            Ok(hits) => hits.into_iter().filter(|h| h.name == query).map(|h| h.version).collect(),
             Err(_) => return Err(Error::Helm { what, source }),
         };
         known.sort_by_cached_key(|v| semver::Version::parse(v.trim_start_matches('v')).ok());
         Err(Error::Helm {
             what: format!(
                 "chart {query} has no version {version}; the repository has {}\n{what}",
-                if known.is_empty() {
-                    "no versions".to_string()
-                } else {
-                    known.join(", ")
-                }
+                if known.is_empty() { "no versions".to_string() } else { known.join(", ") }
             ),
             source,
         })
@@ -936,19 +776,11 @@ impl RawMeta {
 pub fn parse_status(json: &str) -> serde_json::Result<ReleaseStatus> {
     let r: RawRelease = serde_json::from_str(json)?;
     let (chart_name, chart_version, app_version) = match r.chart {
-        Some(c) => (
-            c.metadata.name_or_chart().to_string(),
-            c.metadata.version,
-            c.metadata.app_version,
-        ),
+        Some(c) => (c.metadata.name_or_chart().to_string(), c.metadata.version, c.metadata.app_version),
         None => Default::default(),
     };
     Ok(ReleaseStatus {
-        chart: if chart_name.is_empty() {
-            String::new()
-        } else {
-            format!("{chart_name}-{chart_version}")
-        },
+        chart: if chart_name.is_empty() { String::new() } else { format!("{chart_name}-{chart_version}") },
         name: r.name,
         namespace: r.namespace,
         revision: r.version,
@@ -970,15 +802,8 @@ mod tests {
     #[test]
     fn set_values_are_passed_but_never_shown() {
         let mut cmd = Cmd::new(["template", "rel"]);
-        ChartRef::Repo {
-            repo: "r".into(),
-            chart: "lily".into(),
-        }
-        .push(&mut cmd);
-        Values::files(["a.yaml"])
-            .set("db.password", "hunter2")
-            .set_string("x", "s3cret")
-            .push(&mut cmd);
+        ChartRef::Repo { repo: "r".into(), chart: "lily".into() }.push(&mut cmd);
+        Values::files(["a.yaml"]).set("db.password", "hunter2").set_string("x", "s3cret").push(&mut cmd);
         assert!(cmd.args.iter().any(|a| a == "db.password=hunter2"));
         let shown = cmd.shown();
         assert_eq!(shown, "helm template rel r/lily -f a.yaml --set db.password=[redacted] --set-string x=[redacted]");
@@ -988,14 +813,8 @@ mod tests {
 
     #[test]
     fn set_pairs_parse_and_errors_hide_values() {
-        assert_eq!(
-            Values::parse_set("a.b=c=d").unwrap(),
-            ("a.b".to_string(), "c=d".to_string())
-        );
-        assert_eq!(
-            Values::parse_set("a=").unwrap(),
-            ("a".to_string(), String::new())
-        );
+        assert_eq!(Values::parse_set("a.b=c=d").unwrap(), ("a.b".to_string(), "c=d".to_string()));
+        assert_eq!(Values::parse_set("a=").unwrap(), ("a".to_string(), String::new()));
         let e = Values::parse_set("hunter2").unwrap_err().to_string();
         assert!(!e.contains("hunter2"), "{e}");
         assert!(Values::parse_set("=x").is_err());
@@ -1004,15 +823,8 @@ mod tests {
     #[test]
     fn url_charts_use_the_repo_flag() {
         let mut cmd = Cmd::new(["pull"]);
-        ChartRef::Url {
-            url: "https://charts.example/x".into(),
-            chart: "lily".into(),
-        }
-        .push(&mut cmd);
-        assert_eq!(
-            cmd.shown(),
-            "helm pull lily --repo https://charts.example/x"
-        );
+        ChartRef::Url { url: "https://charts.example/x".into(), chart: "lily".into() }.push(&mut cmd);
+        assert_eq!(cmd.shown(), "helm pull lily --repo https://charts.example/x");
     }
 
     #[test]
@@ -1020,12 +832,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let h = Helm::with_binary("/bin/false", dir.path()).unwrap();
         let env = h.env();
-        let get = |k: &str| {
-            env.iter()
-                .find(|(n, _)| n == k)
-                .map(|(_, v)| PathBuf::from(v))
-                .unwrap_or_else(|| panic!("{k} unset"))
-        };
+        let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| PathBuf::from(v)).unwrap_or_else(|| panic!("{k} unset"));
         for k in [
             "HELM_CONFIG_HOME",
             "HELM_CACHE_HOME",
@@ -1040,10 +847,7 @@ mod tests {
         }
         assert_eq!(get("HELM_KUBECONTEXT"), PathBuf::new());
         let h = h.kubeconfig("/k/config");
-        assert_eq!(
-            h.env().iter().find(|(k, _)| k == "KUBECONFIG").unwrap().1,
-            "/k/config"
-        );
+        assert_eq!(h.env().iter().find(|(k, _)| k == "KUBECONFIG").unwrap().1, "/k/config");
     }
 
     #[test]
@@ -1053,35 +857,21 @@ mod tests {
             "config":{"password":"hunter2"},"manifest":"---","version":2,"namespace":"ns"}"#;
         let s = parse_status(status).unwrap();
         assert_eq!(
-            (
-                s.revision,
-                s.status.clone(),
-                s.chart.as_str(),
-                s.app_version.as_str()
-            ),
+            (s.revision, s.status.clone(), s.chart.as_str(), s.app_version.as_str()),
             (2, ReleaseState::Deployed, "lily-0.2.0", "0.17.0")
         );
         assert_eq!(s.description, "Upgrade complete");
         assert!(!format!("{s:?}").contains("hunter2"));
 
-        let newer = r#"{"name":"rel","info":{"status":"failed","description":"Upgrade \"rel\" failed"},"config":{},"version":3,"namespace":"ns"}"#;
+        let newer =
+            r#"{"name":"rel","info":{"status":"failed","description":"Upgrade \"rel\" failed"},"config":{},"version":3,"namespace":"ns"}"#;
         let s = parse_status(newer).unwrap();
-        assert_eq!(
-            (s.revision, s.status.clone(), s.chart.as_str()),
-            (3, ReleaseState::Failed, "")
-        );
+        assert_eq!((s.revision, s.status.clone(), s.chart.as_str()), (3, ReleaseState::Failed, ""));
         let meta: RawMeta = serde_json::from_str(
             r#"{"name":"rel","chart":"lily","version":"0.1.0","appVersion":"0.17.0","namespace":"lily","revision":1,"status":"deployed"}"#,
         )
         .unwrap();
-        assert_eq!(
-            (
-                meta.name_or_chart(),
-                meta.version.as_str(),
-                meta.app_version.as_str()
-            ),
-            ("lily", "0.1.0", "0.17.0")
-        );
+        assert_eq!((meta.name_or_chart(), meta.version.as_str(), meta.app_version.as_str()), ("lily", "0.1.0", "0.17.0"));
 
         let history = r#"[{"revision":2,"updated":"t2","status":"deployed","chart":"lily-0.2.0","app_version":"0.17.0","description":"Upgrade complete"},
             {"revision":1,"updated":"t1","status":"superseded","chart":"lily-0.1.0","app_version":"0.17.0","description":"Install complete"},
@@ -1089,10 +879,7 @@ mod tests {
         let h: Vec<HistoryEntry> = serde_json::from_str(history).unwrap();
         assert_eq!(h[1].status, ReleaseState::Superseded);
         assert_eq!(h[2].status, ReleaseState::PendingRollback);
-        assert_eq!(
-            ReleaseState::parse("brand-new"),
-            ReleaseState::Other("brand-new".into())
-        );
+        assert_eq!(ReleaseState::parse("brand-new"), ReleaseState::Other("brand-new".into()));
     }
 
     #[test]
@@ -1100,9 +887,6 @@ mod tests {
         let out = "==> Linting lily\n[INFO] Chart.yaml: icon is recommended\n[ERROR] templates/: parse error\n\nError: 1 chart(s) linted, 1 chart(s) failed\n";
         let r = LintReport::parse(out);
         assert_eq!(r.messages.len(), 2);
-        assert_eq!(
-            r.errors().collect::<Vec<_>>(),
-            vec!["templates/: parse error"]
-        );
+        assert_eq!(r.errors().collect::<Vec<_>>(), vec!["templates/: parse error"]);
     }
 }

@@ -14,11 +14,10 @@ pub mod repo;
 pub mod validate;
 
 pub use chart::{
-    default_sources, fixture_chart_dir, repo_root, values_dir, values_files, ChartMeta,
-    ChartSource, Version, FIXTURE_VERSIONS,
+    default_sources, fixture_chart_dir, repo_root, values_dir, values_files, ChartMeta, ChartSource, Version, FIXTURE_VERSIONS,
 };
 pub use driver::{
-    ChartRef, Helm, HelmOutput, HistoryEntry, InstallOpts, LintReport, ReleaseOpts, ReleaseState,
-    ReleaseStatus, SearchHit, TemplateOpts, Values,
+    ChartRef, Helm, HelmOutput, HistoryEntry, InstallOpts, LintReport, ReleaseOpts, ReleaseState, ReleaseStatus, SearchHit, TemplateOpts,
+    Values,
 };
 pub use repo::{ChartRepo, DEFAULT_REPO_NAME};

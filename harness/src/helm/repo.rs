@@ -33,14 +33,7 @@ impl std::fmt::Debug for ChartRepo {
             .field("name", &self.name)
             .field("chart_name", &self.chart_name)
             .field("dir", &self.dir)
-            .field(
-                "versions",
-                &self
-                    .versions
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>(),
-            )
+            .field("versions", &self.versions.iter().map(ToString::to_string).collect::<Vec<_>>())
             .finish()
     }
 }
@@ -53,27 +46,14 @@ impl ChartRepo {
     }
 
     /// [`ChartRepo::serve`] with a repository name other than [`DEFAULT_REPO_NAME`].
-    pub async fn serve_named(
-        helm: &Helm,
-        sources: &[ChartSource],
-        dir: &Path,
-        name: &str,
-    ) -> Result<ChartRepo> {
+    pub async fn serve_named(helm: &Helm, sources: &[ChartSource], dir: &Path, name: &str) -> Result<ChartRepo> {
         if sources.is_empty() {
-            return Err(Error::Invalid(
-                "no chart sources to serve; give at least one chart directory or .tgz".into(),
-            ));
+            return Err(Error::Invalid("no chart sources to serve; give at least one chart directory or .tgz".into()));
         }
         std::fs::create_dir_all(dir).map_err(Error::io(format!("create {}", dir.display())))?;
-        let not_empty = std::fs::read_dir(dir)
-            .map_err(Error::io(format!("list {}", dir.display())))?
-            .next()
-            .is_some();
+        let not_empty = std::fs::read_dir(dir).map_err(Error::io(format!("list {}", dir.display())))?.next().is_some();
         if not_empty {
-            return Err(Error::Invalid(format!(
-                "chart repository directory {} is not empty",
-                dir.display()
-            )));
+            return Err(Error::Invalid(format!("chart repository directory {} is not empty", dir.display())));
         }
 
         let staging = dir.join(".staging");
@@ -81,14 +61,9 @@ impl ChartRepo {
         let _ = std::fs::remove_dir_all(&staging);
         let (chart_name, archives) = packaged?;
 
-        let server = tiny_http::Server::http("127.0.0.1:0").map_err(|e| Error::Helm {
-            what: "cannot start the local chart repository server on 127.0.0.1".into(),
-            source: Some(e),
-        })?;
-        let addr = server
-            .server_addr()
-            .to_ip()
-            .expect("a TCP listener has an IP address");
+        let server = tiny_http::Server::http("127.0.0.1:0")
+            .map_err(|e| Error::Helm { what: "cannot start the local chart repository server on 127.0.0.1".into(), source: Some(e) })?;
+        let addr = server.server_addr().to_ip().expect("a TCP listener has an IP address");
         let url = format!("http://{addr}");
         let server = Arc::new(server);
         helm.repo_index(dir, &url).await?;
@@ -102,16 +77,7 @@ impl ChartRepo {
         };
         let versions = archives.keys().cloned().collect();
         tracing::debug!(%url, chart = %chart_name, "serving chart repository");
-        Ok(ChartRepo {
-            url,
-            name: name.to_string(),
-            chart_name,
-            dir: dir.to_path_buf(),
-            archives,
-            versions,
-            server,
-            thread: Some(thread),
-        })
+        Ok(ChartRepo { url, name: name.to_string(), chart_name, dir: dir.to_path_buf(), archives, versions, server, thread: Some(thread) })
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -135,16 +101,11 @@ impl ChartRepo {
     }
     /// The highest version.
     pub fn latest(&self) -> &Version {
-        self.versions
-            .last()
-            .expect("a repository serves at least one version")
+        self.versions.last().expect("a repository serves at least one version")
     }
     /// The version just below the highest, if there is one.
     pub fn previous(&self) -> Option<&Version> {
-        self.versions
-            .len()
-            .checked_sub(2)
-            .map(|i| &self.versions[i])
+        self.versions.len().checked_sub(2).map(|i| &self.versions[i])
     }
     /// `v` if the repository has it, else an error that lists the versions it has.
     pub fn version(&self, v: &str) -> Result<&Version> {
@@ -153,11 +114,7 @@ impl ChartRepo {
             Error::Invalid(format!(
                 "chart {} has no version {v} in the local repository; it has {}",
                 self.chart_name,
-                self.versions
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                self.versions.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
             ))
         })
     }
@@ -167,10 +124,7 @@ impl ChartRepo {
     }
     /// `NAME/CHART`, for after [`ChartRepo::add_to`].
     pub fn chart_ref(&self) -> ChartRef {
-        ChartRef::Repo {
-            repo: self.name.clone(),
-            chart: self.chart_name.clone(),
-        }
+        ChartRef::Repo { repo: self.name.clone(), chart: self.chart_name.clone() }
     }
     /// `helm repo add NAME URL` on `helm`.
     pub async fn add_to(&self, helm: &Helm) -> Result<()> {
@@ -189,20 +143,14 @@ impl Drop for ChartRepo {
 
 /// Packages (or copies) every source into `dir` as `<chart>-<version>.tgz`, via `staging`;
 /// returns the chart's name and the archives by version.
-async fn package_all(
-    helm: &Helm,
-    sources: &[ChartSource],
-    dir: &Path,
-    staging: &Path,
-) -> Result<(String, BTreeMap<Version, PathBuf>)> {
+async fn package_all(helm: &Helm, sources: &[ChartSource], dir: &Path, staging: &Path) -> Result<(String, BTreeMap<Version, PathBuf>)> {
     let mut chart_name: Option<(String, String)> = None; // (name, from which source)
     let mut archives: BTreeMap<Version, PathBuf> = BTreeMap::new();
     let mut origin: BTreeMap<Version, String> = BTreeMap::new();
     for (i, src) in sources.iter().enumerate() {
         src.check()?;
         let stage = staging.join(i.to_string());
-        std::fs::create_dir_all(&stage)
-            .map_err(Error::io(format!("create {}", stage.display())))?;
+        std::fs::create_dir_all(&stage).map_err(Error::io(format!("create {}", stage.display())))?;
         let packaged = match src {
             ChartSource::Dir { path, version } => {
                 let v = version.as_ref().map(ToString::to_string);
@@ -232,16 +180,10 @@ async fn package_all(
             Some(_) => {}
         }
         if let Some(prev) = origin.get(&version) {
-            return Err(Error::Invalid(format!(
-                "chart version {version} is given twice ({prev} and {src})"
-            )));
+            return Err(Error::Invalid(format!("chart version {version} is given twice ({prev} and {src})")));
         }
         let dest = dir.join(format!("{}-{version}.tgz", meta.name));
-        std::fs::rename(&packaged, &dest).map_err(Error::io(format!(
-            "move {} into {}",
-            packaged.display(),
-            dir.display()
-        )))?;
+        std::fs::rename(&packaged, &dest).map_err(Error::io(format!("move {} into {}", packaged.display(), dir.display())))?;
         origin.insert(version.clone(), src.to_string());
         archives.insert(version, dest);
     }
@@ -252,37 +194,18 @@ async fn package_all(
 /// Answers GET/HEAD for the plain files directly in `dir`; 404 for anything else.
 fn serve_files(server: &tiny_http::Server, dir: &Path) {
     for req in server.incoming_requests() {
-        let path = req
-            .url()
-            .split(['?', '#'])
-            .next()
-            .unwrap_or("")
-            .trim_start_matches('/')
-            .to_string();
-        let method_ok = matches!(
-            req.method(),
-            tiny_http::Method::Get | tiny_http::Method::Head
-        );
-        let safe = !path.is_empty()
-            && !path.contains('/')
-            && !path.contains('\\')
-            && !path.starts_with('.');
+        let path = req.url().split(['?', '#']).next().unwrap_or("").trim_start_matches('/').to_string();
+        let method_ok = matches!(req.method(), tiny_http::Method::Get | tiny_http::Method::Head);
+        let safe = !path.is_empty() && !path.contains('/') && !path.contains('\\') && !path.starts_with('.');
         let file = if method_ok && safe {
-            std::fs::File::open(dir.join(&path))
-                .ok()
-                .filter(|f| f.metadata().is_ok_and(|m| m.is_file()))
+            std::fs::File::open(dir.join(&path)).ok().filter(|f| f.metadata().is_ok_and(|m| m.is_file()))
         } else {
             None
         };
         let res = match file {
             Some(f) => {
-                let ctype = if path.ends_with(".yaml") {
-                    "application/x-yaml"
-                } else {
-                    "application/gzip"
-                };
-                let header =
-                    tiny_http::Header::from_bytes("Content-Type", ctype).expect("static header");
+                let ctype = if path.ends_with(".yaml") { "application/x-yaml" } else { "application/gzip" };
+                let header = tiny_http::Header::from_bytes("Content-Type", ctype).expect("static header");
                 req.respond(tiny_http::Response::from_file(f).with_header(header))
             }
             None => req.respond(tiny_http::Response::empty(404)),

@@ -28,17 +28,9 @@ pub enum Outcome {
     /// The dry-run apply succeeded.
     Accepted,
     /// The server rejected the object (its message, e.g. a validation error).
-    Rejected {
-        code: u16,
-        reason: String,
-        message: String,
-    },
+    Rejected { code: u16, reason: String, message: String },
     /// The server does not serve this kind: a CRD is missing.
-    NeedsCrd {
-        group: String,
-        version: String,
-        kind: String,
-    },
+    NeedsCrd { group: String, version: String, kind: String },
 }
 
 /// One rendered object and its outcome.
@@ -131,30 +123,15 @@ impl MinimalCrd {
 }
 
 /// Installs `crd` by server-side apply and waits until it is Established.
-pub async fn install_crd(
-    client: &Client,
-    crd: &MinimalCrd,
-    labels: &BTreeMap<String, String>,
-    timeout: Duration,
-) -> Result<()> {
+pub async fn install_crd(client: &Client, crd: &MinimalCrd, labels: &BTreeMap<String, String>, timeout: Duration) -> Result<()> {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     let name = crd.name();
-    api.patch(
-        &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&crd.to_crd(labels)),
-    )
-    .await
-    .map_err(Error::kube(format!(
-        "install CustomResourceDefinition {name}"
-    )))?;
-    crate::wait::until(
-        &api,
-        &name,
-        &format!("CustomResourceDefinition {name} to be Established"),
-        timeout,
-        |c| c.is_some_and(crd_established),
-    )
+    api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&crd.to_crd(labels)))
+        .await
+        .map_err(Error::kube(format!("install CustomResourceDefinition {name}")))?;
+    crate::wait::until(&api, &name, &format!("CustomResourceDefinition {name} to be Established"), timeout, |c| {
+        c.is_some_and(crd_established)
+    })
     .await?;
     Ok(())
 }
@@ -163,10 +140,7 @@ fn crd_established(c: &CustomResourceDefinition) -> bool {
     c.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| {
-            cs.iter()
-                .any(|c| c.type_ == "Established" && c.status == "True")
-        })
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Established" && c.status == "True"))
 }
 
 /// The group/version/kind of a rendered object.
@@ -174,20 +148,14 @@ pub fn gvk_of(doc: &Value) -> Result<GroupVersionKind> {
     let api_version = doc.get("apiVersion").and_then(Value::as_str).unwrap_or("");
     let kind = doc.get("kind").and_then(Value::as_str).unwrap_or("");
     if api_version.is_empty() || kind.is_empty() {
-        return Err(Error::Invalid(format!(
-            "a rendered object has no apiVersion or kind (name {})",
-            name_of(doc)
-        )));
+        return Err(Error::Invalid(format!("a rendered object has no apiVersion or kind (name {})", name_of(doc))));
     }
     let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
     Ok(GroupVersionKind::gvk(group, version, kind))
 }
 
 fn name_of(doc: &Value) -> String {
-    doc.pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or("<unnamed>")
-        .to_string()
+    doc.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("<unnamed>").to_string()
 }
 
 /// Maps an API error for one object to an outcome: "no matches for kind" and a 404 for the
@@ -196,22 +164,11 @@ pub fn classify(status: &kube::core::Status, gvk: &GroupVersionKind) -> Outcome 
     let msg = status.message.to_lowercase();
     let needs_crd = msg.contains("no matches for kind")
         || msg.contains("could not find the requested resource")
-        || (status.code == 404
-            && status.reason == "NotFound"
-            && status.details.is_none()
-            && msg.is_empty());
+        || (status.code == 404 && status.reason == "NotFound" && status.details.is_none() && msg.is_empty());
     if needs_crd {
-        Outcome::NeedsCrd {
-            group: gvk.group.clone(),
-            version: gvk.version.clone(),
-            kind: gvk.kind.clone(),
-        }
+        Outcome::NeedsCrd { group: gvk.group.clone(), version: gvk.version.clone(), kind: gvk.kind.clone() }
     } else {
-        Outcome::Rejected {
-            code: status.code,
-            reason: status.reason.clone(),
-            message: status.message.clone(),
-        }
+        Outcome::Rejected { code: status.code, reason: status.reason.clone(), message: status.message.clone() }
     }
 }
 
@@ -219,21 +176,8 @@ pub fn classify(status: &kube::core::Status, gvk: &GroupVersionKind) -> Outcome 
 /// forced so that fields another manager such as helm owns do not show as conflicts).
 /// Namespaced objects without a namespace go to `default_namespace`, which must exist.
 /// Returns one result per object, in input order; transport errors end the whole check.
-pub async fn dry_run_apply(
-    client: &Client,
-    docs: &[Value],
-    default_namespace: &str,
-    policy: &CrdPolicy,
-) -> Result<Vec<ObjectResult>> {
-    dry_run_apply_with(
-        client,
-        docs,
-        default_namespace,
-        policy,
-        &BTreeMap::new(),
-        Duration::from_secs(60),
-    )
-    .await
+pub async fn dry_run_apply(client: &Client, docs: &[Value], default_namespace: &str, policy: &CrdPolicy) -> Result<Vec<ObjectResult>> {
+    dry_run_apply_with(client, docs, default_namespace, policy, &BTreeMap::new(), Duration::from_secs(60)).await
 }
 
 /// [`dry_run_apply`] with labels for installed CRDs and a deadline for their establishment.
@@ -270,11 +214,7 @@ pub async fn dry_run_apply_with(
                 discovery = discover(client, &groups).await?;
                 let missing: Vec<String> = installed
                     .iter()
-                    .filter(|c| {
-                        discovery
-                            .resolve_gvk(&GroupVersionKind::gvk(&c.group, &c.version, &c.kind))
-                            .is_none()
-                    })
+                    .filter(|c| discovery.resolve_gvk(&GroupVersionKind::gvk(&c.group, &c.version, &c.kind)).is_none())
                     .map(|c| c.name())
                     .collect();
                 if missing.is_empty() {
@@ -299,30 +239,19 @@ pub async fn dry_run_apply_with(
         let name = name_of(doc);
         let api_version = doc["apiVersion"].as_str().unwrap_or_default().to_string();
         let Some((ar, caps)) = discovery.resolve_gvk(gvk) else {
-            let namespace = doc
-                .pointer("/metadata/namespace")
-                .and_then(Value::as_str)
-                .map(str::to_string);
+            let namespace = doc.pointer("/metadata/namespace").and_then(Value::as_str).map(str::to_string);
             results.push(ObjectResult {
                 api_version,
                 kind: gvk.kind.clone(),
                 namespace,
                 name,
-                outcome: Outcome::NeedsCrd {
-                    group: gvk.group.clone(),
-                    version: gvk.version.clone(),
-                    kind: gvk.kind.clone(),
-                },
+                outcome: Outcome::NeedsCrd { group: gvk.group.clone(), version: gvk.version.clone(), kind: gvk.kind.clone() },
             });
             continue;
         };
         let (api, namespace): (Api<DynamicObject>, Option<String>) = match caps.scope {
             Scope::Namespaced => {
-                let ns = doc
-                    .pointer("/metadata/namespace")
-                    .and_then(Value::as_str)
-                    .unwrap_or(default_namespace)
-                    .to_string();
+                let ns = doc.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or(default_namespace).to_string();
                 (Api::namespaced_with(client.clone(), &ns, &ar), Some(ns))
             }
             Scope::Cluster => (Api::all_with(client.clone(), &ar), None),
@@ -330,30 +259,15 @@ pub async fn dry_run_apply_with(
         let outcome = match api.patch(&name, &params, &Patch::Apply(doc)).await {
             Ok(_) => Outcome::Accepted,
             Err(kube::Error::Api(status)) => classify(&status, gvk),
-            Err(e) => {
-                return Err(Error::Kube {
-                    what: format!("dry-run apply {} {name}", gvk.kind),
-                    source: e,
-                })
-            }
+            Err(e) => return Err(Error::Kube { what: format!("dry-run apply {} {name}", gvk.kind), source: e }),
         };
-        results.push(ObjectResult {
-            api_version,
-            kind: gvk.kind.clone(),
-            namespace,
-            name,
-            outcome,
-        });
+        results.push(ObjectResult { api_version, kind: gvk.kind.clone(), namespace, name, outcome });
     }
     Ok(results)
 }
 
 async fn discover(client: &Client, groups: &[&str]) -> Result<Discovery> {
-    Discovery::new(client.clone())
-        .filter(groups)
-        .run()
-        .await
-        .map_err(Error::kube("discover the API server's resources"))
+    Discovery::new(client.clone()).filter(groups).run().await.map_err(Error::kube("discover the API server's resources"))
 }
 
 /// The distinct `(group, kind)` pairs that need a CRD.
@@ -397,51 +311,25 @@ mod tests {
     fn missing_kinds_map_to_needs_crd() {
         let gvk = GroupVersionKind::gvk("monitoring.coreos.com", "v1", "ServiceMonitor");
         for s in [
-            status(
-                404,
-                "NotFound",
-                "the server could not find the requested resource",
-            ),
-            status(
-                400,
-                "BadRequest",
-                "no matches for kind \"ServiceMonitor\" in version \"monitoring.coreos.com/v1\"",
-            ),
+            status(404, "NotFound", "the server could not find the requested resource"),
+            status(400, "BadRequest", "no matches for kind \"ServiceMonitor\" in version \"monitoring.coreos.com/v1\""),
         ] {
             assert_eq!(
                 classify(&s, &gvk),
-                Outcome::NeedsCrd {
-                    group: "monitoring.coreos.com".into(),
-                    version: "v1".into(),
-                    kind: "ServiceMonitor".into()
-                }
+                Outcome::NeedsCrd { group: "monitoring.coreos.com".into(), version: "v1".into(), kind: "ServiceMonitor".into() }
             );
         }
-        let invalid = status(
-            422,
-            "Invalid",
-            "StatefulSet.apps \"x\" is invalid: spec.replicas: Invalid value: -1",
-        );
-        assert!(matches!(
-            classify(&invalid, &gvk),
-            Outcome::Rejected { code: 422, .. }
-        ));
+        let invalid = status(422, "Invalid", "StatefulSet.apps \"x\" is invalid: spec.replicas: Invalid value: -1");
+        assert!(matches!(classify(&invalid, &gvk), Outcome::Rejected { code: 422, .. }));
         let ns = status(404, "NotFound", "namespaces \"lily\" not found");
-        assert!(
-            matches!(classify(&ns, &gvk), Outcome::Rejected { code: 404, .. }),
-            "a missing namespace is not a missing CRD"
-        );
+        assert!(matches!(classify(&ns, &gvk), Outcome::Rejected { code: 404, .. }), "a missing namespace is not a missing CRD");
     }
 
     #[test]
     fn gvk_is_read_from_api_version() {
         let g = gvk_of(&serde_json::json!({"apiVersion": "v1", "kind": "Secret"})).unwrap();
-        assert_eq!(
-            (g.group.as_str(), g.version.as_str(), g.kind.as_str()),
-            ("", "v1", "Secret")
-        );
-        let g =
-            gvk_of(&serde_json::json!({"apiVersion": "apps/v1", "kind": "StatefulSet"})).unwrap();
+        assert_eq!((g.group.as_str(), g.version.as_str(), g.kind.as_str()), ("", "v1", "Secret"));
+        let g = gvk_of(&serde_json::json!({"apiVersion": "apps/v1", "kind": "StatefulSet"})).unwrap();
         assert_eq!((g.group.as_str(), g.version.as_str()), ("apps", "v1"));
         assert!(gvk_of(&serde_json::json!({"kind": "Secret"})).is_err());
     }
@@ -450,21 +338,12 @@ mod tests {
     fn minimal_service_monitor_crd_is_permissive() {
         let labels = BTreeMap::from([("lily-e2e.io/run-id".to_string(), "r1".to_string())]);
         let crd = MinimalCrd::service_monitor().to_crd(&labels);
-        assert_eq!(
-            crd.metadata.name.as_deref(),
-            Some("servicemonitors.monitoring.coreos.com")
-        );
+        assert_eq!(crd.metadata.name.as_deref(), Some("servicemonitors.monitoring.coreos.com"));
         assert_eq!(crd.spec.scope, "Namespaced");
         assert_eq!(crd.spec.names.kind, "ServiceMonitor");
         let v = &crd.spec.versions[0];
         assert!(v.served && v.storage);
-        let schema = v
-            .schema
-            .as_ref()
-            .unwrap()
-            .open_api_v3_schema
-            .as_ref()
-            .unwrap();
+        let schema = v.schema.as_ref().unwrap().open_api_v3_schema.as_ref().unwrap();
         assert_eq!(schema.x_kubernetes_preserve_unknown_fields, Some(true));
         assert_eq!(crd.metadata.labels.unwrap()["lily-e2e.io/run-id"], "r1");
     }

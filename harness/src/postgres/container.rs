@@ -30,10 +30,7 @@ use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, CopyTargetOptions, ImageExt};
 use testcontainers_modules::postgres::Postgres as PostgresImage;
 
-use super::{
-    dsn::DbUrl, Endpoint, Password, Postgres, PostgresProvider, PostgresSpec, Running, SslMode,
-    START_TIMEOUT,
-};
+use super::{dsn::DbUrl, Endpoint, Password, Postgres, PostgresProvider, PostgresSpec, Running, SslMode, START_TIMEOUT};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::pki::{self, Usage};
@@ -55,11 +52,7 @@ pub struct Container {
 
 impl Default for Container {
     fn default() -> Self {
-        Container {
-            image: DEFAULT_IMAGE.0.into(),
-            tag: DEFAULT_IMAGE.1.into(),
-            engine: Engine::from_env(),
-        }
+        Container { image: DEFAULT_IMAGE.0.into(), tag: DEFAULT_IMAGE.1.into(), engine: Engine::from_env() }
     }
 }
 
@@ -69,11 +62,7 @@ impl Container {
         match std::env::var(IMAGE_ENV) {
             Ok(v) if !v.trim().is_empty() => {
                 let (image, tag) = parse_image(v.trim())?;
-                Ok(Container {
-                    image,
-                    tag,
-                    ..Container::default()
-                })
+                Ok(Container { image, tag, ..Container::default() })
             }
             _ => Ok(Container::default()),
         }
@@ -92,21 +81,15 @@ fn keep_requested() -> bool {
 pub fn parse_image(s: &str) -> Result<(String, String)> {
     let slash = s.rfind('/').map_or(0, |i| i + 1);
     match s[slash..].rfind(':') {
-        Some(i) if i > 0 && slash + i + 1 < s.len() => {
-            Ok((s[..slash + i].to_string(), s[slash + i + 1..].to_string()))
-        }
-        _ => Err(Error::Invalid(format!(
-            "{IMAGE_ENV}=`{s}` is not name:tag (e.g. postgres:15-alpine)"
-        ))),
+        Some(i) if i > 0 && slash + i + 1 < s.len() => Ok((s[..slash + i].to_string(), s[slash + i + 1..].to_string())),
+        _ => Err(Error::Invalid(format!("{IMAGE_ENV}=`{s}` is not name:tag (e.g. postgres:15-alpine)"))),
     }
 }
 
 /// The init script: certificate, `ssl = on`, pg_hba.conf, the superuser's password as a
 /// SCRAM verifier. Runs as `postgres` with `$PGDATA` set, the temporary server up.
 pub fn init_script(tls: bool, verifier: &str) -> String {
-    let mut s = String::from(
-        "#!/bin/sh\n# written by lily-e2e\nset -e\necho \"log_connections = on\" >> \"$PGDATA/postgresql.conf\"\n",
-    );
+    let mut s = String::from("#!/bin/sh\n# written by lily-e2e\nset -e\necho \"log_connections = on\" >> \"$PGDATA/postgresql.conf\"\n");
     if tls {
         s.push_str(&format!(
             "cp {TLS_DIR}/server.crt \"$PGDATA/server.crt\"\n\
@@ -146,11 +129,7 @@ impl PostgresProvider for Container {
         "container"
     }
 
-    fn start<'a>(
-        &'a self,
-        spec: &'a PostgresSpec,
-        run: &'a Run,
-    ) -> BoxFuture<'a, Result<Postgres>> {
+    fn start<'a>(&'a self, spec: &'a PostgresSpec, run: &'a Run) -> BoxFuture<'a, Result<Postgres>> {
         Box::pin(async move {
             self.engine.check()?;
             let password = Password::generate();
@@ -162,8 +141,7 @@ impl PostgresProvider for Container {
                 .with_ready_conditions(Vec::new())
                 .with_startup_timeout(START_TIMEOUT)
                 .with_copy_to(
-                    CopyTargetOptions::new("/docker-entrypoint-initdb.d/00-lily-e2e.sh")
-                        .with_mode(0o755),
+                    CopyTargetOptions::new("/docker-entrypoint-initdb.d/00-lily-e2e.sh").with_mode(0o755),
                     init_script(spec.tls, &password.scram_verifier()).into_bytes(),
                 );
             let mut ca_pem = None;
@@ -178,14 +156,8 @@ impl PostgresProvider for Container {
                 // Readable by `postgres` so the init script can copy it; the copy it uses
                 // is 0600 and its own.
                 request = request
-                    .with_copy_to(
-                        CopyTargetOptions::new(format!("{TLS_DIR}/server.crt")).with_mode(0o644),
-                        pair.cert_pem.into_bytes(),
-                    )
-                    .with_copy_to(
-                        CopyTargetOptions::new(format!("{TLS_DIR}/server.key")).with_mode(0o644),
-                        pair.key_pem.into_bytes(),
-                    );
+                    .with_copy_to(CopyTargetOptions::new(format!("{TLS_DIR}/server.crt")).with_mode(0o644), pair.cert_pem.into_bytes())
+                    .with_copy_to(CopyTargetOptions::new(format!("{TLS_DIR}/server.key")).with_mode(0o644), pair.key_pem.into_bytes());
                 ca_pem = Some(ca.cert_pem());
             }
             let image = format!("{}:{}", self.image, self.tag);
@@ -194,11 +166,7 @@ impl PostgresProvider for Container {
                 what: format!("cannot start a postgresql container from {image}"),
                 source: Some(Box::new(e)),
             })?;
-            let running = ContainerServer {
-                container: Some(container),
-                image: image.clone(),
-                log,
-            };
+            let running = ContainerServer { container: Some(container), image: image.clone(), log };
             let (host, port) = {
                 let c = running.container.as_ref().expect("just started");
                 // An engine on a local socket publishes ports on this host: loopback
@@ -216,32 +184,16 @@ impl PostgresProvider for Container {
                         })?
                         .to_string(),
                 };
-                let port = c
-                    .get_host_port_ipv4(5432.tcp())
-                    .await
-                    .map_err(|e| Error::Tool {
-                        what: format!("cannot read the port of the {image} container"),
-                        source: Some(Box::new(e)),
-                    })?;
+                let port = c.get_host_port_ipv4(5432.tcp()).await.map_err(|e| Error::Tool {
+                    what: format!("cannot read the port of the {image} container"),
+                    source: Some(Box::new(e)),
+                })?;
                 (host, port)
             };
-            let mode = if spec.tls {
-                SslMode::Require
-            } else {
-                SslMode::Disable
-            };
-            let url = DbUrl::new(
-                "postgres",
-                Some(password.clone()),
-                &host,
-                port,
-                "postgres",
-                mode,
-            );
+            let mode = if spec.tls { SslMode::Require } else { SslMode::Disable };
+            let url = DbUrl::new("postgres", Some(password.clone()), &host, port, "postgres", mode);
             let exited = running.exited();
-            match super::local::probe_until_ready(&url, ca_pem.as_deref(), START_TIMEOUT, exited)
-                .await
-            {
+            match super::local::probe_until_ready(&url, ca_pem.as_deref(), START_TIMEOUT, exited).await {
                 Ok(version) => {
                     let endpoint = Endpoint {
                         host: url.host.clone(),
@@ -281,14 +233,7 @@ impl ContainerServer {
             if let Ok(false) = c.is_running().await {
                 let log = c.stderr_to_vec().await.unwrap_or_default();
                 let text = String::from_utf8_lossy(&log);
-                let tail: Vec<&str> = text
-                    .lines()
-                    .rev()
-                    .take(15)
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .rev()
-                    .collect();
+                let tail: Vec<&str> = text.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect();
                 return Error::Tool {
                     what: format!(
                         "the postgresql container ({}) stopped {}s after it started; it ended with:\n{}",
@@ -310,10 +255,7 @@ impl Running for ContainerServer {
         Box::pin(async move {
             if let Some(c) = container {
                 if keep_requested() {
-                    eprintln!(
-                        "lily-e2e: keeping postgresql container {} ({KEEP_ENV}=keep); `lily-e2e clean` removes it",
-                        c.id()
-                    );
+                    eprintln!("lily-e2e: keeping postgresql container {} ({KEEP_ENV}=keep); `lily-e2e clean` removes it", c.id());
                     // testcontainers' Drop honours the same switch.
                     drop(c);
                     return Ok(());
@@ -363,16 +305,8 @@ mod tests {
 
     #[rstest]
     #[case("postgres:15-alpine", "postgres", "15-alpine")]
-    #[case(
-        "registry.local:5000/pg/postgres:16",
-        "registry.local:5000/pg/postgres",
-        "16"
-    )]
-    fn postgres_image_override_is_name_and_tag(
-        #[case] s: &str,
-        #[case] name: &str,
-        #[case] tag: &str,
-    ) {
+    #[case("registry.local:5000/pg/postgres:16", "registry.local:5000/pg/postgres", "16")]
+    fn postgres_image_override_is_name_and_tag(#[case] s: &str, #[case] name: &str, #[case] tag: &str) {
         assert_eq!(parse_image(s).unwrap(), (name.to_string(), tag.to_string()));
     }
 
@@ -382,27 +316,17 @@ mod tests {
     #[case("postgres:")]
     #[case(":15")]
     fn postgres_image_override_without_tag_is_refused(#[case] s: &str) {
-        assert!(parse_image(s)
-            .unwrap_err()
-            .to_string()
-            .contains("is not name:tag"));
+        assert!(parse_image(s).unwrap_err().to_string().contains("is not name:tag"));
     }
 
     #[test]
     fn postgres_init_script_turns_tls_on_and_sets_a_verifier_only() {
         let p = Password::generate();
         let s = init_script(true, &p.scram_verifier());
-        assert!(
-            s.contains("ssl = on")
-                && s.contains("hostnossl all all all reject")
-                && s.contains("chmod 0600")
-        );
+        assert!(s.contains("ssl = on") && s.contains("hostnossl all all all reject") && s.contains("chmod 0600"));
         assert!(s.contains("ALTER ROLE postgres PASSWORD 'SCRAM-SHA-256$"));
         assert!(!s.contains(p.expose()));
         let plain = init_script(false, "v");
-        assert!(
-            !plain.contains("ssl = on") && plain.contains("ssl = off"),
-            "{plain}"
-        );
+        assert!(!plain.contains("ssl = on") && plain.contains("ssl = off"), "{plain}");
     }
 }

@@ -42,11 +42,7 @@ pub struct SecretRef {
 
 impl std::fmt::Display for SecretRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "secret {}/{} key `{}`",
-            self.namespace, self.name, self.key
-        )
+        write!(f, "secret {}/{} key `{}`", self.namespace, self.name, self.key)
     }
 }
 
@@ -84,37 +80,15 @@ fn fail(what: String) -> Error {
 }
 
 fn fail_with(what: String, e: impl std::error::Error + Send + Sync + 'static) -> Error {
-    Error::Postgres {
-        what,
-        source: Some(Box::new(e)),
-    }
+    Error::Postgres { what, source: Some(Box::new(e)) }
 }
 
 /// The core of the check: `url_text` as read from `source`, connected to and migrated as
 /// `expect` says. Errors name the Secret and key and what failed, never the password.
-pub async fn check_url(
-    source: &SecretRef,
-    url_text: &str,
-    expect: &Expect,
-) -> Result<ContractSummary> {
-    let url = DbUrl::parse(url_text).map_err(|e| {
-        fail_with(
-            format!("{source}: the value is not a usable postgresql url"),
-            e,
-        )
-    })?;
-    let target = format!(
-        "database `{}` on {}:{} as `{}` (sslmode={})",
-        url.database, url.host, url.port, url.user, url.sslmode
-    );
-    let client = tls::connect(
-        &url,
-        Some(&expect.application_name),
-        expect.ca_pem.as_deref(),
-        expect.timeout,
-    )
-    .await
-    .map_err(|e| {
+pub async fn check_url(source: &SecretRef, url_text: &str, expect: &Expect) -> Result<ContractSummary> {
+    let url = DbUrl::parse(url_text).map_err(|e| fail_with(format!("{source}: the value is not a usable postgresql url"), e))?;
+    let target = format!("database `{}` on {}:{} as `{}` (sslmode={})", url.database, url.host, url.port, url.user, url.sslmode);
+    let client = tls::connect(&url, Some(&expect.application_name), expect.ca_pem.as_deref(), expect.timeout).await.map_err(|e| {
         let hint = if tls::is_bad_password(&e) {
             ": the password was refused"
         } else if tls::is_hba_refusal(&e) && url.sslmode == SslMode::Disable {
@@ -127,19 +101,11 @@ pub async fn check_url(
         e.into_error(format!("{source}: cannot connect to {target}{hint}"))
     })?;
 
-    let create = format!(
-        "CREATE SCHEMA IF NOT EXISTS {}",
-        super::quote_ident(&expect.schema)
-    );
-    client.batch_execute(&create).await.map_err(|e| {
-        fail_with(
-            format!(
-                "{source}: cannot create schema `{}` in {target}",
-                expect.schema
-            ),
-            e,
-        )
-    })?;
+    let create = format!("CREATE SCHEMA IF NOT EXISTS {}", super::quote_ident(&expect.schema));
+    client
+        .batch_execute(&create)
+        .await
+        .map_err(|e| fail_with(format!("{source}: cannot create schema `{}` in {target}", expect.schema), e))?;
 
     let row = client
         .query_opt(
@@ -150,25 +116,14 @@ pub async fn check_url(
             &[&expect.schema],
         )
         .await
-        .map_err(|e| {
-            fail_with(
-                format!("{source}: cannot read pg_stat_activity in {target}"),
-                e,
-            )
-        })?
-        .ok_or_else(|| {
-            fail(format!(
-                "{source}: the session is missing from pg_stat_activity in {target}"
-            ))
-        })?;
+        .map_err(|e| fail_with(format!("{source}: cannot read pg_stat_activity in {target}"), e))?
+        .ok_or_else(|| fail(format!("{source}: the session is missing from pg_stat_activity in {target}")))?;
     let seen: String = row.get(0);
     let tls_in_use: bool = row.get(1);
     let schema_exists: bool = row.get(2);
 
     if url.sslmode.requires_tls() && !tls_in_use {
-        return Err(fail(format!(
-            "{source}: the session to {target} is not encrypted"
-        )));
+        return Err(fail(format!("{source}: the session to {target} is not encrypted")));
     }
     if seen != expect.application_name {
         return Err(fail(format!(
@@ -177,10 +132,7 @@ pub async fn check_url(
         )));
     }
     if !schema_exists {
-        return Err(fail(format!(
-            "{source}: schema `{}` does not exist in {target} after creating it",
-            expect.schema
-        )));
+        return Err(fail(format!("{source}: schema `{}` does not exist in {target} after creating it", expect.schema)));
     }
     Ok(ContractSummary {
         secret_name: source.name.clone(),
@@ -211,12 +163,7 @@ pub struct PodCheck {
 
 impl Default for PodCheck {
     fn default() -> Self {
-        PodCheck {
-            storage: None,
-            application_name: None,
-            ca_pem: None,
-            timeout: DEFAULT_TIMEOUT,
-        }
+        PodCheck { storage: None, application_name: None, ca_pem: None, timeout: DEFAULT_TIMEOUT }
     }
 }
 
@@ -234,31 +181,17 @@ pub struct DatabaseStep {
 
 /// Reads the database step of `pod` for storage entry `storage` (or its only one).
 pub fn database_step(pod: &Pod, storage: Option<&str>) -> Result<DatabaseStep> {
-    let ns = pod
-        .metadata
-        .namespace
-        .clone()
-        .unwrap_or_else(|| "default".into());
+    let ns = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
     let pod_name = format!("pod {}/{}", ns, pod.metadata.name.as_deref().unwrap_or("?"));
-    let spec = pod
-        .spec
-        .as_ref()
-        .ok_or_else(|| fail(format!("{pod_name} has no spec")))?;
+    let spec = pod.spec.as_ref().ok_or_else(|| fail(format!("{pod_name} has no spec")))?;
     let inits = spec.init_containers.as_deref().unwrap_or_default();
-    let init: &Container = inits
-        .iter()
-        .find(|c| c.name == INIT_CONTAINER)
-        .ok_or_else(|| {
-            let names: Vec<&str> = inits.iter().map(|c| c.name.as_str()).collect();
-            fail(format!(
-                "{pod_name} has no `{INIT_CONTAINER}` init container (it has: {})",
-                if names.is_empty() {
-                    "none".to_string()
-                } else {
-                    names.join(", ")
-                }
-            ))
-        })?;
+    let init: &Container = inits.iter().find(|c| c.name == INIT_CONTAINER).ok_or_else(|| {
+        let names: Vec<&str> = inits.iter().map(|c| c.name.as_str()).collect();
+        fail(format!(
+            "{pod_name} has no `{INIT_CONTAINER}` init container (it has: {})",
+            if names.is_empty() { "none".to_string() } else { names.join(", ") }
+        ))
+    })?;
     let envs = init.env.as_deref().unwrap_or_default();
     let env_name = match storage {
         Some(s) => env_name(s),
@@ -266,19 +199,11 @@ pub fn database_step(pod: &Pod, storage: Option<&str>) -> Result<DatabaseStep> {
             let found: Vec<&str> = envs
                 .iter()
                 .map(|e| e.name.as_str())
-                .filter(|n| {
-                    n.starts_with(ENV_PREFIX)
-                        && n.ends_with(ENV_SUFFIX)
-                        && n.len() > ENV_PREFIX.len() + ENV_SUFFIX.len()
-                })
+                .filter(|n| n.starts_with(ENV_PREFIX) && n.ends_with(ENV_SUFFIX) && n.len() > ENV_PREFIX.len() + ENV_SUFFIX.len())
                 .collect();
             match found.as_slice() {
                 [one] => one.to_string(),
-                [] => {
-                    return Err(fail(format!(
-                        "`{INIT_CONTAINER}` in {pod_name} has no {ENV_PREFIX}<NAME>{ENV_SUFFIX} env"
-                    )))
-                }
+                [] => return Err(fail(format!("`{INIT_CONTAINER}` in {pod_name} has no {ENV_PREFIX}<NAME>{ENV_SUFFIX} env"))),
                 many => {
                     return Err(Error::Invalid(format!(
                         "`{INIT_CONTAINER}` in {pod_name} has several storage urls ({}); name the storage entry",
@@ -288,44 +213,21 @@ pub fn database_step(pod: &Pod, storage: Option<&str>) -> Result<DatabaseStep> {
             }
         }
     };
-    let var = envs.iter().find(|e| e.name == env_name).ok_or_else(|| {
-        fail(format!(
-            "`{INIT_CONTAINER}` in {pod_name} has no env {env_name}"
-        ))
+    let var =
+        envs.iter().find(|e| e.name == env_name).ok_or_else(|| fail(format!("`{INIT_CONTAINER}` in {pod_name} has no env {env_name}")))?;
+    let key_ref = var.value_from.as_ref().and_then(|v| v.secret_key_ref.as_ref()).ok_or_else(|| {
+        fail(format!("env {env_name} of `{INIT_CONTAINER}` in {pod_name} does not come from a Secret (valueFrom.secretKeyRef)"))
     })?;
-    let key_ref = var
-        .value_from
-        .as_ref()
-        .and_then(|v| v.secret_key_ref.as_ref())
-        .ok_or_else(|| fail(format!("env {env_name} of `{INIT_CONTAINER}` in {pod_name} does not come from a Secret (valueFrom.secretKeyRef)")))?;
     if key_ref.name.is_empty() {
-        return Err(fail(format!(
-            "env {env_name} of `{INIT_CONTAINER}` in {pod_name} names no Secret"
-        )));
+        return Err(fail(format!("env {env_name} of `{INIT_CONTAINER}` in {pod_name} names no Secret")));
     }
-    let script: Vec<String> = init
-        .command
-        .iter()
-        .flatten()
-        .chain(init.args.iter().flatten())
-        .cloned()
-        .collect();
-    let schema = schema_from_script(&script.join("\n"), &env_name).ok_or_else(|| {
-        fail(format!("`{INIT_CONTAINER}` in {pod_name} runs no `lily migrate --schema <schema>` for {env_name}"))
-    })?;
-    let config_maps = spec
-        .volumes
-        .iter()
-        .flatten()
-        .filter_map(|v| v.config_map.as_ref().map(|c| c.name.clone()))
-        .collect();
+    let script: Vec<String> = init.command.iter().flatten().chain(init.args.iter().flatten()).cloned().collect();
+    let schema = schema_from_script(&script.join("\n"), &env_name)
+        .ok_or_else(|| fail(format!("`{INIT_CONTAINER}` in {pod_name} runs no `lily migrate --schema <schema>` for {env_name}")))?;
+    let config_maps = spec.volumes.iter().flatten().filter_map(|v| v.config_map.as_ref().map(|c| c.name.clone())).collect();
     Ok(DatabaseStep {
         env: env_name,
-        secret: SecretRef {
-            namespace: ns,
-            name: key_ref.name.clone(),
-            key: key_ref.key.clone(),
-        },
+        secret: SecretRef { namespace: ns, name: key_ref.name.clone(), key: key_ref.key.clone() },
         schema,
         config_maps,
     })
@@ -336,39 +238,26 @@ pub fn database_step(pod: &Pod, storage: Option<&str>) -> Result<DatabaseStep> {
 /// names the env and the script migrates once, that one.
 pub fn schema_from_script(script: &str, env: &str) -> Option<String> {
     let mentions = |line: &str| {
-        [format!("${env}"), format!("${{{env}}}")]
-            .iter()
-            .any(|needle| {
-                line.match_indices(needle.as_str()).any(|(i, _)| {
-                    let next = line[i + needle.len()..].chars().next();
-                    !next.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
-                })
+        [format!("${env}"), format!("${{{env}}}")].iter().any(|needle| {
+            line.match_indices(needle.as_str()).any(|(i, _)| {
+                let next = line[i + needle.len()..].chars().next();
+                !next.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
             })
+        })
     };
     let schema_of = |line: &str| -> Option<String> {
         let tokens: Vec<&str> = line.split_whitespace().collect();
-        let migrate = tokens
-            .windows(2)
-            .any(|w| w[0].ends_with("lily") && w[1] == "migrate");
+        let migrate = tokens.windows(2).any(|w| w[0].ends_with("lily") && w[1] == "migrate");
         if !migrate {
             return None;
         }
         tokens.iter().enumerate().find_map(|(i, t)| {
-            let raw = if *t == "--schema" {
-                tokens.get(i + 1).copied()
-            } else {
-                t.strip_prefix("--schema=")
-            };
-            raw.map(|r| r.trim_matches(|c| c == '"' || c == '\'').to_string())
-                .filter(|s| !s.is_empty())
+            let raw = if *t == "--schema" { tokens.get(i + 1).copied() } else { t.strip_prefix("--schema=") };
+            raw.map(|r| r.trim_matches(|c| c == '"' || c == '\'').to_string()).filter(|s| !s.is_empty())
         })
     };
     let lines: Vec<&str> = script.lines().collect();
-    if let Some(s) = lines
-        .iter()
-        .filter(|l| mentions(l))
-        .find_map(|l| schema_of(l))
-    {
+    if let Some(s) = lines.iter().filter(|l| mentions(l)).find_map(|l| schema_of(l)) {
         return Some(s);
     }
     // No line names the env: accept a script (or a plain argument list) that migrates
@@ -386,14 +275,9 @@ pub fn application_name_from_config(config_toml: &str, env: &str) -> Option<Stri
     let doc: toml::Table = config_toml.parse().ok()?;
     let tables = doc.get("Storage")?.get("Postgresql")?.as_table()?;
     tables.iter().find_map(|(name, t)| {
-        let matches = t
-            .get("URLEnv")
-            .and_then(|v| v.as_str())
-            .map_or_else(|| env_name(name) == env, |u| u == env);
+        let matches = t.get("URLEnv").and_then(|v| v.as_str()).map_or_else(|| env_name(name) == env, |u| u == env);
         if matches {
-            t.get("ApplicationName")
-                .and_then(|v| v.as_str())
-                .map(str::to_string)
+            t.get("ApplicationName").and_then(|v| v.as_str()).map(str::to_string)
         } else {
             None
         }
@@ -402,12 +286,7 @@ pub fn application_name_from_config(config_toml: &str, env: &str) -> Option<Stri
 
 /// The whole check for `pod` in `namespace`: its database step, the Secret it points at,
 /// the application name (given, or from the rendered config), then [`check_url`].
-pub async fn check_pod(
-    client: &Client,
-    namespace: &str,
-    pod: &str,
-    opts: &PodCheck,
-) -> Result<ContractSummary> {
+pub async fn check_pod(client: &Client, namespace: &str, pod: &str, opts: &PodCheck) -> Result<ContractSummary> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let p = pods
         .get_opt(pod)
@@ -416,25 +295,14 @@ pub async fn check_pod(
         .ok_or_else(|| fail(format!("pod {namespace}/{pod} does not exist")))?;
     let step = database_step(&p, opts.storage.as_deref())?;
     let source = &step.secret;
-    let via = format!(
-        "env {} of `{INIT_CONTAINER}` in pod {namespace}/{pod}",
-        step.env
-    );
+    let via = format!("env {} of `{INIT_CONTAINER}` in pod {namespace}/{pod}", step.env);
 
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let secret = secrets
         .get_opt(&source.name)
         .await
-        .map_err(Error::kube(format!(
-            "read secret {namespace}/{}",
-            source.name
-        )))?
-        .ok_or_else(|| {
-            fail(format!(
-                "secret {namespace}/{} (named by {via}) does not exist",
-                source.name
-            ))
-        })?;
+        .map_err(Error::kube(format!("read secret {namespace}/{}", source.name)))?
+        .ok_or_else(|| fail(format!("secret {namespace}/{} (named by {via}) does not exist", source.name)))?;
     let data = secret.data.unwrap_or_default();
     let value = data.get(&source.key).ok_or_else(|| {
         let keys: Vec<&str> = data.keys().map(String::as_str).collect();
@@ -442,15 +310,10 @@ pub async fn check_pod(
             "secret {namespace}/{} (named by {via}) has no key `{}` (it has: {})",
             source.name,
             source.key,
-            if keys.is_empty() {
-                "none".to_string()
-            } else {
-                keys.join(", ")
-            }
+            if keys.is_empty() { "none".to_string() } else { keys.join(", ") }
         ))
     })?;
-    let text = std::str::from_utf8(&value.0)
-        .map_err(|_| fail(format!("{source}: the value is not utf-8 text")))?;
+    let text = std::str::from_utf8(&value.0).map_err(|_| fail(format!("{source}: the value is not utf-8 text")))?;
 
     let application_name = match &opts.application_name {
         Some(a) => a.clone(),
@@ -458,11 +321,7 @@ pub async fn check_pod(
             let maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
             let mut found = None;
             for name in &step.config_maps {
-                let Some(cm) = maps
-                    .get_opt(name)
-                    .await
-                    .map_err(Error::kube(format!("read configmap {namespace}/{name}")))?
-                else {
+                let Some(cm) = maps.get_opt(name).await.map_err(Error::kube(format!("read configmap {namespace}/{name}")))? else {
                     continue;
                 };
                 found = cm
@@ -483,12 +342,7 @@ pub async fn check_pod(
             })?
         }
     };
-    let expect = Expect {
-        schema: step.schema.clone(),
-        application_name,
-        ca_pem: opts.ca_pem.clone(),
-        timeout: opts.timeout,
-    };
+    let expect = Expect { schema: step.schema.clone(), application_name, ca_pem: opts.ca_pem.clone(), timeout: opts.timeout };
     let mut summary = check_url(source, text, &expect).await?;
     summary.env = Some(step.env);
     Ok(summary)
@@ -520,21 +374,15 @@ mod tests {
         .unwrap()
     }
 
-    const SCRIPT: &str = "echo \"Checking for database readiness for db...\"\nLILY_DB=$LILY_STORAGE_POSTGRESQL_DB_URL lily migrate --schema \"lily\"\n";
+    const SCRIPT: &str =
+        "echo \"Checking for database readiness for db...\"\nLILY_DB=$LILY_STORAGE_POSTGRESQL_DB_URL lily migrate --schema \"lily\"\n";
 
     #[test]
     fn postgres_database_step_is_read_from_the_chart_pod() {
         let pod = chart_pod("LILY_STORAGE_POSTGRESQL_DB_URL", "lily-db", "url", SCRIPT);
         let step = database_step(&pod, None).unwrap();
         assert_eq!(step.env, "LILY_STORAGE_POSTGRESQL_DB_URL");
-        assert_eq!(
-            step.secret,
-            SecretRef {
-                namespace: "lily".into(),
-                name: "lily-db".into(),
-                key: "url".into()
-            }
-        );
+        assert_eq!(step.secret, SecretRef { namespace: "lily".into(), name: "lily-db".into(), key: "url".into() });
         assert_eq!(step.schema, "lily");
         assert_eq!(step.config_maps, vec!["lily-daemon-config".to_string()]);
         assert_eq!(database_step(&pod, Some("db")).unwrap(), step);
@@ -544,61 +392,29 @@ mod tests {
     fn postgres_database_step_errors_name_what_is_missing() {
         let pod = chart_pod("LILY_STORAGE_POSTGRESQL_DB_URL", "lily-db", "url", SCRIPT);
         let e = database_step(&pod, Some("other")).unwrap_err().to_string();
-        assert!(
-            e.contains("has no env LILY_STORAGE_POSTGRESQL_OTHER_URL"),
-            "{e}"
-        );
+        assert!(e.contains("has no env LILY_STORAGE_POSTGRESQL_OTHER_URL"), "{e}");
 
         let mut no_init = pod.clone();
-        no_init
-            .spec
-            .as_mut()
-            .unwrap()
-            .init_containers
-            .as_mut()
-            .unwrap()
-            .retain(|c| c.name != INIT_CONTAINER);
+        no_init.spec.as_mut().unwrap().init_containers.as_mut().unwrap().retain(|c| c.name != INIT_CONTAINER);
         let e = database_step(&no_init, None).unwrap_err().to_string();
         assert!(e.contains("pod lily/lily-daemon-0 has no `init-database` init container (it has: init-datastore)"), "{e}");
 
         let mut plain = pod.clone();
-        let init = &mut plain
-            .spec
-            .as_mut()
-            .unwrap()
-            .init_containers
-            .as_mut()
-            .unwrap()[1];
+        let init = &mut plain.spec.as_mut().unwrap().init_containers.as_mut().unwrap()[1];
         let env = &mut init.env.as_mut().unwrap()[1];
         env.value_from = None;
         env.value = Some("postgres://x".into());
         let e = database_step(&plain, None).unwrap_err().to_string();
-        assert!(
-            e.contains("does not come from a Secret (valueFrom.secretKeyRef)"),
-            "{e}"
-        );
+        assert!(e.contains("does not come from a Secret (valueFrom.secretKeyRef)"), "{e}");
         assert!(!e.contains("postgres://x"));
 
         let none = chart_pod("OTHER", "lily-db", "url", SCRIPT);
         let e = database_step(&none, None).unwrap_err().to_string();
-        assert!(
-            e.contains("has no LILY_STORAGE_POSTGRESQL_<NAME>_URL env"),
-            "{e}"
-        );
+        assert!(e.contains("has no LILY_STORAGE_POSTGRESQL_<NAME>_URL env"), "{e}");
 
-        let no_migrate = chart_pod(
-            "LILY_STORAGE_POSTGRESQL_DB_URL",
-            "lily-db",
-            "url",
-            "echo hi",
-        );
+        let no_migrate = chart_pod("LILY_STORAGE_POSTGRESQL_DB_URL", "lily-db", "url", "echo hi");
         let e = database_step(&no_migrate, None).unwrap_err().to_string();
-        assert!(
-            e.contains(
-                "runs no `lily migrate --schema <schema>` for LILY_STORAGE_POSTGRESQL_DB_URL"
-            ),
-            "{e}"
-        );
+        assert!(e.contains("runs no `lily migrate --schema <schema>` for LILY_STORAGE_POSTGRESQL_DB_URL"), "{e}");
     }
 
     #[rstest]
@@ -623,26 +439,10 @@ mod tests {
         "LILY_STORAGE_POSTGRESQL_DB_URL",
         None
     )]
-    #[case::direct_args(
-        "lily\nmigrate\n--schema\nlily",
-        "LILY_STORAGE_POSTGRESQL_DB_URL",
-        Some("lily")
-    )]
-    #[case::single_migrate_without_env(
-        "lily migrate --schema only",
-        "LILY_STORAGE_POSTGRESQL_DB_URL",
-        Some("only")
-    )]
-    #[case::no_migrate(
-        "echo --schema x $LILY_STORAGE_POSTGRESQL_DB_URL",
-        "LILY_STORAGE_POSTGRESQL_DB_URL",
-        None
-    )]
-    fn postgres_schema_is_read_from_the_migrate_line(
-        #[case] script: &str,
-        #[case] env: &str,
-        #[case] want: Option<&str>,
-    ) {
+    #[case::direct_args("lily\nmigrate\n--schema\nlily", "LILY_STORAGE_POSTGRESQL_DB_URL", Some("lily"))]
+    #[case::single_migrate_without_env("lily migrate --schema only", "LILY_STORAGE_POSTGRESQL_DB_URL", Some("only"))]
+    #[case::no_migrate("echo --schema x $LILY_STORAGE_POSTGRESQL_DB_URL", "LILY_STORAGE_POSTGRESQL_DB_URL", None)]
+    fn postgres_schema_is_read_from_the_migrate_line(#[case] script: &str, #[case] env: &str, #[case] want: Option<&str>) {
         assert_eq!(schema_from_script(script, env).as_deref(), want);
     }
 
@@ -662,18 +462,9 @@ mod tests {
     [Storage.Postgresql.other]
       ApplicationName = "other-app"
 "#;
-        assert_eq!(
-            application_name_from_config(cfg, "LILY_STORAGE_POSTGRESQL_DB_URL").as_deref(),
-            Some("lily-app")
-        );
-        assert_eq!(
-            application_name_from_config(cfg, "LILY_STORAGE_POSTGRESQL_OTHER_URL").as_deref(),
-            Some("other-app")
-        );
-        assert_eq!(
-            application_name_from_config(cfg, "LILY_STORAGE_POSTGRESQL_NONE_URL"),
-            None
-        );
+        assert_eq!(application_name_from_config(cfg, "LILY_STORAGE_POSTGRESQL_DB_URL").as_deref(), Some("lily-app"));
+        assert_eq!(application_name_from_config(cfg, "LILY_STORAGE_POSTGRESQL_OTHER_URL").as_deref(), Some("other-app"));
+        assert_eq!(application_name_from_config(cfg, "LILY_STORAGE_POSTGRESQL_NONE_URL"), None);
         assert_eq!(application_name_from_config("not toml [", "X"), None);
     }
 

@@ -13,11 +13,7 @@ use crate::error::{Error, Result};
 
 /// What is percent-encoded in a URL's user, password and database: all but RFC 3986's
 /// unreserved characters.
-pub const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
+pub const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
 
 /// The default PostgreSQL port.
 pub const DEFAULT_PORT: u16 = 5432;
@@ -48,10 +44,7 @@ impl SslMode {
 
     /// Whether a connection in this mode must be encrypted.
     pub fn requires_tls(self) -> bool {
-        matches!(
-            self,
-            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull
-        )
+        matches!(self, SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull)
     }
 }
 
@@ -99,12 +92,7 @@ impl HostKind {
         match bare.parse::<std::net::IpAddr>() {
             Ok(ip) if ip.is_loopback() => HostKind::Loopback,
             Ok(_) => HostKind::Ip,
-            Err(_)
-                if bare.eq_ignore_ascii_case("localhost")
-                    || bare.to_ascii_lowercase().ends_with(".localhost") =>
-            {
-                HostKind::Loopback
-            }
+            Err(_) if bare.eq_ignore_ascii_case("localhost") || bare.to_ascii_lowercase().ends_with(".localhost") => HostKind::Loopback,
             Err(_) => HostKind::DnsName,
         }
     }
@@ -125,21 +113,11 @@ pub struct DbUrl {
 }
 
 impl DbUrl {
-    pub fn new(
-        user: &str,
-        password: Option<Password>,
-        host: &str,
-        port: u16,
-        database: &str,
-        sslmode: SslMode,
-    ) -> Self {
+    pub fn new(user: &str, password: Option<Password>, host: &str, port: u16, database: &str, sslmode: SslMode) -> Self {
         DbUrl {
             user: user.to_string(),
             password,
-            host: host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_string(),
+            host: host.trim_start_matches('[').trim_end_matches(']').to_string(),
             port,
             database: database.to_string(),
             sslmode,
@@ -149,10 +127,7 @@ impl DbUrl {
 
     /// A query parameter other than `sslmode`.
     pub fn param(&self, key: &str) -> Option<&str> {
-        self.params
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+        self.params.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
 
     pub fn host_kind(&self) -> HostKind {
@@ -161,11 +136,7 @@ impl DbUrl {
 
     /// The full URL, password included (percent-encoded). For the Secret only.
     pub fn expose(&self) -> String {
-        self.render(
-            self.password
-                .as_ref()
-                .map(|p| utf8_percent_encode(p.expose(), COMPONENT).to_string()),
-        )
+        self.render(self.password.as_ref().map(|p| utf8_percent_encode(p.expose(), COMPONENT).to_string()))
     }
 
     /// The URL with the password as `***`.
@@ -204,25 +175,16 @@ impl DbUrl {
     /// a missing `sslmode` is `prefer`, as with libpq.
     pub fn parse(text: &str) -> Result<DbUrl> {
         let bad = |why: &str| Error::Invalid(format!("the postgresql url {why}"));
-        let u = url::Url::parse(text.trim()).map_err(|e| Error::Postgres {
-            what: "the postgresql url cannot be parsed".into(),
-            source: Some(Box::new(e)),
-        })?;
+        let u = url::Url::parse(text.trim())
+            .map_err(|e| Error::Postgres { what: "the postgresql url cannot be parsed".into(), source: Some(Box::new(e)) })?;
         if u.scheme() != "postgres" && u.scheme() != "postgresql" {
-            return Err(bad(&format!(
-                "has scheme `{}`; expected postgres:// or postgresql://",
-                u.scheme()
-            )));
+            return Err(bad(&format!("has scheme `{}`; expected postgres:// or postgresql://", u.scheme())));
         }
         let decode = |s: &str, what: &str| -> Result<String> {
             percent_decode_str(s)
                 .decode_utf8()
                 .map(|c| c.into_owned())
-                .map_err(|_| {
-                    bad(&format!(
-                        "has a {what} that is not utf-8 once percent-decoded"
-                    ))
-                })
+                .map_err(|_| bad(&format!("has a {what} that is not utf-8 once percent-decoded")))
         };
         let user = decode(u.username(), "user")?;
         if user.is_empty() {
@@ -279,14 +241,7 @@ mod tests {
     use super::*;
 
     fn url(password: &str) -> DbUrl {
-        DbUrl::new(
-            "lily_user",
-            Some(Password::new(password)),
-            "127.0.0.1",
-            54321,
-            "lily",
-            SslMode::Require,
-        )
+        DbUrl::new("lily_user", Some(Password::new(password)), "127.0.0.1", 54321, "lily", SslMode::Require)
     }
 
     #[rstest]
@@ -302,10 +257,7 @@ mod tests {
     #[case::already_encoded_looking("%41", "%2541")]
     #[case::unicode("pässwörd", "p%C3%A4ssw%C3%B6rd")]
     fn postgres_password_is_percent_encoded(#[case] password: &str, #[case] encoded: &str) {
-        assert_eq!(
-            url(password).expose(),
-            format!("postgres://lily_user:{encoded}@127.0.0.1:54321/lily?sslmode=require")
-        );
+        assert_eq!(url(password).expose(), format!("postgres://lily_user:{encoded}@127.0.0.1:54321/lily?sslmode=require"));
     }
 
     #[rstest]
@@ -332,69 +284,13 @@ mod tests {
     }
 
     #[rstest]
-    #[case::documented(
-        "postgres://u:p@db.example:5433/lily?sslmode=require",
-        "u",
-        Some("p"),
-        "db.example",
-        5433,
-        "lily",
-        SslMode::Require
-    )]
-    #[case::postgresql_scheme(
-        "postgresql://u:p@10.0.0.5/lily",
-        "u",
-        Some("p"),
-        "10.0.0.5",
-        5432,
-        "lily",
-        SslMode::Prefer
-    )]
-    #[case::no_password(
-        "postgres://u@h:1/d?sslmode=disable",
-        "u",
-        None,
-        "h",
-        1,
-        "d",
-        SslMode::Disable
-    )]
-    #[case::default_database(
-        "postgres://u:p@h:1?sslmode=verify-full",
-        "u",
-        Some("p"),
-        "h",
-        1,
-        "u",
-        SslMode::VerifyFull
-    )]
-    #[case::ipv6(
-        "postgres://u:p@[::1]:7/d?sslmode=verify-ca",
-        "u",
-        Some("p"),
-        "::1",
-        7,
-        "d",
-        SslMode::VerifyCa
-    )]
-    #[case::encoded_user_and_db(
-        "postgres://us%40er:p@h:1/my%20db",
-        "us@er",
-        Some("p"),
-        "h",
-        1,
-        "my db",
-        SslMode::Prefer
-    )]
-    #[case::unencoded_at_in_password(
-        "postgres://u:p@ss@h:1/d",
-        "u",
-        Some("p@ss"),
-        "h",
-        1,
-        "d",
-        SslMode::Prefer
-    )]
+    #[case::documented("postgres://u:p@db.example:5433/lily?sslmode=require", "u", Some("p"), "db.example", 5433, "lily", SslMode::Require)]
+    #[case::postgresql_scheme("postgresql://u:p@10.0.0.5/lily", "u", Some("p"), "10.0.0.5", 5432, "lily", SslMode::Prefer)]
+    #[case::no_password("postgres://u@h:1/d?sslmode=disable", "u", None, "h", 1, "d", SslMode::Disable)]
+    #[case::default_database("postgres://u:p@h:1?sslmode=verify-full", "u", Some("p"), "h", 1, "u", SslMode::VerifyFull)]
+    #[case::ipv6("postgres://u:p@[::1]:7/d?sslmode=verify-ca", "u", Some("p"), "::1", 7, "d", SslMode::VerifyCa)]
+    #[case::encoded_user_and_db("postgres://us%40er:p@h:1/my%20db", "us@er", Some("p"), "h", 1, "my db", SslMode::Prefer)]
+    #[case::unencoded_at_in_password("postgres://u:p@ss@h:1/d", "u", Some("p@ss"), "h", 1, "d", SslMode::Prefer)]
     fn postgres_url_parses(
         #[case] text: &str,
         #[case] user: &str,
@@ -415,10 +311,7 @@ mod tests {
 
     #[test]
     fn postgres_url_keeps_other_parameters() {
-        let u = DbUrl::parse(
-            "postgres://u:p@h:1/d?application_name=lily%20x&sslmode=require&connect_timeout=5",
-        )
-        .unwrap();
+        let u = DbUrl::parse("postgres://u:p@h:1/d?application_name=lily%20x&sslmode=require&connect_timeout=5").unwrap();
         assert_eq!(u.param("application_name"), Some("lily x"));
         assert_eq!(u.param("connect_timeout"), Some("5"));
         assert_eq!(u.sslmode, SslMode::Require);
@@ -434,15 +327,9 @@ mod tests {
     #[case::bad_port("postgres://u:s3cret@h:99999/d", "cannot be parsed")]
     #[case::two_segments("postgres://u:s3cret@h/d/e", "more than one segment")]
     #[case::bad_utf8("postgres://u:s3cret%FF@h/d", "not utf-8")]
-    fn postgres_bad_urls_are_refused_without_quoting_them(
-        #[case] text: &str,
-        #[case] needle: &str,
-    ) {
+    fn postgres_bad_urls_are_refused_without_quoting_them(#[case] text: &str, #[case] needle: &str) {
         let e = DbUrl::parse(text).unwrap_err();
-        let all = format!(
-            "{e} {e:?} {:?}",
-            std::error::Error::source(&e).map(|s| s.to_string())
-        );
+        let all = format!("{e} {e:?} {:?}", std::error::Error::source(&e).map(|s| s.to_string()));
         assert!(all.contains(needle), "{all}");
         assert!(!all.contains("s3cret"), "{all}");
     }
@@ -450,10 +337,7 @@ mod tests {
     #[test]
     fn postgres_url_prints_redacted() {
         let u = url("a@b/c%d:e");
-        assert_eq!(
-            u.to_string(),
-            "postgres://lily_user:***@127.0.0.1:54321/lily?sslmode=require"
-        );
+        assert_eq!(u.to_string(), "postgres://lily_user:***@127.0.0.1:54321/lily?sslmode=require");
         assert!(!format!("{u:?}").contains("a@b"));
         assert!(!format!("{u:?}").contains("a%40b"));
     }

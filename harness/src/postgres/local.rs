@@ -17,10 +17,7 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 use nix::sys::signal::Signal;
 
-use super::{
-    dsn::DbUrl, free_port, tls, Endpoint, Password, Postgres, PostgresProvider, PostgresSpec,
-    Running,
-};
+use super::{dsn::DbUrl, free_port, tls, Endpoint, Password, Postgres, PostgresProvider, PostgresSpec, Running};
 use super::{HARNESS_APPLICATION_NAME, START_TIMEOUT};
 use crate::cluster::kubeconfig::write_private;
 use crate::error::{Error, Result};
@@ -48,15 +45,11 @@ pub struct Local {
 
 impl Local {
     pub fn new() -> Self {
-        Local {
-            bin_dir: std::env::var_os(BIN_ENV).map(PathBuf::from),
-        }
+        Local { bin_dir: std::env::var_os(BIN_ENV).map(PathBuf::from) }
     }
 
     pub fn with_bin_dir(dir: impl Into<PathBuf>) -> Self {
-        Local {
-            bin_dir: Some(dir.into()),
-        }
+        Local { bin_dir: Some(dir.into()) }
     }
 
     /// The binary directory to use and its major version.
@@ -64,16 +57,9 @@ impl Local {
         match &self.bin_dir {
             Some(d) => {
                 if !(d.join("initdb").is_file() && d.join("postgres").is_file()) {
-                    return Err(Error::Invalid(format!(
-                        "{} holds no initdb and postgres (named by {BIN_ENV})",
-                        d.display()
-                    )));
+                    return Err(Error::Invalid(format!("{} holds no initdb and postgres (named by {BIN_ENV})", d.display())));
                 }
-                let v = d
-                    .parent()
-                    .and_then(|p| p.file_name())
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
+                let v = d.parent().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
                 Ok((d.clone(), v))
             }
             None => newest_installed(Path::new(DEBIAN_ROOT)),
@@ -95,13 +81,9 @@ pub fn newest_installed(root: &Path) -> Result<(PathBuf, String)> {
         .flatten()
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
-            let key: Vec<u32> = name
-                .split('.')
-                .map(|p| p.parse().ok())
-                .collect::<Option<_>>()?;
+            let key: Vec<u32> = name.split('.').map(|p| p.parse().ok()).collect::<Option<_>>()?;
             let bin = e.path().join("bin");
-            (bin.join("initdb").is_file() && bin.join("postgres").is_file())
-                .then_some((key, name, bin))
+            (bin.join("initdb").is_file() && bin.join("postgres").is_file()).then_some((key, name, bin))
         })
         .collect();
     found.sort();
@@ -126,18 +108,15 @@ fn unprivileged() -> Result<Option<(u32, u32)>> {
 
 fn chown(path: &Path, owner: Option<(u32, u32)>) -> Result<()> {
     if let Some((uid, gid)) = owner {
-        nix::unistd::chown(path, Some(uid.into()), Some(gid.into())).map_err(|e| Error::Io {
-            what: format!("give {} to user `{UNPRIVILEGED_USER}`", path.display()),
-            source: e.into(),
-        })?;
+        nix::unistd::chown(path, Some(uid.into()), Some(gid.into()))
+            .map_err(|e| Error::Io { what: format!("give {} to user `{UNPRIVILEGED_USER}`", path.display()), source: e.into() })?;
     }
     Ok(())
 }
 
 fn write_owned(path: &Path, data: &[u8], mode: u32, owner: Option<(u32, u32)>) -> Result<()> {
     write_private(path, data)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(Error::io(format!("chmod {}", path.display())))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(Error::io(format!("chmod {}", path.display())))?;
     chown(path, owner)
 }
 
@@ -146,18 +125,13 @@ impl PostgresProvider for Local {
         "local"
     }
 
-    fn start<'a>(
-        &'a self,
-        spec: &'a PostgresSpec,
-        run: &'a Run,
-    ) -> BoxFuture<'a, Result<Postgres>> {
+    fn start<'a>(&'a self, spec: &'a PostgresSpec, run: &'a Run) -> BoxFuture<'a, Result<Postgres>> {
         Box::pin(async move {
             let (bin, major) = self.binaries()?;
             let owner = unprivileged()?;
             let dir = run.subdir("postgres")?;
             let data = dir.join("data");
-            std::fs::create_dir_all(&data)
-                .map_err(Error::io(format!("create {}", data.display())))?;
+            std::fs::create_dir_all(&data).map_err(Error::io(format!("create {}", data.display())))?;
             std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700))
                 .map_err(Error::io(format!("chmod {}", data.display())))?;
             chown(&data, owner)?;
@@ -167,52 +141,24 @@ impl PostgresProvider for Local {
 
             let ca_pem = if spec.tls {
                 let ca = pki::Ca::new("lily-e2e-postgres-ca")?;
-                let pair = ca.issue(
-                    "lily-e2e-postgres",
-                    &[],
-                    &["127.0.0.1", "localhost"],
-                    Usage::Server,
-                )?;
-                write_owned(
-                    &data.join("server.crt"),
-                    pair.cert_pem.as_bytes(),
-                    0o644,
-                    owner,
-                )?;
-                write_owned(
-                    &data.join("server.key"),
-                    pair.key_pem.as_bytes(),
-                    0o600,
-                    owner,
-                )?;
+                let pair = ca.issue("lily-e2e-postgres", &[], &["127.0.0.1", "localhost"], Usage::Server)?;
+                write_owned(&data.join("server.crt"), pair.cert_pem.as_bytes(), 0o644, owner)?;
+                write_owned(&data.join("server.key"), pair.key_pem.as_bytes(), 0o600, owner)?;
                 Some(ca.cert_pem())
             } else {
                 None
             };
-            write_owned(
-                &data.join("pg_hba.conf"),
-                pg_hba(spec.tls).as_bytes(),
-                0o600,
-                owner,
-            )?;
+            write_owned(&data.join("pg_hba.conf"), pg_hba(spec.tls).as_bytes(), 0o600, owner)?;
             append_conf(&data.join("postgresql.conf"), &server_conf(spec.tls))?;
 
             let mut last_err = None;
             for _ in 0..PORT_ATTEMPTS {
                 let port = free_port()?;
                 let child = ChildSpec::new("postgres", bin.join("postgres"))
-                    .args([
-                        OsString::from("-D"),
-                        data.clone().into(),
-                        "-p".into(),
-                        port.to_string().into(),
-                    ])
+                    .args([OsString::from("-D"), data.clone().into(), "-p".into(), port.to_string().into()])
                     .env("LC_ALL", "C")
                     .stop_signal(Signal::SIGINT);
-                let mut child = ChildSpec {
-                    cwd: Some(data.clone()),
-                    ..child
-                };
+                let mut child = ChildSpec { cwd: Some(data.clone()), ..child };
                 if let Some((uid, gid)) = owner {
                     child = child.user(uid, gid);
                 }
@@ -228,25 +174,13 @@ impl PostgresProvider for Local {
                 };
                 match ready(&mut server, &endpoint, START_TIMEOUT).await {
                     Ok(version) => {
-                        let endpoint = Endpoint {
-                            version,
-                            ..endpoint
-                        };
+                        let endpoint = Endpoint { version, ..endpoint };
                         tracing::debug!(port, pid = server.pid(), "postgresql is ready");
-                        return Ok(Postgres::new(
-                            "local",
-                            endpoint,
-                            Box::new(LocalServer { server }),
-                        ));
+                        return Ok(Postgres::new("local", endpoint, Box::new(LocalServer { server })));
                     }
-                    Err(Error::ChildExited { tail, .. })
-                        if tail.contains("could not bind") || tail.contains("already in use") =>
-                    {
+                    Err(Error::ChildExited { tail, .. }) if tail.contains("could not bind") || tail.contains("already in use") => {
                         // Someone took the port between our probe and the server's bind.
-                        last_err = Some(Error::PortBusy {
-                            port,
-                            what: "postgresql".into(),
-                        });
+                        last_err = Some(Error::PortBusy { port, what: "postgresql".into() });
                         server.terminate().await?;
                     }
                     Err(e) => {
@@ -263,8 +197,7 @@ impl PostgresProvider for Local {
 /// pg_hba.conf: passwords (scram-sha-256) over TCP on loopback; without TLS refused when
 /// TLS is on. No Unix socket lines: the server has none.
 pub fn pg_hba(tls: bool) -> String {
-    let mut s =
-        String::from("# written by lily-e2e\n# TYPE     DATABASE USER ADDRESS      METHOD\n");
+    let mut s = String::from("# written by lily-e2e\n# TYPE     DATABASE USER ADDRESS      METHOD\n");
     if tls {
         s.push_str("hostssl    all      all  127.0.0.1/32 scram-sha-256\n");
         s.push_str("hostssl    all      all  ::1/128      scram-sha-256\n");
@@ -303,24 +236,13 @@ pub fn server_conf(tls: bool) -> String {
 
 fn append_conf(path: &Path, text: &str) -> Result<()> {
     use std::io::Write;
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .open(path)
-        .map_err(Error::io(format!("open {}", path.display())))?;
-    f.write_all(text.as_bytes())
-        .map_err(Error::io(format!("write {}", path.display())))
+    let mut f = std::fs::OpenOptions::new().append(true).open(path).map_err(Error::io(format!("open {}", path.display())))?;
+    f.write_all(text.as_bytes()).map_err(Error::io(format!("write {}", path.display())))
 }
 
 /// Runs initdb (as `owner`), the superuser's password given in a file that is removed
 /// afterwards whatever happens.
-async fn initdb(
-    bin: &Path,
-    dir: &Path,
-    data: &Path,
-    password: &Password,
-    owner: Option<(u32, u32)>,
-    run: &Run,
-) -> Result<()> {
+async fn initdb(bin: &Path, dir: &Path, data: &Path, password: &Password, owner: Option<(u32, u32)>, run: &Run) -> Result<()> {
     let pwfile = dir.join("pwfile");
     struct Remove<'a>(&'a Path);
     impl Drop for Remove<'_> {
@@ -345,31 +267,12 @@ async fn initdb(
     ];
     let out = run_as(&bin.join("initdb"), &args, owner, dir, run, INITDB_TIMEOUT)
         .await
-        .map_err(|e| Error::Tool {
-            what: format!("cannot run {}", bin.join("initdb").display()),
-            source: Some(Box::new(e)),
-        })?;
+        .map_err(|e| Error::Tool { what: format!("cannot run {}", bin.join("initdb").display()), source: Some(Box::new(e)) })?;
     if !out.status.success() {
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let tail: Vec<&str> = text
-            .lines()
-            .rev()
-            .take(15)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let tail: Vec<&str> = text.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect();
         return Err(Error::Tool {
-            what: format!(
-                "initdb failed ({}) for {}:\n{}",
-                out.status,
-                data.display(),
-                tail.join("\n")
-            ),
+            what: format!("initdb failed ({}) for {}:\n{}", out.status, data.display(), tail.join("\n")),
             source: None,
         });
     }
@@ -386,10 +289,7 @@ pub(crate) async fn run_as(
     run: &Run,
     timeout: Duration,
 ) -> std::io::Result<std::process::Output> {
-    let env = [
-        (OsString::from(RUN_ENV), OsString::from(run.id().as_str())),
-        (OsString::from("LC_ALL"), OsString::from("C")),
-    ];
+    let env = [(OsString::from(RUN_ENV), OsString::from(run.id().as_str())), (OsString::from("LC_ALL"), OsString::from("C"))];
     crate::process::run_command_as(program, args, &env, Some(cwd), user, timeout).await
 }
 
@@ -397,19 +297,8 @@ pub(crate) async fn run_as(
 /// 100 ms under a deadline and raced against the server exiting. Returns the server's
 /// version.
 async fn ready(server: &mut Supervised, endpoint: &Endpoint, timeout: Duration) -> Result<String> {
-    let mode = if endpoint.tls {
-        super::SslMode::Require
-    } else {
-        super::SslMode::Disable
-    };
-    let url = DbUrl::new(
-        &endpoint.superuser,
-        Some(endpoint.superuser_password.clone()),
-        &endpoint.host,
-        endpoint.port,
-        "postgres",
-        mode,
-    );
+    let mode = if endpoint.tls { super::SslMode::Require } else { super::SslMode::Disable };
+    let url = DbUrl::new(&endpoint.superuser, Some(endpoint.superuser_password.clone()), &endpoint.host, endpoint.port, "postgres", mode);
     probe_until_ready(&url, endpoint.ca_pem.as_deref(), timeout, server.exited()).await
 }
 
@@ -426,14 +315,7 @@ pub(crate) async fn probe_until_ready(
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         loop {
             tick.tick().await;
-            let last = match tls::connect(
-                url,
-                Some(HARNESS_APPLICATION_NAME),
-                ca_pem,
-                Duration::from_secs(2),
-            )
-            .await
-            {
+            let last = match tls::connect(url, Some(HARNESS_APPLICATION_NAME), ca_pem, Duration::from_secs(2)).await {
                 Ok(client) => match client.query_one("SHOW server_version", &[]).await {
                     Ok(row) => return Ok(row.get::<_, String>(0)),
                     Err(e) => e.to_string(),
@@ -442,10 +324,7 @@ pub(crate) async fn probe_until_ready(
             };
             if Instant::now() >= deadline {
                 return Err(Error::Timeout {
-                    what: format!(
-                        "postgresql on {}:{} to accept a session",
-                        url.host, url.port
-                    ),
+                    what: format!("postgresql on {}:{} to accept a session", url.host, url.port),
                     after: timeout,
                     last_seen: last,
                 });
@@ -494,9 +373,7 @@ mod tests {
         let empty = tempfile::tempdir().unwrap();
         let e = newest_installed(empty.path()).unwrap_err().to_string();
         assert!(e.contains("apt-get install postgresql"), "{e}");
-        let e = newest_installed(Path::new("/nonexistent/lily-e2e"))
-            .unwrap_err()
-            .to_string();
+        let e = newest_installed(Path::new("/nonexistent/lily-e2e")).unwrap_err().to_string();
         assert!(e.contains("apt-get install postgresql"), "{e}");
     }
 
@@ -505,9 +382,7 @@ mod tests {
         let on = pg_hba(true);
         assert!(on.contains("hostssl    all      all  127.0.0.1/32 scram-sha-256"));
         assert!(on.contains("hostnossl  all      all  0.0.0.0/0    reject"));
-        assert!(!on
-            .lines()
-            .any(|l| l.starts_with("host ") || l.starts_with("local")));
+        assert!(!on.lines().any(|l| l.starts_with("host ") || l.starts_with("local")));
         assert!(pg_hba(false).contains("host       all      all  127.0.0.1/32 scram-sha-256"));
         assert!(server_conf(true).contains("ssl = on"));
         assert!(server_conf(true).contains("unix_socket_directories = ''"));

@@ -61,10 +61,7 @@ impl Password {
         use rand::distr::{Alphanumeric, SampleString};
         use rand::seq::SliceRandom;
         let mut rng = rand::rng();
-        let mut chars: Vec<char> = Alphanumeric
-            .sample_string(&mut rng, 24 - PASSWORD_SPECIALS.len())
-            .chars()
-            .collect();
+        let mut chars: Vec<char> = Alphanumeric.sample_string(&mut rng, 24 - PASSWORD_SPECIALS.len()).chars().collect();
         chars.extend(PASSWORD_SPECIALS);
         chars.shuffle(&mut rng);
         Password(chars.into_iter().collect())
@@ -121,8 +118,7 @@ impl Default for PostgresSpec {
 /// Something that can start PostgreSQL servers.
 pub trait PostgresProvider: Send + Sync {
     fn name(&self) -> &'static str;
-    fn start<'a>(&'a self, spec: &'a PostgresSpec, run: &'a Run)
-        -> BoxFuture<'a, Result<Postgres>>;
+    fn start<'a>(&'a self, spec: &'a PostgresSpec, run: &'a Run) -> BoxFuture<'a, Result<Postgres>>;
 }
 
 /// The provider-specific part of a running server.
@@ -175,11 +171,7 @@ impl std::fmt::Debug for Postgres {
 
 impl Postgres {
     pub fn new(provider: &'static str, endpoint: Endpoint, running: Box<dyn Running>) -> Self {
-        Postgres {
-            provider,
-            endpoint,
-            running: Some(running),
-        }
+        Postgres { provider, endpoint, running: Some(running) }
     }
 
     /// The host as the harness reaches it. For what to put in a Secret, see
@@ -217,37 +209,16 @@ impl Postgres {
     /// The superuser's URL (`sslmode=require` with TLS, `disable` without).
     pub fn superuser_url(&self) -> DbUrl {
         let e = &self.endpoint;
-        let mode = if e.tls {
-            SslMode::Require
-        } else {
-            SslMode::Disable
-        };
-        DbUrl::new(
-            &e.superuser,
-            Some(e.superuser_password.clone()),
-            &e.host,
-            e.port,
-            "postgres",
-            mode,
-        )
+        let mode = if e.tls { SslMode::Require } else { SslMode::Disable };
+        DbUrl::new(&e.superuser, Some(e.superuser_password.clone()), &e.host, e.port, "postgres", mode)
     }
 
     /// A session as the superuser, for setup and inspection.
     pub async fn superuser_client(&self) -> Result<tokio_postgres::Client> {
         let url = self.superuser_url();
-        tls::connect(
-            &url,
-            Some(HARNESS_APPLICATION_NAME),
-            self.ca_pem(),
-            Duration::from_secs(10),
-        )
-        .await
-        .map_err(|e| {
-            e.into_error(format!(
-                "cannot connect to postgresql at {}:{} as the superuser",
-                url.host, url.port
-            ))
-        })
+        tls::connect(&url, Some(HARNESS_APPLICATION_NAME), self.ca_pem(), Duration::from_secs(10))
+            .await
+            .map_err(|e| e.into_error(format!("cannot connect to postgresql at {}:{} as the superuser", url.host, url.port)))
     }
 
     /// A scenario's own database: a role `<name>_user` with a fresh random password that
@@ -261,36 +232,17 @@ impl Postgres {
         let verifier = password.scram_verifier();
         // The verifier is base64, digits and `$:=+/`: no quote can end the literal.
         debug_assert!(!verifier.contains('\''));
-        let role_sql = format!(
-            "CREATE ROLE {} LOGIN PASSWORD '{verifier}'",
-            quote_ident(&user)
-        );
+        let role_sql = format!("CREATE ROLE {} LOGIN PASSWORD '{verifier}'", quote_ident(&user));
         client
             .batch_execute(&role_sql)
             .await
-            .map_err(|e| Error::Postgres {
-                what: format!("cannot create role `{user}`"),
-                source: Some(Box::new(e)),
-            })?;
-        let db_sql = format!(
-            "CREATE DATABASE {} OWNER {}",
-            quote_ident(name),
-            quote_ident(&user)
-        );
+            .map_err(|e| Error::Postgres { what: format!("cannot create role `{user}`"), source: Some(Box::new(e)) })?;
+        let db_sql = format!("CREATE DATABASE {} OWNER {}", quote_ident(name), quote_ident(&user));
         client
             .batch_execute(&db_sql)
             .await
-            .map_err(|e| Error::Postgres {
-                what: format!("cannot create database `{name}`"),
-                source: Some(Box::new(e)),
-            })?;
-        Ok(Database {
-            name: name.to_string(),
-            user,
-            password,
-            host: self.endpoint.host.clone(),
-            port: self.endpoint.port,
-        })
+            .map_err(|e| Error::Postgres { what: format!("cannot create database `{name}`"), source: Some(Box::new(e)) })?;
+        Ok(Database { name: name.to_string(), user, password, host: self.endpoint.host.clone(), port: self.endpoint.port })
     }
 
     /// Stops the server and waits for it.
@@ -334,14 +286,7 @@ impl Database {
     /// The database's URL with another host (what a pod would use; see
     /// [`secret::pod_host`]).
     pub fn url_with_host(&self, host: &str, sslmode: SslMode) -> DbUrl {
-        DbUrl::new(
-            &self.user,
-            Some(self.password.clone()),
-            host,
-            self.port,
-            &self.name,
-            sslmode,
-        )
+        DbUrl::new(&self.user, Some(self.password.clone()), host, self.port, &self.name, sslmode)
     }
 }
 
@@ -350,9 +295,7 @@ pub fn provider(name: &str) -> Result<Box<dyn PostgresProvider>> {
     match name {
         "local" => Ok(Box::new(local::Local::new())),
         "container" => Ok(Box::new(container::Container::from_env()?)),
-        other => Err(Error::Invalid(format!(
-            "unknown postgres provider `{other}`; choose local or container"
-        ))),
+        other => Err(Error::Invalid(format!("unknown postgres provider `{other}`; choose local or container"))),
     }
 }
 
@@ -361,15 +304,11 @@ pub fn validate_identifier(name: &str, what: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 40
         && name.starts_with(|c: char| c.is_ascii_lowercase())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
     if ok {
         Ok(())
     } else {
-        Err(Error::Invalid(format!(
-            "{what} `{name}` is not a lowercase identifier ([a-z][a-z0-9_]*, at most 40 characters)"
-        )))
+        Err(Error::Invalid(format!("{what} `{name}` is not a lowercase identifier ([a-z][a-z0-9_]*, at most 40 characters)")))
     }
 }
 
@@ -380,11 +319,8 @@ pub fn quote_ident(name: &str) -> String {
 
 /// A free port on 127.0.0.1 (bound, then released: the caller retries if it is taken).
 pub(crate) fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind(("127.0.0.1", 0))
-        .map_err(Error::io("bind a loopback port for postgresql"))?;
-    Ok(l.local_addr()
-        .map_err(Error::io("read a socket address"))?
-        .port())
+    let l = std::net::TcpListener::bind(("127.0.0.1", 0)).map_err(Error::io("bind a loopback port for postgresql"))?;
+    Ok(l.local_addr().map_err(Error::io("read a socket address"))?.port())
 }
 
 #[cfg(test)]
@@ -397,13 +333,7 @@ mod tests {
         assert_eq!(format!("{p}"), "***");
         assert_eq!(format!("{p:?}"), "***");
         assert_eq!(serde_json::to_string(&p).unwrap(), "\"***\"");
-        let db = Database {
-            name: "d".into(),
-            user: "d_user".into(),
-            password: p.clone(),
-            host: "127.0.0.1".into(),
-            port: 1,
-        };
+        let db = Database { name: "d".into(), user: "d_user".into(), password: p.clone(), host: "127.0.0.1".into(), port: 1 };
         assert!(!format!("{db:?}").contains(p.expose()));
     }
 
@@ -416,10 +346,7 @@ mod tests {
         for c in PASSWORD_SPECIALS {
             assert!(a.expose().contains(c), "missing {c:?}");
         }
-        assert!(a
-            .expose()
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || PASSWORD_SPECIALS.contains(&c)));
+        assert!(a.expose().chars().all(|c| c.is_ascii_alphanumeric() || PASSWORD_SPECIALS.contains(&c)));
     }
 
     #[test]

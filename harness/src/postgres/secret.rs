@@ -120,18 +120,10 @@ impl StorageSecret {
                 ..Default::default()
             },
             type_: Some("Opaque".into()),
-            data: Some(BTreeMap::from([(
-                key.to_string(),
-                ByteString(url.expose().into_bytes()),
-            )])),
+            data: Some(BTreeMap::from([(key.to_string(), ByteString(url.expose().into_bytes()))])),
             ..Default::default()
         };
-        StorageSecret {
-            name: name.into(),
-            namespace: namespace.into(),
-            key: key.into(),
-            object,
-        }
+        StorageSecret { name: name.into(), namespace: namespace.into(), key: key.into(), object }
     }
 
     /// The object to create (it holds the password: never print it).
@@ -144,10 +136,7 @@ impl StorageSecret {
         let api: Api<Secret> = Api::namespaced(client.clone(), &self.namespace);
         api.create(&PostParams::default(), &self.object)
             .await
-            .map_err(Error::kube(format!(
-                "create secret {}/{}",
-                self.namespace, self.name
-            )))?;
+            .map_err(Error::kube(format!("create secret {}/{}", self.namespace, self.name)))?;
         Ok(())
     }
 }
@@ -173,28 +162,13 @@ mod tests {
     fn postgres_secret_is_what_kubectl_create_secret_generic_makes() {
         let run = RunId::new();
         let pw = Password::new("p@ss/w%rd:1");
-        let url = DbUrl::new(
-            "scenario_user",
-            Some(pw.clone()),
-            "127.0.0.1",
-            40000,
-            "scenario",
-            SslMode::Require,
-        );
+        let url = DbUrl::new("scenario_user", Some(pw.clone()), "127.0.0.1", 40000, "scenario", SslMode::Require);
         let s = StorageBinding::new("lily-db").secret("lily", &run, &url);
         let v = serde_json::to_value(s.object()).unwrap();
         let b64 = v["data"]["url"].as_str().unwrap();
         use base64::Engine;
-        let decoded = String::from_utf8(
-            base64::engine::general_purpose::STANDARD
-                .decode(b64)
-                .unwrap(),
-        )
-        .unwrap();
-        assert_eq!(
-            decoded,
-            "postgres://scenario_user:p%40ss%2Fw%25rd%3A1@127.0.0.1:40000/scenario?sslmode=require"
-        );
+        let decoded = String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b64).unwrap()).unwrap();
+        assert_eq!(decoded, "postgres://scenario_user:p%40ss%2Fw%25rd%3A1@127.0.0.1:40000/scenario?sslmode=require");
         assert_eq!(DbUrl::parse(&decoded).unwrap(), url);
         assert_eq!(v["type"], "Opaque");
         assert_eq!(v["metadata"]["name"], "lily-db");
@@ -203,10 +177,7 @@ mod tests {
         assert_eq!(v["data"].as_object().unwrap().len(), 1);
         assert!(v.get("stringData").is_none());
         let dbg = format!("{s:?}");
-        assert!(
-            !dbg.contains("p@ss") && !dbg.contains("p%40ss") && !dbg.contains(b64),
-            "{dbg}"
-        );
+        assert!(!dbg.contains("p@ss") && !dbg.contains("p%40ss") && !dbg.contains(b64), "{dbg}");
     }
 
     #[test]

@@ -17,9 +17,7 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
-};
+use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio_postgres::error::SqlState;
 
 use super::dsn::{DbUrl, SslMode};
@@ -58,18 +56,9 @@ impl ConnectError {
     /// The crate error: `what` as the message, this as its source.
     pub fn into_error(self, what: String) -> Error {
         match self {
-            ConnectError::Setup(e) => Error::Postgres {
-                what,
-                source: Some(Box::new(e)),
-            },
-            ConnectError::Postgres(e) => Error::Postgres {
-                what,
-                source: Some(Box::new(e)),
-            },
-            ConnectError::TimedOut(d) => Error::Postgres {
-                what: format!("{what}: no answer within {}s", d.as_secs()),
-                source: None,
-            },
+            ConnectError::Setup(e) => Error::Postgres { what, source: Some(Box::new(e)) },
+            ConnectError::Postgres(e) => Error::Postgres { what, source: Some(Box::new(e)) },
+            ConnectError::TimedOut(d) => Error::Postgres { what: format!("{what}: no answer within {}s", d.as_secs()), source: None },
         }
     }
 }
@@ -98,18 +87,11 @@ pub async fn connect(
     timeout: Duration,
 ) -> std::result::Result<tokio_postgres::Client, ConnectError> {
     let mut cfg = tokio_postgres::Config::new();
-    cfg.user(&url.user)
-        .host(&url.host)
-        .port(url.port)
-        .dbname(&url.database)
-        .connect_timeout(timeout)
-        .ssl_mode(match url.sslmode {
-            SslMode::Disable => tokio_postgres::config::SslMode::Disable,
-            SslMode::Allow | SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
-            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
-                tokio_postgres::config::SslMode::Require
-            }
-        });
+    cfg.user(&url.user).host(&url.host).port(url.port).dbname(&url.database).connect_timeout(timeout).ssl_mode(match url.sslmode {
+        SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+        SslMode::Allow | SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+        SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => tokio_postgres::config::SslMode::Require,
+    });
     if let Some(p) = &url.password {
         cfg.password(p.expose());
     }
@@ -118,18 +100,13 @@ pub async fn connect(
     }
     let fut = async {
         if url.sslmode == SslMode::Disable {
-            let (client, conn) = cfg
-                .connect(tokio_postgres::NoTls)
-                .await
-                .map_err(ConnectError::Postgres)?;
+            let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.map_err(ConnectError::Postgres)?;
             tokio::spawn(async move {
                 let _ = conn.await;
             });
             Ok(client)
         } else {
-            let tls = tokio_postgres_rustls::MakeRustlsConnect::new(
-                client_config(url.sslmode, ca_pem).map_err(ConnectError::Setup)?,
-            );
+            let tls = tokio_postgres_rustls::MakeRustlsConnect::new(client_config(url.sslmode, ca_pem).map_err(ConnectError::Setup)?);
             let (client, conn) = cfg.connect(tls).await.map_err(ConnectError::Postgres)?;
             tokio::spawn(async move {
                 let _ = conn.await;
@@ -154,27 +131,15 @@ pub fn client_config(mode: SslMode, ca_pem: Option<&str>) -> Result<ClientConfig
     let provider = provider();
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| Error::Postgres {
-            what: "cannot configure tls".into(),
-            source: Some(Box::new(e)),
-        })?;
+        .map_err(|e| Error::Postgres { what: "cannot configure tls".into(), source: Some(Box::new(e)) })?;
     let verifier: Arc<dyn ServerCertVerifier> = match mode {
-        SslMode::Disable | SslMode::Allow | SslMode::Prefer | SslMode::Require => {
-            Arc::new(NoVerification(provider))
-        }
+        SslMode::Disable | SslMode::Allow | SslMode::Prefer | SslMode::Require => Arc::new(NoVerification(provider)),
         SslMode::VerifyCa | SslMode::VerifyFull => {
-            let ca = ca_pem.ok_or_else(|| {
-                Error::Invalid(format!(
-                    "sslmode={mode} needs the CA certificate that issued the server's certificate"
-                ))
-            })?;
-            let webpki =
-                WebPkiServerVerifier::builder_with_provider(Arc::new(roots(ca)?), provider)
-                    .build()
-                    .map_err(|e| Error::Postgres {
-                        what: "cannot build a certificate verifier".into(),
-                        source: Some(Box::new(e)),
-                    })?;
+            let ca = ca_pem
+                .ok_or_else(|| Error::Invalid(format!("sslmode={mode} needs the CA certificate that issued the server's certificate")))?;
+            let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots(ca)?), provider)
+                .build()
+                .map_err(|e| Error::Postgres { what: "cannot build a certificate verifier".into(), source: Some(Box::new(e)) })?;
             if mode == SslMode::VerifyCa {
                 Arc::new(ChainOnly(webpki))
             } else {
@@ -182,29 +147,18 @@ pub fn client_config(mode: SslMode, ca_pem: Option<&str>) -> Result<ClientConfig
             }
         }
     };
-    Ok(builder
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth())
+    Ok(builder.dangerous().with_custom_certificate_verifier(verifier).with_no_client_auth())
 }
 
 /// A root store holding every certificate in `pem`.
 pub fn roots(pem: &str) -> Result<RootCertStore> {
     let mut store = RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
-        let cert = cert.map_err(|e| Error::Postgres {
-            what: "cannot read the CA certificate (pem)".into(),
-            source: Some(Box::new(e)),
-        })?;
-        store.add(cert).map_err(|e| Error::Postgres {
-            what: "cannot use the CA certificate".into(),
-            source: Some(Box::new(e)),
-        })?;
+        let cert = cert.map_err(|e| Error::Postgres { what: "cannot read the CA certificate (pem)".into(), source: Some(Box::new(e)) })?;
+        store.add(cert).map_err(|e| Error::Postgres { what: "cannot use the CA certificate".into(), source: Some(Box::new(e)) })?;
     }
     if store.is_empty() {
-        return Err(Error::Invalid(
-            "the CA certificate pem holds no certificate".into(),
-        ));
+        return Err(Error::Invalid("the CA certificate pem holds no certificate".into()));
     }
     Ok(store)
 }
@@ -232,12 +186,7 @@ impl ServerCertVerifier for NoVerification {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
@@ -246,12 +195,7 @@ impl ServerCertVerifier for NoVerification {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -272,13 +216,10 @@ impl ServerCertVerifier for ChainOnly {
         ocsp: &[u8],
         now: UnixTime,
     ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
-        {
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
+        match self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
+            Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. })) => {
+                Ok(ServerCertVerified::assertion())
+            }
             other => other,
         }
     }
@@ -324,11 +265,7 @@ mod tests {
     fn postgres_verify_modes_need_a_ca() {
         assert!(client_config(SslMode::Require, None).is_ok());
         let e = client_config(SslMode::VerifyFull, None).unwrap_err();
-        assert!(
-            e.to_string()
-                .contains("sslmode=verify-full needs the CA certificate"),
-            "{e}"
-        );
+        assert!(e.to_string().contains("sslmode=verify-full needs the CA certificate"), "{e}");
         let ca = crate::pki::Ca::new("t").unwrap();
         assert!(client_config(SslMode::VerifyCa, Some(&ca.cert_pem())).is_ok());
         assert!(roots("nothing here").is_err());

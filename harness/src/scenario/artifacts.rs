@@ -8,9 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{
-    Event, Node, PersistentVolume, PersistentVolumeClaim, Pod, Secret,
-};
+use k8s_openapi::api::core::v1::{Event, Node, PersistentVolume, PersistentVolumeClaim, Pod, Secret};
 use k8s_openapi::api::storage::v1::VolumeAttachment;
 use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
@@ -28,23 +26,14 @@ pub struct Collector<'a> {
 
 impl<'a> Collector<'a> {
     pub fn new(client: &'a Client, namespace: &'a str, dir: PathBuf) -> Result<Self> {
-        std::fs::create_dir_all(&dir).map_err(Error::io(format!(
-            "create artifacts directory {}",
-            dir.display()
-        )))?;
-        Ok(Collector {
-            client,
-            namespace,
-            dir,
-            notes: Vec::new(),
-        })
+        std::fs::create_dir_all(&dir).map_err(Error::io(format!("create artifacts directory {}", dir.display())))?;
+        Ok(Collector { client, namespace, dir, notes: Vec::new() })
     }
 
     fn write(&mut self, name: &str, text: &str) {
         let p = self.dir.join(name);
         if let Err(e) = std::fs::write(&p, text) {
-            self.notes
-                .push(format!("cannot write {}: {e}", p.display()));
+            self.notes.push(format!("cannot write {}: {e}", p.display()));
         }
     }
 
@@ -73,15 +62,8 @@ impl<'a> Collector<'a> {
     pub async fn collect(mut self, helm: Vec<(String, String)>, logs: &[PathBuf]) -> PathBuf {
         let c = self.client.clone();
         let ns = self.namespace;
-        let mut events = self
-            .list(Api::<Event>::namespaced(c.clone(), ns), "events")
-            .await;
-        events.sort_by_key(|e| {
-            e.last_timestamp
-                .as_ref()
-                .map(|t| t.0)
-                .or(e.event_time.as_ref().map(|t| t.0))
-        });
+        let mut events = self.list(Api::<Event>::namespaced(c.clone(), ns), "events").await;
+        events.sort_by_key(|e| e.last_timestamp.as_ref().map(|t| t.0).or(e.event_time.as_ref().map(|t| t.0)));
         let ev_text: String = events
             .iter()
             .map(|e| {
@@ -98,9 +80,7 @@ impl<'a> Collector<'a> {
             .collect();
         self.write("events.txt", &ev_text);
 
-        let pods = self
-            .list(Api::<Pod>::namespaced(c.clone(), ns), "pods")
-            .await;
+        let pods = self.list(Api::<Pod>::namespaced(c.clone(), ns), "pods").await;
         let mut describe = String::new();
         for p in &pods {
             describe.push_str(&describe_pod(p, &events));
@@ -108,45 +88,22 @@ impl<'a> Collector<'a> {
         }
         self.write("pods.txt", &describe);
         self.write_yaml("pods.yaml", &pods);
-        let sts = self
-            .list(
-                Api::<StatefulSet>::namespaced(c.clone(), ns),
-                "statefulsets",
-            )
-            .await;
+        let sts = self.list(Api::<StatefulSet>::namespaced(c.clone(), ns), "statefulsets").await;
         self.write_yaml("statefulsets.yaml", &sts);
-        let pvcs = self
-            .list(
-                Api::<PersistentVolumeClaim>::namespaced(c.clone(), ns),
-                "persistentvolumeclaims",
-            )
-            .await;
+        let pvcs = self.list(Api::<PersistentVolumeClaim>::namespaced(c.clone(), ns), "persistentvolumeclaims").await;
         self.write_yaml("persistentvolumeclaims.yaml", &pvcs);
-        let pvs = self
-            .list(Api::<PersistentVolume>::all(c.clone()), "persistentvolumes")
-            .await;
+        let pvs = self.list(Api::<PersistentVolume>::all(c.clone()), "persistentvolumes").await;
         self.write_yaml("persistentvolumes.yaml", &pvs);
-        let vas = self
-            .list(Api::<VolumeAttachment>::all(c.clone()), "volumeattachments")
-            .await;
+        let vas = self.list(Api::<VolumeAttachment>::all(c.clone()), "volumeattachments").await;
         self.write_yaml("volumeattachments.yaml", &vas);
         let nodes = self.list(Api::<Node>::all(c.clone()), "nodes").await;
         self.write_yaml("nodes.yaml", &nodes);
         // Secrets: names and keys only.
-        let secrets = self
-            .list(Api::<Secret>::namespaced(c.clone(), ns), "secrets")
-            .await;
+        let secrets = self.list(Api::<Secret>::namespaced(c.clone(), ns), "secrets").await;
         let names: Vec<String> = secrets
             .iter()
             .map(|s| {
-                format!(
-                    "{} keys={:?}",
-                    s.name_any(),
-                    s.data
-                        .as_ref()
-                        .map(|d| d.keys().cloned().collect::<Vec<_>>())
-                        .unwrap_or_default()
-                )
+                format!("{} keys={:?}", s.name_any(), s.data.as_ref().map(|d| d.keys().cloned().collect::<Vec<_>>()).unwrap_or_default())
             })
             .collect();
         self.write("secrets.txt", &names.join("\n"));
@@ -174,53 +131,25 @@ impl<'a> Collector<'a> {
 pub fn describe_pod(p: &Pod, events: &[Event]) -> String {
     let mut s = format!("Pod {}\n", p.name_any());
     let st = p.status.clone().unwrap_or_default();
-    s.push_str(&format!(
-        "  Phase: {}\n",
-        st.phase.as_deref().unwrap_or("?")
-    ));
-    s.push_str(&format!(
-        "  Node: {}\n",
-        p.spec
-            .as_ref()
-            .and_then(|s| s.node_name.as_deref())
-            .unwrap_or("<none>")
-    ));
+    s.push_str(&format!("  Phase: {}\n", st.phase.as_deref().unwrap_or("?")));
+    s.push_str(&format!("  Node: {}\n", p.spec.as_ref().and_then(|s| s.node_name.as_deref()).unwrap_or("<none>")));
     if let Some(vols) = p.spec.as_ref().and_then(|s| s.volumes.as_ref()) {
         for v in vols {
             if let Some(c) = &v.persistent_volume_claim {
-                s.push_str(&format!(
-                    "  Volume {}: ClaimName: {}\n",
-                    v.name, c.claim_name
-                ));
+                s.push_str(&format!("  Volume {}: ClaimName: {}\n", v.name, c.claim_name));
             }
         }
     }
     for c in st.conditions.unwrap_or_default() {
-        s.push_str(&format!(
-            "  Condition {}={} {} {}\n",
-            c.type_,
-            c.status,
-            c.reason.unwrap_or_default(),
-            c.message.unwrap_or_default()
-        ));
+        s.push_str(&format!("  Condition {}={} {} {}\n", c.type_, c.status, c.reason.unwrap_or_default(), c.message.unwrap_or_default()));
     }
-    for cs in st
-        .init_container_statuses
-        .unwrap_or_default()
-        .into_iter()
-        .chain(st.container_statuses.unwrap_or_default())
+    for cs in st.init_container_statuses.unwrap_or_default().into_iter().chain(st.container_statuses.unwrap_or_default()) {
+        s.push_str(&format!("  Container {} ready={} state={}\n", cs.name, cs.ready, serde_json::to_string(&cs.state).unwrap_or_default()));
+    }
+    for e in events
+        .iter()
+        .filter(|e| e.involved_object.kind.as_deref() == Some("Pod") && e.involved_object.name.as_deref() == Some(&p.name_any()))
     {
-        s.push_str(&format!(
-            "  Container {} ready={} state={}\n",
-            cs.name,
-            cs.ready,
-            serde_json::to_string(&cs.state).unwrap_or_default()
-        ));
-    }
-    for e in events.iter().filter(|e| {
-        e.involved_object.kind.as_deref() == Some("Pod")
-            && e.involved_object.name.as_deref() == Some(&p.name_any())
-    }) {
         s.push_str(&format!(
             "  Event {} {}: {}\n",
             e.type_.as_deref().unwrap_or(""),

@@ -58,37 +58,20 @@ pub const CATALOGUE: &[(&str, &str, &[Wording])] = &[
 
 /// The minor version of a `v1.34.4`-style version string.
 pub fn minor(version: &str) -> Option<u32> {
-    version
-        .trim_start_matches('v')
-        .split('.')
-        .nth(1)?
-        .split(|c: char| !c.is_ascii_digit())
-        .next()?
-        .parse()
-        .ok()
+    version.trim_start_matches('v').split('.').nth(1)?.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
 }
 
 /// The reason and the wordings of `entry` that apply to `version`.
 pub fn wordings(entry: &str, version: &str) -> Option<(&'static str, Vec<Wording>)> {
     let m = minor(version)?;
     let (_, reason, ws) = CATALOGUE.iter().find(|(n, _, _)| *n == entry)?;
-    Some((
-        reason,
-        ws.iter()
-            .copied()
-            .filter(|w| w.from_minor <= m && m <= w.until_minor)
-            .collect(),
-    ))
+    Some((reason, ws.iter().copied().filter(|w| w.from_minor <= m && m <= w.until_minor).collect()))
 }
 
 /// Which wording of `entry` for `version` `message` matches, if any.
 pub fn matching(entry: &str, version: &str, message: &str) -> Option<Wording> {
     let (_, ws) = wordings(entry, version)?;
-    ws.into_iter().find(|w| {
-        Regex::new(w.pattern)
-            .map(|r| r.is_match(message))
-            .unwrap_or(false)
-    })
+    ws.into_iter().find(|w| Regex::new(w.pattern).map(|r| r.is_match(message)).unwrap_or(false))
 }
 
 pub fn names() -> Vec<&'static str> {
@@ -101,36 +84,25 @@ mod tests {
     use rstest::rstest;
 
     #[rstest]
-    #[case("v1.32.1", "0/3 nodes are available: 1 node(s) had volume node affinity conflict, 2 node(s) didn't match Pod's node affinity/selector.", true)]
     #[case(
-        "v1.34.4",
-        "0/3 nodes are available: 1 node(s) had volume node affinity conflict.",
-        false
-    )]
-    #[case("v1.34.4", "0/3 nodes are available: 2 node(s) didn't match PersistentVolume's node affinity, 1 node(s) didn't match Pod's node affinity/selector.", true)]
-    #[case(
-        "v1.33.0",
-        "0/3 nodes are available: 3 node(s) didn't match PersistentVolume's node affinity.",
+        "v1.32.1",
+        "0/3 nodes are available: 1 node(s) had volume node affinity conflict, 2 node(s) didn't match Pod's node affinity/selector.",
         true
     )]
+    #[case("v1.34.4", "0/3 nodes are available: 1 node(s) had volume node affinity conflict.", false)]
+    #[case("v1.34.4", "0/3 nodes are available: 2 node(s) didn't match PersistentVolume's node affinity, 1 node(s) didn't match Pod's node affinity/selector.", true)]
+    #[case("v1.33.0", "0/3 nodes are available: 3 node(s) didn't match PersistentVolume's node affinity.", true)]
     #[case("v1.34.4", "0/3 nodes are available: 3 Insufficient cpu.", false)]
-    fn node_affinity_wording_follows_the_version(
-        #[case] v: &str,
-        #[case] msg: &str,
-        #[case] hit: bool,
-    ) {
-        assert_eq!(
-            matching("volume-node-affinity-conflict", v, msg).is_some(),
-            hit
-        );
+    fn node_affinity_wording_follows_the_version(#[case] v: &str, #[case] msg: &str, #[case] hit: bool) {
+        assert_eq!(matching("volume-node-affinity-conflict", v, msg).is_some(), hit);
     }
 
     #[rstest]
-    #[case(r#"Multi-Attach error for volume "pvc-123" Volume is already exclusively attached to one node and can't be attached to another"#, true)]
     #[case(
-        r#"Multi-Attach error for volume "pvc-123" Volume is already used by pod(s) lily-0"#,
+        r#"Multi-Attach error for volume "pvc-123" Volume is already exclusively attached to one node and can't be attached to another"#,
         true
     )]
+    #[case(r#"Multi-Attach error for volume "pvc-123" Volume is already used by pod(s) lily-0"#, true)]
     #[case(r#"AttachVolume.Attach failed for volume "pvc-123""#, false)]
     fn multi_attach_wordings(#[case] msg: &str, #[case] hit: bool) {
         assert_eq!(matching("multi-attach", "v1.34.4", msg).is_some(), hit);

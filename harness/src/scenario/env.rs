@@ -23,9 +23,7 @@ pub fn suite_sources() -> Vec<ChartSource> {
         .iter()
         .map(|v| ChartSource::Dir {
             path: crate::helm::fixture_chart_dir(),
-            version: Some(
-                crate::helm::chart::parse_version(v).expect("fixture versions are semver"),
-            ),
+            version: Some(crate::helm::chart::parse_version(v).expect("fixture versions are semver")),
         })
         .collect()
 }
@@ -81,11 +79,7 @@ impl Env {
         // Fail fast, before starting anything, on what the user can fix.
         tools.path("helm")?;
         tools.path("kubectl")?;
-        let charts = if opts.charts.is_empty() {
-            suite_sources()
-        } else {
-            opts.charts.clone()
-        };
+        let charts = if opts.charts.is_empty() { suite_sources() } else { opts.charts.clone() };
         for c in &charts {
             c.check()?;
         }
@@ -100,50 +94,26 @@ impl Env {
             Ok(r) => r,
             Err(e) => return Err(e),
         };
-        let (cluster, pg) = tokio::join!(
-            provider.start(&opts.cluster, &run),
-            pg_provider.start(&pg_spec, &run)
-        );
+        let (cluster, pg) = tokio::join!(provider.start(&opts.cluster, &run), pg_provider.start(&pg_spec, &run));
         // Whatever started is stopped by its Drop if the other part failed; the run directory
         // (component logs) is kept for inspection and named.
         let (cluster, postgres) = match (cluster, pg) {
             (Ok(c), Ok(p)) => (c, p),
             (c, p) => {
-                let err = [c.err(), p.err()]
-                    .into_iter()
-                    .flatten()
-                    .next()
-                    .expect("one part failed");
+                let err = [c.err(), p.err()].into_iter().flatten().next().expect("one part failed");
                 if let Some(dir) = run.keep_logs() {
-                    eprintln!(
-                        "lily-e2e: logs kept in {} (`lily-e2e clean` removes them)",
-                        dir.display()
-                    );
+                    eprintln!("lily-e2e: logs kept in {} (`lily-e2e clean` removes them)", dir.display());
                 }
                 return Err(err);
             }
         };
-        Ok(Env {
-            cluster,
-            postgres,
-            repo,
-            tools,
-            artifacts: opts.artifacts.clone(),
-            keep: opts.keep,
-            run,
-        })
+        Ok(Env { cluster, postgres, repo, tools, artifacts: opts.artifacts.clone(), keep: opts.keep, run })
     }
 
     /// Stops everything, in reverse order of dependence, and removes the run directory
     /// (also a kept one: an explicit teardown means the user is done with it).
     pub async fn teardown(self) -> Result<()> {
-        let Env {
-            cluster,
-            postgres,
-            repo,
-            mut run,
-            ..
-        } = self;
+        let Env { cluster, postgres, repo, mut run, .. } = self;
         run.set_keep(false);
         drop(repo);
         let (a, b) = tokio::join!(cluster.teardown(), postgres.teardown());

@@ -369,17 +369,14 @@ impl Step {
     /// The step's kind, as written in the file.
     pub fn kind(&self) -> String {
         let v = serde_json::to_value(self).unwrap_or_default();
-        v.as_object()
-            .and_then(|m| m.keys().next().cloned())
-            .unwrap_or_else(|| "step".into())
+        v.as_object().and_then(|m| m.keys().next().cloned()).unwrap_or_else(|| "step".into())
     }
 }
 
 impl Scenario {
     pub fn load(path: &Path) -> Result<Scenario> {
         let s: Scenario = crate::yaml::from_file(path)?;
-        s.validate()
-            .map_err(|e| Error::Invalid(format!("scenario {}: {e}", path.display())))?;
+        s.validate().map_err(|e| Error::Invalid(format!("scenario {}: {e}", path.display())))?;
         Ok(s)
     }
 
@@ -401,16 +398,7 @@ impl Scenario {
         if self.cases.is_empty() {
             vec![(self.name.clone(), None, &self.steps[..])]
         } else {
-            self.cases
-                .iter()
-                .map(|c| {
-                    (
-                        format!("{}/{}", self.name, c.name),
-                        Some(c.name.clone()),
-                        &c.steps[..],
-                    )
-                })
-                .collect()
+            self.cases.iter().map(|c| (format!("{}/{}", self.name, c.name), Some(c.name.clone()), &c.steps[..])).collect()
         }
     }
 }
@@ -418,10 +406,7 @@ impl Scenario {
 /// Every scenario file in `dir`, sorted by name.
 pub fn discover(dir: &Path) -> Result<Vec<(std::path::PathBuf, Scenario)>> {
     let mut out = Vec::new();
-    let rd = std::fs::read_dir(dir).map_err(Error::io(format!(
-        "read scenario directory {}",
-        dir.display()
-    )))?;
+    let rd = std::fs::read_dir(dir).map_err(Error::io(format!("read scenario directory {}", dir.display())))?;
     for e in rd.flatten() {
         let p = e.path();
         if p.extension().and_then(|x| x.to_str()) == Some("yaml") && p.is_file() {
@@ -441,18 +426,12 @@ pub fn schema() -> serde_json::Value {
 pub fn duration(s: &str) -> Result<std::time::Duration> {
     let s = s.trim();
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| Error::Invalid(format!("`{s}` is not a duration like 90s or 2m")))?;
+    let n: u64 = num.parse().map_err(|_| Error::Invalid(format!("`{s}` is not a duration like 90s or 2m")))?;
     Ok(match unit {
         "ms" => std::time::Duration::from_millis(n),
         "s" | "" => std::time::Duration::from_secs(n),
         "m" => std::time::Duration::from_secs(n * 60),
-        _ => {
-            return Err(Error::Invalid(format!(
-                "`{s}` is not a duration like 90s or 2m"
-            )))
-        }
+        _ => return Err(Error::Invalid(format!("`{s}` is not a duration like 90s or 2m"))),
     })
 }
 
@@ -463,18 +442,13 @@ mod tests {
 
     #[test]
     fn steps_are_externally_tagged_and_strict() {
-        let s: Scenario = crate::yaml::from_str(
-            "name: x\nsummary: y\ntry:\n  - helm-upgrade: {version: '0.1.0', wait: true}\n  - snapshot: {}\n",
-        )
-        .unwrap();
+        let s: Scenario =
+            crate::yaml::from_str("name: x\nsummary: y\ntry:\n  - helm-upgrade: {version: '0.1.0', wait: true}\n  - snapshot: {}\n")
+                .unwrap();
         assert_eq!(s.steps[0].kind(), "helm-upgrade");
-        let bad = crate::yaml::from_str::<Scenario>(
-            "name: x\nsummary: y\ntry:\n  - helm-upgrade: {versoin: '0.1.0'}\n",
-        );
+        let bad = crate::yaml::from_str::<Scenario>("name: x\nsummary: y\ntry:\n  - helm-upgrade: {versoin: '0.1.0'}\n");
         assert!(bad.is_err(), "a typo'd field must be rejected");
-        let two = crate::yaml::from_str::<Scenario>(
-            "name: x\nsummary: y\ntry:\n  - {snapshot: {}, helm-uninstall: {}}\n",
-        );
+        let two = crate::yaml::from_str::<Scenario>("name: x\nsummary: y\ntry:\n  - {snapshot: {}, helm-uninstall: {}}\n");
         assert!(two.is_err(), "a step has exactly one kind");
     }
 
@@ -498,11 +472,7 @@ mod tests {
         let path = crate::helm::repo_root().join("scenarios/scenario.schema.json");
         let committed = std::fs::read_to_string(&path).unwrap_or_default();
         let generated = serde_json::to_string_pretty(&schema()).unwrap() + "\n";
-        assert!(
-            committed == generated,
-            "{} is stale: run `lily-e2e schema > scenarios/scenario.schema.json`",
-            path.display()
-        );
+        assert!(committed == generated, "{} is stale: run `lily-e2e schema > scenarios/scenario.schema.json`", path.display());
     }
 
     #[test]

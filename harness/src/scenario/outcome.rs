@@ -45,8 +45,7 @@ impl Outcome {
     }
 
     pub fn finding(&mut self, value: impl Serialize) {
-        self.findings
-            .push(serde_json::to_value(value).unwrap_or(Value::Null));
+        self.findings.push(serde_json::to_value(value).unwrap_or(Value::Null));
     }
 
     pub fn is_empty(&self) -> bool {
@@ -64,11 +63,7 @@ impl Outcome {
     }
 
     fn replacements(&self) -> Vec<(String, String)> {
-        let mut r: Vec<(String, String)> = self
-            .names
-            .iter()
-            .map(|(a, b)| (a.clone(), b.clone()))
-            .collect();
+        let mut r: Vec<(String, String)> = self.names.iter().map(|(a, b)| (a.clone(), b.clone())).collect();
         // Longest first, so a name that contains another is replaced whole.
         r.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.0.cmp(&b.0)));
         r
@@ -102,17 +97,13 @@ mod tests {
         let v2 = o.generated("volume", "pvc-9f9f");
         assert_eq!((v1.as_str(), v2.as_str()), ("<volume-1>", "<volume-2>"));
         assert_eq!(o.generated("volume", "pvc-0a1b"), "<volume-1>");
-        o.record("claim", serde_json::json!({"volume": "pvc-0a1b", "ns": "install-r1234abcd", "msg": "volume \"pvc-9f9f\" in install-r1234abcd"}));
+        o.record(
+            "claim",
+            serde_json::json!({"volume": "pvc-0a1b", "ns": "install-r1234abcd", "msg": "volume \"pvc-9f9f\" in install-r1234abcd"}),
+        );
         let text = o.render("x");
-        assert!(
-            !text.contains("pvc-0a1b") && !text.contains("r1234abcd"),
-            "{text}"
-        );
-        assert!(
-            text.contains("<volume-2>\\\" in <namespace>")
-                || text.contains("<volume-2>\" in <namespace>"),
-            "{text}"
-        );
+        assert!(!text.contains("pvc-0a1b") && !text.contains("r1234abcd"), "{text}");
+        assert!(text.contains("<volume-2>\\\" in <namespace>") || text.contains("<volume-2>\" in <namespace>"), "{text}");
     }
 
     #[test]

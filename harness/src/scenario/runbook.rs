@@ -55,10 +55,7 @@ impl Runbook {
     pub fn load(dir: &Path, name: &str) -> Result<Runbook> {
         let p = dir.join(format!("{name}.yaml"));
         if !p.is_file() {
-            return Err(Error::Invalid(format!(
-                "runbook {name} not found (looked for {})",
-                p.display()
-            )));
+            return Err(Error::Invalid(format!("runbook {name} not found (looked for {})", p.display())));
         }
         crate::yaml::from_file(&p)
     }
@@ -74,9 +71,7 @@ pub fn fill(args: &[String], values: &BTreeMap<String, String>) -> Result<Vec<St
             }
             if let Some(start) = out.find('<') {
                 if out[start..].contains('>') {
-                    return Err(Error::Invalid(format!(
-                        "runbook argument `{a}` has a placeholder nothing filled in"
-                    )));
+                    return Err(Error::Invalid(format!("runbook argument `{a}` has a placeholder nothing filled in")));
                 }
             }
             Ok(out)
@@ -86,8 +81,7 @@ pub fn fill(args: &[String], values: &BTreeMap<String, String>) -> Result<Vec<St
 
 /// The guide's documented name with the release filled in.
 pub fn documented_name(doc: &str, release: &str) -> String {
-    doc.replace("<releasename>", release)
-        .replace("<release>", release)
+    doc.replace("<releasename>", release).replace("<release>", release)
 }
 
 #[cfg(test)]
@@ -108,14 +102,8 @@ mod tests {
     fn placeholders_are_filled_or_refused() {
         let mut v = BTreeMap::new();
         v.insert("pod".to_string(), "lily-x-0".to_string());
-        assert_eq!(
-            fill(&["describe".into(), "pod".into(), "<pod>".into()], &v).unwrap()[2],
-            "lily-x-0"
-        );
+        assert_eq!(fill(&["describe".into(), "pod".into(), "<pod>".into()], &v).unwrap()[2], "lily-x-0");
         assert!(fill(&["<claim>".into()], &v).is_err());
-        assert_eq!(
-            documented_name("<releasename>-visor-0", "lily"),
-            "lily-visor-0"
-        );
+        assert_eq!(documented_name("<releasename>-visor-0", "lily"), "lily-visor-0");
     }
 }

@@ -7,9 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{
-    Event, Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod,
-};
+use k8s_openapi::api::core::v1::{Event, Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod};
 use kube::api::{Api, DeleteParams, EvictParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use kube::ResourceExt;
@@ -61,16 +59,7 @@ pub struct Ctx<'e> {
 
 /// A namespace name from a case name and the run id: lowercase, `-` separated, <= 63 chars.
 pub fn namespace_for(case: &str, run: &str) -> String {
-    let mut base: String = case
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
-        })
-        .collect();
+    let mut base: String = case.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
     base.truncate(63 - run.len() - 1);
     format!("{}-{run}", base.trim_end_matches('-'))
 }
@@ -87,10 +76,7 @@ pub async fn run_case(env: &Env, scenario: &Scenario, test_name: &str, steps: &[
                 result: CaseResult {
                     name: test_name.to_string(),
                     duration: started.elapsed(),
-                    outcome: CaseOutcome::Failed {
-                        step: "set-up".into(),
-                        message: chain(&e),
-                    },
+                    outcome: CaseOutcome::Failed { step: "set-up".into(), message: chain(&e) },
                     slowest_step: None,
                     artifacts: None,
                     notes: Vec::new(),
@@ -173,10 +159,7 @@ pub fn chain(e: &dyn std::error::Error) -> String {
 }
 
 fn timeout(t: &Option<String>) -> Result<Duration> {
-    t.as_deref()
-        .map(duration)
-        .transpose()
-        .map(|d| d.unwrap_or(DEFAULT_WAIT))
+    t.as_deref().map(duration).transpose().map(|d| d.unwrap_or(DEFAULT_WAIT))
 }
 
 /// `Kind/name` -> (kind, name).
@@ -203,24 +186,12 @@ impl<'e> Ctx<'e> {
         vars.insert("release".into(), scenario.release.clone());
         vars.insert("namespace".into(), namespace.to_string());
         vars.insert("chart.latest".into(), env.repo.latest().to_string());
-        vars.insert(
-            "chart.oldest".into(),
-            env.repo
-                .versions()
-                .first()
-                .map(|v| v.to_string())
-                .unwrap_or_default(),
-        );
+        vars.insert("chart.oldest".into(), env.repo.versions().first().map(|v| v.to_string()).unwrap_or_default());
         if let Some(p) = env.repo.previous() {
             vars.insert("chart.previous".into(), p.to_string());
         }
         let mut zones = BTreeMap::new();
-        for n in Api::<Node>::all(client)
-            .list(&ListParams::default())
-            .await
-            .map_err(Error::kube("list nodes"))?
-            .items
-        {
+        for n in Api::<Node>::all(client).list(&ListParams::default()).await.map_err(Error::kube("list nodes"))?.items {
             if let Some(z) = n.labels().get(ZONE_LABEL) {
                 zones.insert(n.name_any(), z.clone());
             }
@@ -303,44 +274,23 @@ impl<'e> Ctx<'e> {
                 self.helm.repo_add(&s.name, self.env.repo.url()).await?;
                 self.helm.repo_update(&[s.name.as_str()]).await?;
                 self.repo = Some(s.name.clone());
-                let versions: Vec<String> = self
-                    .env
-                    .repo
-                    .versions()
-                    .iter()
-                    .map(|v| v.to_string())
-                    .collect();
-                self.outcome.record(
-                    "helm-repo-add",
-                    serde_json::json!({"repo": s.name, "versions": versions}),
-                );
+                let versions: Vec<String> = self.env.repo.versions().iter().map(|v| v.to_string()).collect();
+                self.outcome.record("helm-repo-add", serde_json::json!({"repo": s.name, "versions": versions}));
                 Ok(())
             }
             Step::HelmUpgrade(s) => self.helm_upgrade(s).await,
             Step::HelmRollback(s) => {
-                let opts = ReleaseOpts {
-                    namespace: self.namespace.clone(),
-                    wait: None,
-                };
-                self.helm
-                    .rollback(&self.scenario.release, Some(s.revision), &opts)
-                    .await?;
-                let st = self
-                    .helm
-                    .status(&self.scenario.release, &self.namespace)
-                    .await?;
+                let opts = ReleaseOpts { namespace: self.namespace.clone(), wait: None };
+                self.helm.rollback(&self.scenario.release, Some(s.revision), &opts).await?;
+                let st = self.helm.status(&self.scenario.release, &self.namespace).await?;
                 self.outcome.record("helm-rollback", serde_json::json!({"to": s.revision, "revision": st.revision, "chart": st.chart}));
                 Ok(())
             }
             Step::HelmUninstall(_) => {
-                let opts = ReleaseOpts {
-                    namespace: self.namespace.clone(),
-                    wait: None,
-                };
+                let opts = ReleaseOpts { namespace: self.namespace.clone(), wait: None };
                 self.helm.uninstall(&self.scenario.release, &opts).await?;
                 let claims = self.claims().await?;
-                self.outcome
-                    .record("helm-uninstall", serde_json::json!({"claims-left": claims}));
+                self.outcome.record("helm-uninstall", serde_json::json!({"claims-left": claims}));
                 Ok(())
             }
             Step::ExpectRelease(s) => self.expect_release(s).await,
@@ -351,12 +301,7 @@ impl<'e> Ctx<'e> {
             Step::ExpectNoEvent(s) => self.expect_event(s, true).await,
             Step::ContractCheck(s) => self.contract_check(s).await,
             Step::Runbook(s) => {
-                let t = s
-                    .command_timeout
-                    .as_deref()
-                    .map(duration)
-                    .transpose()?
-                    .unwrap_or(Duration::from_secs(60));
+                let t = s.command_timeout.as_deref().map(duration).transpose()?.unwrap_or(Duration::from_secs(60));
                 self.runbook(&s.name, t).await
             }
             Step::ExpectAttachment(a) => self.expect_attachment(a).await,
@@ -369,23 +314,15 @@ impl<'e> Ctx<'e> {
             Step::Cordon(n) => self.cordon(&n.node).await,
             Step::Drain(n) => self.drain(&n.node).await,
             Step::UnmountDelay(u) => {
-                let sim = self.env.cluster.sim().ok_or_else(|| {
-                    Error::Invalid(
-                        "unmount-delay needs the local provider's simulated kubelets".into(),
-                    )
-                })?;
-                let d = u
-                    .delay
-                    .as_deref()
-                    .map(duration)
-                    .transpose()?
-                    .unwrap_or_default();
+                let sim = self
+                    .env
+                    .cluster
+                    .sim()
+                    .ok_or_else(|| Error::Invalid("unmount-delay needs the local provider's simulated kubelets".into()))?;
+                let d = u.delay.as_deref().map(duration).transpose()?.unwrap_or_default();
                 sim.set_unmount_delay(&u.node, d);
                 sim.set_unmount_stuck(&u.node, u.stuck);
-                self.outcome.record(
-                    "unmount-delay",
-                    serde_json::json!({"node": u.node, "delay": u.delay, "stuck": u.stuck}),
-                );
+                self.outcome.record("unmount-delay", serde_json::json!({"node": u.node, "delay": u.delay, "stuck": u.stuck}));
                 Ok(())
             }
             Step::OutOfService(n) => {
@@ -394,8 +331,7 @@ impl<'e> Ctx<'e> {
                     .patch(&n.node, &PatchParams::default(), &Patch::Merge(patch))
                     .await
                     .map_err(Error::kube(format!("taint node {} out-of-service", n.node)))?;
-                self.outcome
-                    .record("out-of-service", serde_json::json!({"node": n.node}));
+                self.outcome.record("out-of-service", serde_json::json!({"node": n.node}));
                 Ok(())
             }
             Step::Delete(d) => self.delete(d).await,
@@ -408,10 +344,7 @@ impl<'e> Ctx<'e> {
                     .get(&pod)
                     .await
                     .map_err(Error::kube(format!("get pod {pod}")))?;
-                let node = p
-                    .spec
-                    .and_then(|s| s.node_name)
-                    .ok_or_else(|| Error::Invalid(format!("pod {pod} is not on a node")))?;
+                let node = p.spec.and_then(|s| s.node_name).ok_or_else(|| Error::Invalid(format!("pod {pod} is not on a node")))?;
                 self.outcome.name(&node, &format!("<{}>", s.as_));
                 self.vars.insert(s.as_.clone(), node);
                 Ok(())
@@ -420,22 +353,15 @@ impl<'e> Ctx<'e> {
     }
 
     async fn postgres(&mut self, s: &model::PostgresStep) -> Result<()> {
-        let db = self
-            .env
-            .postgres
-            .create_database(&database_name(&self.namespace))
-            .await?;
-        let binding = crate::postgres::secret::StorageBinding {
-            name: s.name.clone(),
-            ..crate::postgres::secret::StorageBinding::new(&s.secret)
-        };
+        let db = self.env.postgres.create_database(&database_name(&self.namespace)).await?;
+        let binding =
+            crate::postgres::secret::StorageBinding { name: s.name.clone(), ..crate::postgres::secret::StorageBinding::new(&s.secret) };
         let url = db.url(crate::postgres::dsn::SslMode::Require);
         let secret = binding.secret(&self.namespace, self.env.run.id(), &url);
         secret.create(&self.client()).await?;
         self.outcome.name(&db.user, "<db-user>");
         self.outcome.name(&db.name, "<db-name>");
-        self.outcome
-            .name(&format!("{}:{}", url.host, url.port), "<host>:<port>");
+        self.outcome.name(&format!("{}:{}", url.host, url.port), "<host>:<port>");
         self.outcome.record(
             "postgres",
             serde_json::json!({"secret": s.secret, "key": binding.secret_key, "url": url.redacted(), "tls": self.env.postgres.tls()}),
@@ -445,82 +371,41 @@ impl<'e> Ctx<'e> {
     }
 
     async fn helm_upgrade(&mut self, s: &model::HelmUpgrade) -> Result<()> {
-        let mut values = Values::files(
-            self.scenario
-                .values
-                .iter()
-                .chain(&s.values)
-                .map(|f| self.values_path(f)),
-        );
+        let mut values = Values::files(self.scenario.values.iter().chain(&s.values).map(|f| self.values_path(f)));
         if let Some(inline) = &s.set {
-            let p = self
-                .dir
-                .join(format!("inline-values-{}.yaml", self.outcome_len()));
-            std::fs::write(&p, crate::yaml::to_string(inline)?)
-                .map_err(Error::io(format!("write {}", p.display())))?;
+            let p = self.dir.join(format!("inline-values-{}.yaml", self.outcome_len()));
+            std::fs::write(&p, crate::yaml::to_string(inline)?).map_err(Error::io(format!("write {}", p.display())))?;
             values = values.file(p);
         }
-        let wait = if s.wait {
-            Some(timeout(&s.timeout)?)
-        } else {
-            None
-        };
+        let wait = if s.wait { Some(timeout(&s.timeout)?) } else { None };
         let (chart, version) = match &s.chart {
             Some(src) => (self.package_chart(src).await?, None),
             None => {
-                let repo = self.repo.clone().ok_or_else(|| {
-                    Error::Invalid("helm-upgrade needs a helm-repo-add step before it".into())
-                })?;
-                (
-                    ChartRef::Repo {
-                        repo,
-                        chart: self.env.repo.chart_name().to_string(),
-                    },
-                    s.version.clone(),
-                )
+                let repo = self.repo.clone().ok_or_else(|| Error::Invalid("helm-upgrade needs a helm-repo-add step before it".into()))?;
+                (ChartRef::Repo { repo, chart: self.env.repo.chart_name().to_string() }, s.version.clone())
             }
         };
-        let opts = InstallOpts {
-            namespace: self.namespace.clone(),
-            version,
-            values,
-            wait,
-            create_namespace: false,
-            reset_values: false,
-        };
+        let opts = InstallOpts { namespace: self.namespace.clone(), version, values, wait, create_namespace: false, reset_values: false };
         // An unknown version fails before helm runs, listing the versions that exist.
         let known = match (&s.chart, &s.version) {
             (None, Some(v)) => self.env.repo.version(v).map(|_| ()),
             _ => Ok(()),
         };
         let r = match known {
-            Ok(()) => self
-                .helm
-                .upgrade_install(&self.scenario.release, &chart, &opts)
-                .await
-                .map(|_| ()),
+            Ok(()) => self.helm.upgrade_install(&self.scenario.release, &chart, &opts).await.map(|_| ()),
             Err(e) => Err(e),
         };
         match (&s.expect_failure, r) {
             (None, Ok(_)) => {}
             (None, Err(e)) => return Err(e),
             (Some(re), Ok(_)) => {
-                return Err(Error::Invalid(format!(
-                    "the upgrade was expected to fail with /{re}/ but succeeded"
-                )));
+                return Err(Error::Invalid(format!("the upgrade was expected to fail with /{re}/ but succeeded")));
             }
             (Some(re), Err(e)) => {
                 let msg = chain(&e);
-                let r = Regex::new(re)
-                    .map_err(|e| Error::Invalid(format!("bad expect-failure regex: {e}")))?;
-                let m = r.find(&msg).ok_or_else(|| {
-                    Error::Invalid(format!("the upgrade failed, but not with /{re}/: {msg}"))
-                })?;
-                let st = self
-                    .helm
-                    .status(&self.scenario.release, &self.namespace)
-                    .await
-                    .ok();
+                let r = Regex::new(re).map_err(|e| Error::Invalid(format!("bad expect-failure regex: {e}")))?;
+                let m = r.find(&msg).ok_or_else(|| Error::Invalid(format!("the upgrade failed, but not with /{re}/: {msg}")))?;
+                let st = self.helm.status(&self.scenario.release, &self.namespace).await.ok();
                 self.outcome.record(
                     "helm-upgrade",
                     serde_json::json!({
@@ -534,10 +419,7 @@ impl<'e> Ctx<'e> {
                 return Ok(());
             }
         }
-        let st = self
-            .helm
-            .status(&self.scenario.release, &self.namespace)
-            .await?;
+        let st = self.helm.status(&self.scenario.release, &self.namespace).await?;
         self.discover_instance().await?;
         self.outcome.record(
             "helm-upgrade",
@@ -560,14 +442,12 @@ impl<'e> Ctx<'e> {
         match source {
             crate::helm::ChartSource::Dir { path, version } => {
                 let v = version.map(|v| v.to_string());
-                Ok(ChartRef::Path(
-                    self.helm.package(&path, v.as_deref(), &self.dir).await?,
-                ))
+                Ok(ChartRef::Path(self.helm.package(&path, v.as_deref(), &self.dir).await?))
             }
             crate::helm::ChartSource::Archive { path } => Ok(ChartRef::Path(path)),
-            crate::helm::ChartSource::Remote { .. } => Err(Error::Invalid(format!(
-                "helm-upgrade chart `{src}`: use a chart directory or .tgz"
-            ))),
+            crate::helm::ChartSource::Remote { .. } => {
+                Err(Error::Invalid(format!("helm-upgrade chart `{src}`: use a chart directory or .tgz")))
+            }
         }
     }
 
@@ -582,26 +462,15 @@ impl<'e> Ctx<'e> {
             .list(&ListParams::default())
             .await
             .map_err(Error::kube("list statefulsets"))?;
-        let mut mine: Vec<StatefulSet> = sts
-            .items
-            .into_iter()
-            .filter(|s| {
-                s.annotations().get("meta.helm.sh/release-name") == Some(&self.scenario.release)
-            })
-            .collect();
+        let mut mine: Vec<StatefulSet> =
+            sts.items.into_iter().filter(|s| s.annotations().get("meta.helm.sh/release-name") == Some(&self.scenario.release)).collect();
         mine.sort_by_key(|s| (!s.name_any().ends_with("-daemon"), s.name_any()));
         if let Some(s) = mine.first() {
             let name = s.name_any();
             let pod = format!("{name}-0");
             self.vars.insert("instance".into(), name.clone());
-            if let Some(vct) = s
-                .spec
-                .as_ref()
-                .and_then(|sp| sp.volume_claim_templates.as_ref())
-                .and_then(|v| v.first())
-            {
-                self.vars
-                    .insert("claim".into(), format!("{}-{pod}", vct.name_any()));
+            if let Some(vct) = s.spec.as_ref().and_then(|sp| sp.volume_claim_templates.as_ref()).and_then(|v| v.first()) {
+                self.vars.insert("claim".into(), format!("{}-{pod}", vct.name_any()));
             }
             self.vars.insert("pod".into(), pod);
         }
@@ -609,14 +478,8 @@ impl<'e> Ctx<'e> {
     }
 
     async fn expect_release(&mut self, s: &model::ExpectRelease) -> Result<()> {
-        let st = self
-            .helm
-            .status(&self.scenario.release, &self.namespace)
-            .await?;
-        let hist = self
-            .helm
-            .history(&self.scenario.release, &self.namespace)
-            .await?;
+        let st = self.helm.status(&self.scenario.release, &self.namespace).await?;
+        let hist = self.helm.history(&self.scenario.release, &self.namespace).await?;
         let chart_version = st.chart_version.clone();
         let mut problems = Vec::new();
         if let Some(r) = s.revision {
@@ -635,47 +498,34 @@ impl<'e> Ctx<'e> {
             }
         }
         if !problems.is_empty() {
-            return Err(Error::Invalid(format!(
-                "release {}: {}",
-                self.scenario.release,
-                problems.join(", ")
-            )));
+            return Err(Error::Invalid(format!("release {}: {}", self.scenario.release, problems.join(", "))));
         }
         // The chart label on the StatefulSet agrees with a deployed release (a failed upgrade
         // leaves the objects of the revision before it).
         if let (Ok(inst), true) = (self.var("instance"), st.status.as_str() == "deployed") {
-            if let Ok(sts) = Api::<StatefulSet>::namespaced(self.client(), &self.namespace)
-                .get(&inst)
-                .await
-            {
+            if let Ok(sts) = Api::<StatefulSet>::namespaced(self.client(), &self.namespace).get(&inst).await {
                 if let Some(label) = sts.labels().get("helm.sh/chart") {
                     if label != &st.chart {
-                        return Err(Error::Invalid(format!(
-                            "statefulset {inst} has helm.sh/chart={label}, helm status says {}",
-                            st.chart
-                        )));
+                        return Err(Error::Invalid(format!("statefulset {inst} has helm.sh/chart={label}, helm status says {}", st.chart)));
                     }
                 }
             }
         }
-        let history: Vec<serde_json::Value> = hist
-            .iter()
-            .map(|h| serde_json::json!({"revision": h.revision, "chart": h.chart, "status": h.status.as_str()}))
-            .collect();
-        self.outcome.record("release", serde_json::json!({"revision": st.revision, "chart": st.chart, "status": st.status.as_str(), "history": history}));
+        let history: Vec<serde_json::Value> =
+            hist.iter().map(|h| serde_json::json!({"revision": h.revision, "chart": h.chart, "status": h.status.as_str()})).collect();
+        self.outcome.record(
+            "release",
+            serde_json::json!({"revision": st.revision, "chart": st.chart, "status": st.status.as_str(), "history": history}),
+        );
         Ok(())
     }
 
     async fn wait_rollout(&mut self, t: Duration) -> Result<()> {
         let inst = self.var("instance")?;
         let api = Api::<StatefulSet>::namespaced(self.client(), &self.namespace);
-        let sts = crate::wait::until(
-            &api,
-            &inst,
-            &format!("statefulset {inst} to roll out"),
-            t,
-            |s: Option<&StatefulSet>| s.is_some_and(rolled_out),
-        )
+        let sts = crate::wait::until(&api, &inst, &format!("statefulset {inst} to roll out"), t, |s: Option<&StatefulSet>| {
+            s.is_some_and(rolled_out)
+        })
         .await?
         .expect("condition needs the object");
         let st = sts.status.unwrap_or_default();
@@ -695,13 +545,8 @@ impl<'e> Ctx<'e> {
         let zones = self.zones.clone();
         let want = s.clone();
         let mut what = format!("pod {name}");
-        for (k, v) in [
-            ("phase", &s.phase),
-            ("zone", &s.zone),
-            ("node", &s.node),
-            ("not on node", &s.not_node),
-            ("container", &s.container),
-        ] {
+        for (k, v) in [("phase", &s.phase), ("zone", &s.zone), ("node", &s.node), ("not on node", &s.not_node), ("container", &s.container)]
+        {
             if let Some(v) = v {
                 what.push_str(&format!(" {k}={v}"));
             }
@@ -714,32 +559,23 @@ impl<'e> Ctx<'e> {
             if p.metadata.deletion_timestamp.is_some() {
                 return false;
             }
-            let phase = p
-                .status
-                .as_ref()
-                .and_then(|s| s.phase.clone())
-                .unwrap_or_default();
-            let node = p
-                .spec
-                .as_ref()
-                .and_then(|s| s.node_name.clone())
-                .unwrap_or_default();
+            let phase = p.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
+            let node = p.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
             let zone = zones.get(&node).cloned().unwrap_or_default();
             want.phase.as_ref().is_none_or(|w| *w == phase)
                 && want.zone.as_ref().is_none_or(|w| *w == zone)
                 && want.node.as_ref().is_none_or(|w| *w == node)
                 && want.not_node.as_ref().is_none_or(|w| *w != node)
-                && want.container.as_ref().is_none_or(|c| {
-                    p.spec
-                        .as_ref()
-                        .is_some_and(|s| s.containers.iter().any(|x| &x.name == c))
-                })
+                && want.container.as_ref().is_none_or(|c| p.spec.as_ref().is_some_and(|s| s.containers.iter().any(|x| &x.name == c)))
         })
         .await;
         let pod = match (waited, observe) {
             (Ok(p), _) => p.expect("condition needs the object"),
             (Err(Error::Timeout { .. }), true) => {
-                self.outcome.record("observe-pod", serde_json::json!({"pod": name, "wanted": what.replace(&name, "<pod>"), "reached": false, "within": s.timeout}));
+                self.outcome.record(
+                    "observe-pod",
+                    serde_json::json!({"pod": name, "wanted": what.replace(&name, "<pod>"), "reached": false, "within": s.timeout}),
+                );
                 if let Some((rb, _)) = &self.last_runbook {
                     self.outcome.finding(serde_json::json!({
                         "runbook": rb,
@@ -754,20 +590,16 @@ impl<'e> Ctx<'e> {
         if observe {
             let secs = started.elapsed().as_secs();
             tracing::info!("{what}: reached after {secs}s");
-            self.outcome.record("observe-pod", serde_json::json!({"pod": name, "wanted": what.replace(&name, "<pod>"), "reached": true, "within": s.timeout}));
+            self.outcome.record(
+                "observe-pod",
+                serde_json::json!({"pod": name, "wanted": what.replace(&name, "<pod>"), "reached": true, "within": s.timeout}),
+            );
             return Ok(());
         }
-        let node = pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.node_name.clone())
-            .unwrap_or_default();
+        let node = pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
         if s.phase.as_deref() == Some("Running") {
             if let Some((rb, at)) = &self.last_runbook {
-                self.notes.push(format!(
-                    "pod Running {:.1}s after runbook {rb}",
-                    at.elapsed().as_secs_f64()
-                ));
+                self.notes.push(format!("pod Running {:.1}s after runbook {rb}", at.elapsed().as_secs_f64()));
             }
         }
         // Only what the step asked about: where an unconstrained pod lands is the scheduler's
@@ -796,76 +628,39 @@ impl<'e> Ctx<'e> {
         };
         let api = Api::<PersistentVolumeClaim>::namespaced(self.client(), &self.namespace);
         let want = s.clone();
-        let what = format!(
-            "claim {name}{}",
-            s.phase
-                .as_ref()
-                .map(|p| format!(" phase={p}"))
-                .unwrap_or_default()
-        );
-        let pvc = crate::wait::until(
-            &api,
-            &name,
-            &what,
-            timeout(&s.timeout)?,
-            move |c: Option<&PersistentVolumeClaim>| {
-                let Some(c) = c else { return false };
-                let phase = c
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.phase.clone())
-                    .unwrap_or_default();
-                let vol = c
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.volume_name.clone())
-                    .unwrap_or_default();
-                c.metadata.deletion_timestamp.is_none()
-                    && want.phase.as_ref().is_none_or(|w| *w == phase)
-                    && want.volume.as_ref().is_none_or(|w| *w == vol)
-                    && want
-                        .not_volume
-                        .as_ref()
-                        .is_none_or(|w| *w != vol && !vol.is_empty())
-            },
-        )
+        let what = format!("claim {name}{}", s.phase.as_ref().map(|p| format!(" phase={p}")).unwrap_or_default());
+        let pvc = crate::wait::until(&api, &name, &what, timeout(&s.timeout)?, move |c: Option<&PersistentVolumeClaim>| {
+            let Some(c) = c else { return false };
+            let phase = c.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
+            let vol = c.spec.as_ref().and_then(|s| s.volume_name.clone()).unwrap_or_default();
+            c.metadata.deletion_timestamp.is_none()
+                && want.phase.as_ref().is_none_or(|w| *w == phase)
+                && want.volume.as_ref().is_none_or(|w| *w == vol)
+                && want.not_volume.as_ref().is_none_or(|w| *w != vol && !vol.is_empty())
+        })
         .await?
         .expect("condition needs the object");
-        let vol = pvc
-            .spec
-            .as_ref()
-            .and_then(|s| s.volume_name.clone())
-            .unwrap_or_default();
+        let vol = pvc.spec.as_ref().and_then(|s| s.volume_name.clone()).unwrap_or_default();
         let mut zone = None;
         if !vol.is_empty() {
-            let pv = Api::<PersistentVolume>::all(self.client())
-                .get(&vol)
-                .await
-                .map_err(Error::kube(format!("get volume {vol}")))?;
+            let pv = Api::<PersistentVolume>::all(self.client()).get(&vol).await.map_err(Error::kube(format!("get volume {vol}")))?;
             zone = pv_zone(&pv);
         }
         if let Some(z) = &s.zone {
             if zone.as_deref() != Some(z) {
-                return Err(Error::Invalid(format!(
-                    "claim {name}'s volume is pinned to zone {zone:?}, expected {z}"
-                )));
+                return Err(Error::Invalid(format!("claim {name}'s volume is pinned to zone {zone:?}, expected {z}")));
             }
         }
         if let Some(var) = &s.save_volume {
             self.vars.insert(var.clone(), vol.clone());
         }
-        let placeholder = if vol.is_empty() {
-            String::new()
-        } else {
-            self.outcome.generated("volume", &vol)
-        };
+        let placeholder = if vol.is_empty() { String::new() } else { self.outcome.generated("volume", &vol) };
         let mut rec = serde_json::json!({"claim": name, "phase": pvc.status.as_ref().and_then(|s| s.phase.clone()), "volume": placeholder});
         if s.zone.is_some() {
             rec["volume-zone"] = serde_json::json!(zone);
         }
         if s.not_volume.is_some() {
-            rec["datastore"] =
-                serde_json::json!("replaced: a new volume; the data on the old one is discarded");
+            rec["datastore"] = serde_json::json!("replaced: a new volume; the data on the old one is discarded");
         } else if s.volume.is_some() {
             rec["datastore"] = serde_json::json!("kept: the same volume, no data lost");
         }
@@ -878,55 +673,35 @@ impl<'e> Ctx<'e> {
         let version = self.env.cluster.version.clone();
         let matcher: Matcher = match (&s.catalogue, &s.message) {
             (Some(entry), _) => {
-                let (reason, ws) = catalogue::wordings(entry, &version).ok_or_else(|| {
-                    Error::Invalid(format!(
-                        "no catalogue entry `{entry}` (known: {})",
-                        catalogue::names().join(", ")
-                    ))
-                })?;
+                let (reason, ws) = catalogue::wordings(entry, &version)
+                    .ok_or_else(|| Error::Invalid(format!("no catalogue entry `{entry}` (known: {})", catalogue::names().join(", "))))?;
                 if reason != s.reason {
-                    return Err(Error::Invalid(format!(
-                        "catalogue entry {entry} is a {reason} event, not {}",
-                        s.reason
-                    )));
+                    return Err(Error::Invalid(format!("catalogue entry {entry} is a {reason} event, not {}", s.reason)));
                 }
                 if ws.is_empty() {
-                    return Err(Error::Invalid(format!(
-                        "catalogue entry {entry} has no wording for Kubernetes {version}"
-                    )));
+                    return Err(Error::Invalid(format!("catalogue entry {entry} has no wording for Kubernetes {version}")));
                 }
                 let entry = entry.clone();
                 let version = version.clone();
-                Box::new(move |m: &str| {
-                    catalogue::matching(&entry, &version, m).map(|w| w.source.to_string())
-                })
+                Box::new(move |m: &str| catalogue::matching(&entry, &version, m).map(|w| w.source.to_string()))
             }
             (None, Some(re)) => {
-                let r = Regex::new(re)
-                    .map_err(|e| Error::Invalid(format!("bad message regex: {e}")))?;
+                let r = Regex::new(re).map_err(|e| Error::Invalid(format!("bad message regex: {e}")))?;
                 Box::new(move |m: &str| r.is_match(m).then(|| "regex".to_string()))
             }
             (None, None) => Box::new(|_: &str| Some("any".to_string())),
         };
         let api = Api::<Event>::namespaced(self.client(), &self.namespace);
-        let cfg = watcher::Config::default().fields(&format!(
-            "involvedObject.kind={kind},involvedObject.name={name}"
-        ));
+        let cfg = watcher::Config::default().fields(&format!("involvedObject.kind={kind},involvedObject.name={name}"));
         let reason = s.reason.clone();
         let what = format!(
             "a {} event on {kind}/{name}{}",
             s.reason,
-            s.catalogue
-                .as_ref()
-                .map(|c| format!(" worded as catalogue entry {c} for Kubernetes {version}"))
-                .unwrap_or_default()
+            s.catalogue.as_ref().map(|c| format!(" worded as catalogue entry {c} for Kubernetes {version}")).unwrap_or_default()
         );
         let t = timeout(&s.timeout)?;
         let found = crate::wait::until_list(&api, cfg, &what, t, |evs: &[Arc<Event>]| {
-            evs.iter().any(|e| {
-                e.reason.as_deref() == Some(&reason)
-                    && matcher(e.message.as_deref().unwrap_or("")).is_some()
-            })
+            evs.iter().any(|e| e.reason.as_deref() == Some(&reason) && matcher(e.message.as_deref().unwrap_or("")).is_some())
         })
         .await;
         match (absent, found) {
@@ -959,7 +734,8 @@ impl<'e> Ctx<'e> {
                 Err(Error::Invalid(format!("did not expect {what}, but saw: {}", e.unwrap_or_default())))
             }
             (true, Err(Error::Timeout { .. })) => {
-                self.outcome.record("no-event", serde_json::json!({"object": format!("{kind}/{name}"), "reason": s.reason, "within": s.timeout}));
+                self.outcome
+                    .record("no-event", serde_json::json!({"object": format!("{kind}/{name}"), "reason": s.reason, "within": s.timeout}));
                 Ok(())
             }
             (true, Err(e)) => Err(e),
@@ -971,18 +747,13 @@ impl<'e> Ctx<'e> {
             Some(p) => p.clone(),
             None => self.var("pod")?,
         };
-        let app = s
-            .application_name
-            .clone()
-            .unwrap_or_else(|| crate::postgres::secret::DEFAULT_APPLICATION_NAME.to_string());
+        let app = s.application_name.clone().unwrap_or_else(|| crate::postgres::secret::DEFAULT_APPLICATION_NAME.to_string());
         let opts = crate::postgres::contract::PodCheck {
             application_name: Some(app),
             ca_pem: self.env.postgres.ca_pem().map(str::to_string),
             ..Default::default()
         };
-        let summary =
-            crate::postgres::contract::check_pod(&self.client(), &self.namespace, &pod, &opts)
-                .await?;
+        let summary = crate::postgres::contract::check_pod(&self.client(), &self.namespace, &pod, &opts).await?;
         self.outcome.record("contract-check", summary);
         Ok(())
     }
@@ -1004,33 +775,19 @@ impl<'e> Ctx<'e> {
         want.sort();
         let vol = a.volume.clone();
         let what = format!("volume {vol} attached to exactly {want:?}");
-        crate::wait::until_list(
-            &api,
-            watcher::Config::default(),
-            &what,
-            timeout(&a.timeout)?,
-            |vas: &[Arc<VolumeAttachment>]| {
-                let mut on: Vec<String> = vas
-                    .iter()
-                    .filter(|va| {
-                        va.spec.source.persistent_volume_name.as_deref() == Some(vol.as_str())
-                    })
-                    .filter(|va| {
-                        va.metadata.deletion_timestamp.is_none()
-                            && va.status.as_ref().is_some_and(|s| s.attached)
-                    })
-                    .map(|va| va.spec.node_name.clone())
-                    .collect();
-                on.sort();
-                on == want
-            },
-        )
+        crate::wait::until_list(&api, watcher::Config::default(), &what, timeout(&a.timeout)?, |vas: &[Arc<VolumeAttachment>]| {
+            let mut on: Vec<String> = vas
+                .iter()
+                .filter(|va| va.spec.source.persistent_volume_name.as_deref() == Some(vol.as_str()))
+                .filter(|va| va.metadata.deletion_timestamp.is_none() && va.status.as_ref().is_some_and(|s| s.attached))
+                .map(|va| va.spec.node_name.clone())
+                .collect();
+            on.sort();
+            on == want
+        })
         .await?;
         let p = self.outcome.generated("volume", &a.volume);
-        self.outcome.record(
-            "attachment",
-            serde_json::json!({"volume": p, "attached-to": want}),
-        );
+        self.outcome.record("attachment", serde_json::json!({"volume": p, "attached-to": want}));
         Ok(())
     }
 
@@ -1055,26 +812,16 @@ impl<'e> Ctx<'e> {
         for st in &rb.steps {
             let mut args = runbook::fill(&st.kubectl, &values)?;
             args.extend(["--namespace".to_string(), self.namespace.clone()]);
-            let env = [(
-                std::ffi::OsString::from("KUBECONFIG"),
-                self.env.cluster.kubeconfig().as_os_str().to_owned(),
-            )];
+            let env = [(std::ffi::OsString::from("KUBECONFIG"), self.env.cluster.kubeconfig().as_os_str().to_owned())];
             let os: Vec<std::ffi::OsString> = args.iter().map(Into::into).collect();
             let shown = format!("kubectl {}", args[..args.len() - 2].join(" "));
-            let out = match crate::process::run_command(&kubectl, &os, &env, None, command_timeout)
-                .await
-            {
+            let out = match crate::process::run_command(&kubectl, &os, &env, None, command_timeout).await {
                 Ok(o) => o,
                 Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
                     commands.push(serde_json::json!({"command": shown, "completed": false, "note": format!("stopped after {}s", command_timeout.as_secs())}));
                     continue;
                 }
-                Err(e) => {
-                    return Err(Error::Tool {
-                        what: format!("cannot run kubectl {}", args.join(" ")),
-                        source: Some(Box::new(e)),
-                    })
-                }
+                Err(e) => return Err(Error::Tool { what: format!("cannot run kubectl {}", args.join(" ")), source: Some(Box::new(e)) }),
             };
             let stdout = String::from_utf8_lossy(&out.stdout).to_string();
             if !out.status.success() {
@@ -1089,20 +836,10 @@ impl<'e> Ctx<'e> {
                 });
             }
             for (ph, re) in &st.capture {
-                let r = Regex::new(re).map_err(|e| {
-                    Error::Invalid(format!("bad capture regex in runbook {}: {e}", rb.name))
+                let r = Regex::new(re).map_err(|e| Error::Invalid(format!("bad capture regex in runbook {}: {e}", rb.name)))?;
+                let v = r.captures(&stdout).and_then(|c| c.get(1)).map(|m| m.as_str().to_string()).ok_or_else(|| {
+                    Error::Invalid(format!("runbook {}: `kubectl {}` printed no match for /{re}/", rb.name, args.join(" ")))
                 })?;
-                let v = r
-                    .captures(&stdout)
-                    .and_then(|c| c.get(1))
-                    .map(|m| m.as_str().to_string())
-                    .ok_or_else(|| {
-                        Error::Invalid(format!(
-                            "runbook {}: `kubectl {}` printed no match for /{re}/",
-                            rb.name,
-                            args.join(" ")
-                        ))
-                    })?;
                 if let Some(p) = rb.placeholders.get(ph) {
                     let documented = runbook::documented_name(&p.documented, &release);
                     if documented != v {
@@ -1116,20 +853,13 @@ impl<'e> Ctx<'e> {
         for f in &findings {
             self.outcome.finding(f);
         }
-        self.outcome.record(
-            "runbook",
-            serde_json::json!({"name": rb.name, "commands": commands}),
-        );
+        self.outcome.record("runbook", serde_json::json!({"name": rb.name, "commands": commands}));
         self.last_runbook = Some((rb.name.clone(), Instant::now()));
         Ok(())
     }
 
     fn zone_nodes(&self, zone: &str) -> Vec<String> {
-        self.zones
-            .iter()
-            .filter(|(_, z)| *z == zone)
-            .map(|(n, _)| n.clone())
-            .collect()
+        self.zones.iter().filter(|(_, z)| *z == zone).map(|(n, _)| n.clone()).collect()
     }
 
     async fn stop_heartbeat(&mut self, node: &str) -> Result<()> {
@@ -1138,8 +868,7 @@ impl<'e> Ctx<'e> {
             .patch(node, &PatchParams::default(), &Patch::Merge(patch))
             .await
             .map_err(Error::kube(format!("stop node {node}'s heartbeat")))?;
-        self.outcome
-            .record("stop-heartbeat", serde_json::json!({"node": node}));
+        self.outcome.record("stop-heartbeat", serde_json::json!({"node": node}));
         Ok(())
     }
 
@@ -1151,62 +880,35 @@ impl<'e> Ctx<'e> {
         let api = Api::<Node>::all(self.client());
         for n in &nodes {
             let patch = serde_json::json!({"metadata": {"labels": {KWOK_LABEL.0: null}}});
-            api.patch(n, &PatchParams::default(), &Patch::Merge(patch))
-                .await
-                .map_err(Error::kube(format!("stop node {n}")))?;
-            api.delete(n, &DeleteParams::default())
-                .await
-                .map_err(Error::kube(format!("delete node {n}")))?;
+            api.patch(n, &PatchParams::default(), &Patch::Merge(patch)).await.map_err(Error::kube(format!("stop node {n}")))?;
+            api.delete(n, &DeleteParams::default()).await.map_err(Error::kube(format!("delete node {n}")))?;
         }
         for n in &nodes {
-            crate::wait::until(
-                &api,
-                n,
-                &format!("node {n} to be gone"),
-                DEFAULT_WAIT,
-                |x: Option<&Node>| x.is_none(),
-            )
-            .await?;
+            crate::wait::until(&api, n, &format!("node {n} to be gone"), DEFAULT_WAIT, |x: Option<&Node>| x.is_none()).await?;
         }
-        self.outcome.record(
-            "lose-zone",
-            serde_json::json!({"zone": zone, "nodes": nodes}),
-        );
+        self.outcome.record("lose-zone", serde_json::json!({"zone": zone, "nodes": nodes}));
         Ok(())
     }
 
     async fn cordon(&mut self, node: &str) -> Result<()> {
         Api::<Node>::all(self.client())
-            .patch(
-                node,
-                &PatchParams::default(),
-                &Patch::Merge(serde_json::json!({"spec": {"unschedulable": true}})),
-            )
+            .patch(node, &PatchParams::default(), &Patch::Merge(serde_json::json!({"spec": {"unschedulable": true}})))
             .await
             .map_err(Error::kube(format!("cordon node {node}")))?;
-        self.outcome
-            .record("cordon", serde_json::json!({"node": node}));
+        self.outcome.record("cordon", serde_json::json!({"node": node}));
         Ok(())
     }
 
     async fn drain(&mut self, node: &str) -> Result<()> {
         self.cordon(node).await?;
         let api = Api::<Pod>::namespaced(self.client(), &self.namespace);
-        let pods = api
-            .list(&ListParams::default().fields(&format!("spec.nodeName={node}")))
-            .await
-            .map_err(Error::kube("list pods"))?;
+        let pods = api.list(&ListParams::default().fields(&format!("spec.nodeName={node}"))).await.map_err(Error::kube("list pods"))?;
         let mut evicted = Vec::new();
         for p in pods.items {
-            api.evict(&p.name_any(), &EvictParams::default())
-                .await
-                .map_err(Error::kube(format!("evict pod {}", p.name_any())))?;
+            api.evict(&p.name_any(), &EvictParams::default()).await.map_err(Error::kube(format!("evict pod {}", p.name_any())))?;
             evicted.push(p.name_any());
         }
-        self.outcome.record(
-            "drain",
-            serde_json::json!({"node": node, "evicted": evicted}),
-        );
+        self.outcome.record("drain", serde_json::json!({"node": node, "evicted": evicted}));
         Ok(())
     }
 
@@ -1219,68 +921,36 @@ impl<'e> Ctx<'e> {
         match kind.as_str() {
             "Pod" => {
                 let api = Api::<Pod>::namespaced(c, &ns);
-                let uid = api
-                    .get(&name)
-                    .await
-                    .map_err(Error::kube(format!("get pod {name}")))?
-                    .uid();
-                api.delete(&name, &dp)
-                    .await
-                    .map_err(Error::kube(format!("delete pod {name}")))?;
+                let uid = api.get(&name).await.map_err(Error::kube(format!("get pod {name}")))?.uid();
+                api.delete(&name, &dp).await.map_err(Error::kube(format!("delete pod {name}")))?;
                 if d.wait {
                     // The same name comes back from the StatefulSet: wait for the old uid to go.
-                    crate::wait::until(
-                        &api,
-                        &name,
-                        &format!("pod {name} (old incarnation) to be gone"),
-                        t,
-                        move |p: Option<&Pod>| p.is_none_or(|p| p.uid() != uid),
-                    )
+                    crate::wait::until(&api, &name, &format!("pod {name} (old incarnation) to be gone"), t, move |p: Option<&Pod>| {
+                        p.is_none_or(|p| p.uid() != uid)
+                    })
                     .await?;
                 }
             }
             "PersistentVolumeClaim" => {
                 let api = Api::<PersistentVolumeClaim>::namespaced(c, &ns);
-                api.delete(&name, &dp)
-                    .await
-                    .map_err(Error::kube(format!("delete claim {name}")))?;
+                api.delete(&name, &dp).await.map_err(Error::kube(format!("delete claim {name}")))?;
                 if d.wait {
-                    crate::wait::until(
-                        &api,
-                        &name,
-                        &format!("claim {name} to be gone"),
-                        t,
-                        |p: Option<&PersistentVolumeClaim>| p.is_none(),
-                    )
+                    crate::wait::until(&api, &name, &format!("claim {name} to be gone"), t, |p: Option<&PersistentVolumeClaim>| {
+                        p.is_none()
+                    })
                     .await?;
                 }
             }
             "Node" => {
                 let api = Api::<Node>::all(c);
-                api.delete(&name, &dp)
-                    .await
-                    .map_err(Error::kube(format!("delete node {name}")))?;
+                api.delete(&name, &dp).await.map_err(Error::kube(format!("delete node {name}")))?;
                 if d.wait {
-                    crate::wait::until(
-                        &api,
-                        &name,
-                        &format!("node {name} to be gone"),
-                        t,
-                        |p: Option<&Node>| p.is_none(),
-                    )
-                    .await?;
+                    crate::wait::until(&api, &name, &format!("node {name} to be gone"), t, |p: Option<&Node>| p.is_none()).await?;
                 }
             }
-            other => {
-                return Err(Error::Invalid(format!(
-                    "delete supports Pod, PersistentVolumeClaim and Node, not {other}"
-                )))
-            }
+            other => return Err(Error::Invalid(format!("delete supports Pod, PersistentVolumeClaim and Node, not {other}"))),
         }
-        self.outcome.record(
-            "delete",
-            serde_json::json!({"object": format!("{kind}/{name}")}),
-        );
+        self.outcome.record("delete", serde_json::json!({"object": format!("{kind}/{name}")}));
         Ok(())
     }
 
@@ -1288,31 +958,14 @@ impl<'e> Ctx<'e> {
         let dir = super::artifacts::dir_for(&self.env.artifacts, test_name);
         let _ = std::fs::remove_dir_all(&dir);
         let mut helm_files = Vec::new();
-        if let Ok(h) = self
-            .helm
-            .history(&self.scenario.release, &self.namespace)
-            .await
-        {
+        if let Ok(h) = self.helm.history(&self.scenario.release, &self.namespace).await {
             let text: String = h
                 .iter()
-                .map(|e| {
-                    format!(
-                        "{}\t{}\t{}\t{}\t{}\n",
-                        e.revision,
-                        e.updated,
-                        e.status.as_str(),
-                        e.chart,
-                        e.description
-                    )
-                })
+                .map(|e| format!("{}\t{}\t{}\t{}\t{}\n", e.revision, e.updated, e.status.as_str(), e.chart, e.description))
                 .collect();
             helm_files.push(("helm-history.txt".to_string(), text));
         }
-        if let Ok(s) = self
-            .helm
-            .status(&self.scenario.release, &self.namespace)
-            .await
-        {
+        if let Ok(s) = self.helm.status(&self.scenario.release, &self.namespace).await {
             helm_files.push(("helm-status.txt".to_string(), format!("{s:#?}")));
         }
         let mut logs = self.env.cluster.logs();
@@ -1327,9 +980,7 @@ impl<'e> Ctx<'e> {
     async fn cleanup(&mut self) {
         // The database goes with the server at teardown.
         self.db = None;
-        let _ = Api::<Namespace>::all(self.client())
-            .delete(&self.namespace, &DeleteParams::background())
-            .await;
+        let _ = Api::<Namespace>::all(self.client()).delete(&self.namespace, &DeleteParams::background()).await;
     }
 }
 
@@ -1337,16 +988,7 @@ impl<'e> Ctx<'e> {
 /// unique per namespace (a hash keeps truncated names apart).
 pub fn database_name(namespace: &str) -> String {
     use sha2::Digest;
-    let mut slug: String = namespace
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    let mut slug: String = namespace.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
     slug.truncate(20);
     let hash = hex::encode(sha2::Sha256::digest(namespace.as_bytes()));
     format!("e2e_{}_{}", slug.trim_end_matches('_'), &hash[..8])
@@ -1385,17 +1027,10 @@ mod tests {
 
     #[test]
     fn namespaces_are_valid_dns_labels() {
-        let ns = namespace_for(
-            "pvc-node-affinity-conflict/release-deleted-without-its-claims-and-more",
-            "r0123abcd",
-        );
+        let ns = namespace_for("pvc-node-affinity-conflict/release-deleted-without-its-claims-and-more", "r0123abcd");
         assert!(ns.len() <= 63, "{ns}");
         assert!(ns.ends_with("-r0123abcd"));
-        assert!(
-            ns.chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
-            "{ns}"
-        );
+        assert!(ns.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'), "{ns}");
     }
 
     #[test]
@@ -1404,12 +1039,7 @@ mod tests {
         let b = database_name("pvc-node-affinity-conflict-release-deleted-r1");
         assert_ne!(a, b);
         for n in [&a, &b] {
-            assert!(
-                n.len() <= 40
-                    && n.chars()
-                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
-                "{n}"
-            );
+            assert!(n.len() <= 40 && n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'), "{n}");
         }
     }
 

@@ -60,10 +60,7 @@ pub(super) fn life(node: &Node) -> Life {
 }
 
 fn terminal(pod: &Pod) -> bool {
-    matches!(
-        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
-        Some("Succeeded" | "Failed")
-    )
+    matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
 }
 
 /// The claims a pod's volumes name: `persistentVolumeClaim` volumes and generic ephemeral
@@ -97,12 +94,7 @@ pub(super) fn pod_volumes(
         let Some(c) = pvc(&ns, &claim) else {
             return Err(format!("claim {ns}/{claim} does not exist (yet)"));
         };
-        let Some(vol) = c
-            .spec
-            .as_ref()
-            .and_then(|s| s.volume_name.clone())
-            .filter(|v| !v.is_empty())
-        else {
+        let Some(vol) = c.spec.as_ref().and_then(|s| s.volume_name.clone()).filter(|v| !v.is_empty()) else {
             return Err(format!("claim {ns}/{claim} is not bound yet"));
         };
         let Some(p) = pv(&vol) else {
@@ -143,13 +135,7 @@ pub(super) struct Step {
 impl NodeVolumes {
     /// Advances the node's state to `now`, given the volumes its pods use, what the node
     /// reported before the sim first saw it (adopted once, as unused), and its knobs.
-    pub fn step(
-        &mut self,
-        used: &BTreeSet<String>,
-        reported: &[String],
-        now: Instant,
-        knobs: NodeKnobs,
-    ) -> Step {
+    pub fn step(&mut self, used: &BTreeSet<String>, reported: &[String], now: Instant, knobs: NodeKnobs) -> Step {
         let mut s = Step::default();
         for v in used {
             match self.vols.insert(v.clone(), None) {
@@ -210,13 +196,7 @@ struct Kubelet {
     said: HashMap<String, String>,
 }
 
-pub(super) async fn kubelet(
-    client: Client,
-    world: World,
-    wake: Arc<Notify>,
-    knobs: Knobs,
-    log: DecisionLog,
-) {
+pub(super) async fn kubelet(client: Client, world: World, wake: Arc<Notify>, knobs: Knobs, log: DecisionLog) {
     let mut k = Kubelet {
         nodes_api: Api::all(client.clone()),
         client,
@@ -254,12 +234,7 @@ impl Kubelet {
         }
     }
 
-    async fn reconcile(
-        &mut self,
-        world: &World,
-        knobs: &Knobs,
-        log: &DecisionLog,
-    ) -> Option<Instant> {
+    async fn reconcile(&mut self, world: &World, knobs: &Knobs, log: &DecisionLog) -> Option<Instant> {
         let now = Instant::now();
         let mut next = None;
         let pvc = |ns: &str, name: &str| world.pvcs.get(&ObjectRef::new(name).within(ns));
@@ -277,12 +252,10 @@ impl Kubelet {
             let vols = pod_volumes(&pod, pvc, pv);
             pods_on.entry(node).or_default().push((pod, vols));
         }
-        let live_pods: HashSet<String> =
-            world.pods.state().iter().filter_map(|p| p.uid()).collect();
+        let live_pods: HashSet<String> = world.pods.state().iter().filter_map(|p| p.uid()).collect();
         self.mounted.retain(|uid, _| live_pods.contains(uid));
         self.unmounted.retain(|uid, _| live_pods.contains(uid));
-        self.said
-            .retain(|k, _| !k.starts_with("pod:") || live_pods.contains(&k[4..]));
+        self.said.retain(|k, _| !k.starts_with("pod:") || live_pods.contains(&k[4..]));
 
         let nodes = world.nodes.state();
         let names: HashSet<String> = nodes.iter().map(|n| n.name_any()).collect();
@@ -294,16 +267,16 @@ impl Kubelet {
                 Life::NotSimulated => continue,
                 Life::Dead => {
                     if self.dead.insert(name.clone()) {
-                        log.record("kubelet", format!("node {name}: heartbeat stopped; its kubelet state is frozen (no volumesInUse updates, no mounts)"));
+                        log.record(
+                            "kubelet",
+                            format!("node {name}: heartbeat stopped; its kubelet state is frozen (no volumesInUse updates, no mounts)"),
+                        );
                     }
                     continue;
                 }
                 Life::Live => {
                     if self.dead.remove(&name) {
-                        log.record(
-                            "kubelet",
-                            format!("node {name}: heartbeat back; its kubelet resumes"),
-                        );
+                        log.record("kubelet", format!("node {name}: heartbeat back; its kubelet resumes"));
                     }
                 }
             }
@@ -323,28 +296,16 @@ impl Kubelet {
             next = earliest(next, step.next);
             let users = |v: &str| {
                 pods.iter()
-                    .filter(|(p, vs)| {
-                        p.metadata.deletion_timestamp.is_none()
-                            && vs.as_ref().is_ok_and(|vs| vs.contains(v))
-                    })
+                    .filter(|(p, vs)| p.metadata.deletion_timestamp.is_none() && vs.as_ref().is_ok_and(|vs| vs.contains(v)))
                     .map(|(p, _)| format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any()))
                     .collect::<Vec<_>>()
                     .join(", ")
             };
             for v in &step.added {
-                log.record(
-                    "kubelet",
-                    format!("node {name}: volume {v} in use (pod {})", users(v)),
-                );
+                log.record("kubelet", format!("node {name}: volume {v} in use (pod {})", users(v)));
             }
             for v in &step.reused {
-                log.record(
-                    "kubelet",
-                    format!(
-                        "node {name}: volume {v} in use again before its unmount (pod {})",
-                        users(v)
-                    ),
-                );
+                log.record("kubelet", format!("node {name}: volume {v} in use again before its unmount (pod {})", users(v)));
             }
             for v in &step.unused {
                 let when = if k.unmount_stuck {
@@ -352,16 +313,10 @@ impl Kubelet {
                 } else {
                     format!("unmount delay {}s", k.unmount_delay.as_secs_f64())
                 };
-                log.record(
-                    "kubelet",
-                    format!("node {name}: volume {v} no longer used by a running pod; {when}"),
-                );
+                log.record("kubelet", format!("node {name}: volume {v} no longer used by a running pod; {when}"));
             }
             for v in &step.released {
-                log.record(
-                    "kubelet",
-                    format!("node {name}: volume {v} unmounted; no longer in use"),
-                );
+                log.record("kubelet", format!("node {name}: volume {v} unmounted; no longer in use"));
             }
 
             // Write volumesInUse (only that field, on the status subresource).
@@ -369,38 +324,23 @@ impl Kubelet {
             let mut synced = step.in_use == current;
             if synced {
                 st.written = None;
-            } else if st
-                .written
-                .as_ref()
-                .is_some_and(|(w, rv)| *w == step.in_use && stale(node.as_ref(), *rv))
-            {
+            } else if st.written.as_ref().is_some_and(|(w, rv)| *w == step.in_use && stale(node.as_ref(), *rv)) {
                 // Our write is on its way to the cache.
                 synced = true;
             } else {
                 let list: Vec<&String> = step.in_use.iter().collect();
                 let patch = json!({"status": {"volumesInUse": list}});
-                match self
-                    .nodes_api
-                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await
-                {
+                match self.nodes_api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
                     Ok(out) => {
                         log.record(
                             "kubelet",
-                            format!(
-                                "node {name}: volumesInUse = [{}]",
-                                step.in_use.iter().cloned().collect::<Vec<_>>().join(", ")
-                            ),
+                            format!("node {name}: volumesInUse = [{}]", step.in_use.iter().cloned().collect::<Vec<_>>().join(", ")),
                         );
                         st.written = Some((step.in_use.clone(), rv_of(&out)));
                         synced = true;
                     }
                     Err(e) => {
-                        self.once(
-                            log,
-                            &format!("node:{name}"),
-                            format!("node {name}: cannot update volumesInUse: {e}"),
-                        );
+                        self.once(log, &format!("node:{name}"), format!("node {name}: cannot update volumesInUse: {e}"));
                         next = earliest(next, Some(now + RETRY));
                     }
                 }
@@ -412,75 +352,44 @@ impl Kubelet {
             // Unmount: terminating pods, now that volumesInUse reflects their end, may go.
             for (pod, vols) in pods {
                 if pod.metadata.deletion_timestamp.is_none()
-                    || pod
-                        .annotations()
-                        .get(UNMOUNTED_ANNOTATION)
-                        .map(String::as_str)
-                        == Some("true")
+                    || pod.annotations().get(UNMOUNTED_ANNOTATION).map(String::as_str) == Some("true")
                 {
                     continue;
                 }
                 let Some(uid) = pod.uid() else { continue };
-                if self
-                    .unmounted
-                    .get(&uid)
-                    .is_some_and(|rv| stale(pod.as_ref(), *rv))
-                {
+                if self.unmounted.get(&uid).is_some_and(|rv| stale(pod.as_ref(), *rv)) {
                     continue;
                 }
                 let pod_ref = format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any());
-                let api: Api<Pod> =
-                    Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
+                let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
                 let patch = json!({"metadata": {"annotations": {UNMOUNTED_ANNOTATION: "true"}}});
-                match api
-                    .patch(
-                        &pod.name_any(),
-                        &PatchParams::default(),
-                        &Patch::Merge(&patch),
-                    )
-                    .await
-                {
+                match api.patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
                     Ok(out) => {
                         let n = vols.as_ref().map(|v| v.len()).unwrap_or(0);
-                        log.record("kubelet", format!("node {name}: tore down pod {pod_ref} ({n} attachable volume(s)); its deletion may complete"));
+                        log.record(
+                            "kubelet",
+                            format!("node {name}: tore down pod {pod_ref} ({n} attachable volume(s)); its deletion may complete"),
+                        );
                         self.unmounted.insert(uid, rv_of(&out));
                     }
                     Err(kube::Error::Api(e)) if e.code == 404 => {}
                     Err(e) => {
-                        self.once(
-                            log,
-                            &format!("pod:{uid}"),
-                            format!("pod {pod_ref}: cannot mark unmounted: {e}"),
-                        );
+                        self.once(log, &format!("pod:{uid}"), format!("pod {pod_ref}: cannot mark unmounted: {e}"));
                         next = earliest(next, Some(now + RETRY));
                     }
                 }
             }
 
             // Mount: pods whose volumes are all attached to the node.
-            let attached: BTreeSet<String> = status
-                .volumes_attached
-                .clone()
-                .unwrap_or_default()
-                .into_iter()
-                .map(|a| a.name)
-                .collect();
+            let attached: BTreeSet<String> = status.volumes_attached.clone().unwrap_or_default().into_iter().map(|a| a.name).collect();
             for (pod, vols) in pods {
-                if pod
-                    .annotations()
-                    .get(MOUNTED_ANNOTATION)
-                    .map(String::as_str)
-                    == Some("true")
+                if pod.annotations().get(MOUNTED_ANNOTATION).map(String::as_str) == Some("true")
                     || pod.metadata.deletion_timestamp.is_some()
                 {
                     continue;
                 }
                 let Some(uid) = pod.uid() else { continue };
-                if self
-                    .mounted
-                    .get(&uid)
-                    .is_some_and(|rv| stale(pod.as_ref(), *rv))
-                {
+                if self.mounted.get(&uid).is_some_and(|rv| stale(pod.as_ref(), *rv)) {
                     continue;
                 }
                 let key = format!("pod:{uid}");
@@ -488,62 +397,32 @@ impl Kubelet {
                 let vols = match vols {
                     Ok(v) => v,
                     Err(why) => {
-                        self.once(
-                            log,
-                            &key,
-                            format!("pod {pod_ref} on node {name} waits to mount: {why}"),
-                        );
+                        self.once(log, &key, format!("pod {pod_ref} on node {name} waits to mount: {why}"));
                         continue;
                     }
                 };
-                let missing: Vec<&String> =
-                    vols.iter().filter(|v| !attached.contains(*v)).collect();
+                let missing: Vec<&String> = vols.iter().filter(|v| !attached.contains(*v)).collect();
                 if !missing.is_empty() {
-                    let m = missing
-                        .iter()
-                        .map(|s| s.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ");
-                    self.once(
-                        log,
-                        &key,
-                        format!(
-                            "pod {pod_ref} on node {name} waits to mount: not attached yet: {m}"
-                        ),
-                    );
+                    let m = missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ");
+                    self.once(log, &key, format!("pod {pod_ref} on node {name} waits to mount: not attached yet: {m}"));
                     continue;
                 }
-                let api: Api<Pod> =
-                    Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
+                let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
                 let patch = json!({"metadata": {"annotations": {MOUNTED_ANNOTATION: "true"}}});
-                match api
-                    .patch(
-                        &pod.name_any(),
-                        &PatchParams::default(),
-                        &Patch::Merge(&patch),
-                    )
-                    .await
-                {
+                match api.patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
                     Ok(out) => {
                         let what = if vols.is_empty() {
                             "no attachable volumes".to_string()
                         } else {
                             vols.iter().cloned().collect::<Vec<_>>().join(", ")
                         };
-                        log.record(
-                            "kubelet",
-                            format!("node {name}: mounted pod {pod_ref} ({what})"),
-                        );
+                        log.record("kubelet", format!("node {name}: mounted pod {pod_ref} ({what})"));
                         self.mounted.insert(uid, rv_of(&out));
                         self.said.remove(&key);
                     }
                     Err(kube::Error::Api(e)) if e.code == 404 => {}
                     Err(e) => {
-                        self.once(
-                            log,
-                            &key,
-                            format!("pod {pod_ref}: cannot mark mounted: {e}"),
-                        );
+                        self.once(log, &key, format!("pod {pod_ref}: cannot mark mounted: {e}"));
                         next = earliest(next, Some(now + RETRY));
                     }
                 }
@@ -557,8 +436,7 @@ impl Kubelet {
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{
-        EphemeralVolumeSource, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource,
-        PersistentVolumeSpec, PodSpec, Volume,
+        EphemeralVolumeSource, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PersistentVolumeSpec, PodSpec, Volume,
     };
     use kube::api::ObjectMeta;
 
@@ -567,10 +445,7 @@ mod tests {
     }
 
     fn knobs(delay: u64, stuck: bool) -> NodeKnobs {
-        NodeKnobs {
-            unmount_delay: Duration::from_secs(delay),
-            unmount_stuck: stuck,
-        }
+        NodeKnobs { unmount_delay: Duration::from_secs(delay), unmount_stuck: stuck }
     }
 
     #[test]
@@ -594,19 +469,9 @@ mod tests {
         let s = n.step(&set(&[]), &[], t + Duration::from_secs(1), knobs(20, false));
         assert_eq!(s.in_use, set(&["v"]));
         assert_eq!(s.next, Some(t + Duration::from_secs(21)));
-        let s = n.step(
-            &set(&[]),
-            &[],
-            t + Duration::from_secs(20),
-            knobs(20, false),
-        );
+        let s = n.step(&set(&[]), &[], t + Duration::from_secs(20), knobs(20, false));
         assert!(s.released.is_empty() && s.unused.is_empty());
-        let s = n.step(
-            &set(&[]),
-            &[],
-            t + Duration::from_secs(21),
-            knobs(20, false),
-        );
+        let s = n.step(&set(&[]), &[], t + Duration::from_secs(21), knobs(20, false));
         assert_eq!(s.released, ["v"]);
         assert!(s.in_use.is_empty());
     }
@@ -626,20 +491,10 @@ mod tests {
         let mut n = NodeVolumes::default();
         let t = Instant::now();
         n.step(&set(&["v"]), &[], t, knobs(0, true));
-        let s = n.step(
-            &set(&[]),
-            &[],
-            t + Duration::from_secs(3600),
-            knobs(0, true),
-        );
+        let s = n.step(&set(&[]), &[], t + Duration::from_secs(3600), knobs(0, true));
         assert_eq!(s.in_use, set(&["v"]));
         assert_eq!(s.next, None);
-        let s = n.step(
-            &set(&[]),
-            &[],
-            t + Duration::from_secs(3601),
-            knobs(0, false),
-        );
+        let s = n.step(&set(&[]), &[], t + Duration::from_secs(3601), knobs(0, false));
         assert_eq!(s.released, ["v"]);
     }
 
@@ -649,19 +504,9 @@ mod tests {
         let t = Instant::now();
         n.step(&set(&["v"]), &[], t, knobs(20, false));
         n.step(&set(&[]), &[], t, knobs(20, false));
-        let s = n.step(
-            &set(&["v"]),
-            &[],
-            t + Duration::from_secs(5),
-            knobs(20, false),
-        );
+        let s = n.step(&set(&["v"]), &[], t + Duration::from_secs(5), knobs(20, false));
         assert_eq!(s.reused, ["v"]);
-        let s = n.step(
-            &set(&["v"]),
-            &[],
-            t + Duration::from_secs(60),
-            knobs(20, false),
-        );
+        let s = n.step(&set(&["v"]), &[], t + Duration::from_secs(60), knobs(20, false));
         assert_eq!(s.in_use, set(&["v"]));
         assert!(s.released.is_empty());
     }
@@ -673,33 +518,16 @@ mod tests {
         let s = n.step(&set(&[]), &["old".to_string()], t, knobs(10, false));
         assert_eq!(s.in_use, set(&["old"]));
         // A stale cache showing it again later is not re-adopted.
-        let s = n.step(
-            &set(&[]),
-            &["old".to_string()],
-            t + Duration::from_secs(10),
-            knobs(10, false),
-        );
+        let s = n.step(&set(&[]), &["old".to_string()], t + Duration::from_secs(10), knobs(10, false));
         assert_eq!(s.released, ["old"]);
-        let s = n.step(
-            &set(&[]),
-            &["old".to_string()],
-            t + Duration::from_secs(11),
-            knobs(10, false),
-        );
+        let s = n.step(&set(&[]), &["old".to_string()], t + Duration::from_secs(11), knobs(10, false));
         assert!(s.in_use.is_empty());
     }
 
     fn pod(volumes: Vec<Volume>) -> Pod {
         Pod {
-            metadata: ObjectMeta {
-                name: Some("db-0".into()),
-                namespace: Some("lily".into()),
-                ..Default::default()
-            },
-            spec: Some(PodSpec {
-                volumes: Some(volumes),
-                ..Default::default()
-            }),
+            metadata: ObjectMeta { name: Some("db-0".into()), namespace: Some("lily".into()), ..Default::default() },
+            spec: Some(PodSpec { volumes: Some(volumes), ..Default::default() }),
             status: None,
         }
     }
@@ -707,10 +535,7 @@ mod tests {
     fn claim_vol(name: &str, claim: &str) -> Volume {
         Volume {
             name: name.into(),
-            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                claim_name: claim.into(),
-                read_only: None,
-            }),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource { claim_name: claim.into(), read_only: None }),
             ..Default::default()
         }
     }
@@ -719,16 +544,8 @@ mod tests {
     fn claims_come_from_pvc_and_ephemeral_volumes() {
         let p = pod(vec![
             claim_vol("data", "data-db-0"),
-            Volume {
-                name: "scratch".into(),
-                ephemeral: Some(EphemeralVolumeSource::default()),
-                ..Default::default()
-            },
-            Volume {
-                name: "tmp".into(),
-                empty_dir: Some(Default::default()),
-                ..Default::default()
-            },
+            Volume { name: "scratch".into(), ephemeral: Some(EphemeralVolumeSource::default()), ..Default::default() },
+            Volume { name: "tmp".into(), empty_dir: Some(Default::default()), ..Default::default() },
         ]);
         assert_eq!(claim_names(&p), ["data-db-0", "db-0-scratch"]);
     }
@@ -737,10 +554,7 @@ mod tests {
     fn pod_volumes_resolve_through_bound_claims_to_csi_unique_names() {
         let p = pod(vec![claim_vol("data", "data-db-0")]);
         let bound = Arc::new(PersistentVolumeClaim {
-            spec: Some(PersistentVolumeClaimSpec {
-                volume_name: Some("pvc-1".into()),
-                ..Default::default()
-            }),
+            spec: Some(PersistentVolumeClaimSpec { volume_name: Some("pvc-1".into()), ..Default::default() }),
             ..Default::default()
         });
         let csi_pv = Arc::new(PersistentVolume {
@@ -754,35 +568,20 @@ mod tests {
             }),
             ..Default::default()
         });
-        let got = pod_volumes(
-            &p,
-            |ns, n| (ns == "lily" && n == "data-db-0").then(|| bound.clone()),
-            |n| (n == "pvc-1").then(|| csi_pv.clone()),
-        );
-        assert_eq!(
-            got,
-            Ok(set(&["kubernetes.io/csi/block.sim.lily-e2e.io^vol-1"]))
-        );
+        let got =
+            pod_volumes(&p, |ns, n| (ns == "lily" && n == "data-db-0").then(|| bound.clone()), |n| (n == "pvc-1").then(|| csi_pv.clone()));
+        assert_eq!(got, Ok(set(&["kubernetes.io/csi/block.sim.lily-e2e.io^vol-1"])));
         let unbound = Arc::new(PersistentVolumeClaim::default());
-        assert!(pod_volumes(&p, |_, _| Some(unbound.clone()), |_| None)
-            .unwrap_err()
-            .contains("not bound"));
-        assert!(pod_volumes(&p, |_, _| None, |_| None)
-            .unwrap_err()
-            .contains("does not exist"));
-        assert_eq!(
-            pod_volumes(&pod(vec![]), |_, _| None, |_| None),
-            Ok(BTreeSet::new())
-        );
+        assert!(pod_volumes(&p, |_, _| Some(unbound.clone()), |_| None).unwrap_err().contains("not bound"));
+        assert!(pod_volumes(&p, |_, _| None, |_| None).unwrap_err().contains("does not exist"));
+        assert_eq!(pod_volumes(&pod(vec![]), |_, _| None, |_| None), Ok(BTreeSet::new()));
     }
 
     #[test]
     fn nodes_are_live_dead_or_not_ours() {
         let mut n = Node {
             metadata: ObjectMeta {
-                annotations: Some(
-                    [(SIMULATED_NODE.0.to_string(), SIMULATED_NODE.1.to_string())].into(),
-                ),
+                annotations: Some([(SIMULATED_NODE.0.to_string(), SIMULATED_NODE.1.to_string())].into()),
                 labels: Some([(KWOK_LABEL.0.to_string(), KWOK_LABEL.1.to_string())].into()),
                 ..Default::default()
             },

@@ -21,19 +21,9 @@ use super::{MOUNTED_ANNOTATION, UNMOUNTED_ANNOTATION};
 /// The KwokConfiguration and Stage documents, as one multi-document YAML stream.
 pub fn kwok_config() -> String {
     let mut out = String::from(KWOK_CONFIGURATION);
-    for stage in [
-        NODE_INITIALIZE,
-        NODE_HEARTBEAT,
-        POD_READY,
-        POD_COMPLETE,
-        POD_DELETE,
-    ] {
+    for stage in [NODE_INITIALIZE, NODE_HEARTBEAT, POD_READY, POD_COMPLETE, POD_DELETE] {
         out.push_str("---\n");
-        out.push_str(
-            &stage
-                .replace("@MOUNTED@", MOUNTED_ANNOTATION)
-                .replace("@UNMOUNTED@", UNMOUNTED_ANNOTATION),
-        );
+        out.push_str(&stage.replace("@MOUNTED@", MOUNTED_ANNOTATION).replace("@UNMOUNTED@", UNMOUNTED_ANNOTATION));
     }
     out
 }
@@ -372,19 +362,10 @@ mod tests {
         let docs = stages();
         assert_eq!(docs[0]["kind"], "KwokConfiguration");
         assert_eq!(docs[0]["apiVersion"], "config.kwok.x-k8s.io/v1alpha1");
-        let names: Vec<&str> = docs[1..]
-            .iter()
-            .map(|d| d["metadata"]["name"].as_str().unwrap())
-            .collect();
+        let names: Vec<&str> = docs[1..].iter().map(|d| d["metadata"]["name"].as_str().unwrap()).collect();
         assert_eq!(
             names,
-            [
-                "lily-e2e-node-initialize",
-                "lily-e2e-node-heartbeat",
-                "lily-e2e-pod-ready",
-                "lily-e2e-pod-complete",
-                "lily-e2e-pod-delete"
-            ]
+            ["lily-e2e-node-initialize", "lily-e2e-node-heartbeat", "lily-e2e-pod-ready", "lily-e2e-pod-complete", "lily-e2e-pod-delete"]
         );
         for d in &docs[1..] {
             assert_eq!(d["apiVersion"], "kwok.x-k8s.io/v1alpha1");
@@ -396,12 +377,7 @@ mod tests {
     fn sets_the_options_kwok_only_defaults_without_a_configuration() {
         let docs = stages();
         let o = &docs[0]["options"];
-        for k in [
-            "podPlayStageParallelism",
-            "nodePlayStageParallelism",
-            "nodeLeaseParallelism",
-            "podsOnNodeSyncParallelism",
-        ] {
+        for k in ["podPlayStageParallelism", "nodePlayStageParallelism", "nodeLeaseParallelism", "podsOnNodeSyncParallelism"] {
             assert!(o[k].as_u64().is_some_and(|n| n > 0), "{k} must be positive");
         }
     }
@@ -409,48 +385,24 @@ mod tests {
     #[test]
     fn has_node_stages_because_standalone_kwok_has_no_defaults() {
         let docs = stages();
-        let kinds: Vec<&str> = docs[1..]
-            .iter()
-            .map(|d| d["spec"]["resourceRef"]["kind"].as_str().unwrap())
-            .collect();
+        let kinds: Vec<&str> = docs[1..].iter().map(|d| d["spec"]["resourceRef"]["kind"].as_str().unwrap()).collect();
         assert_eq!(kinds.iter().filter(|k| **k == "Node").count(), 2);
     }
 
     #[test]
     fn pod_ready_is_gated_on_the_mount_annotation() {
         let docs = stages();
-        let ready = docs
-            .iter()
-            .find(|d| d["metadata"]["name"] == "lily-e2e-pod-ready")
-            .unwrap();
-        let exprs = ready["spec"]["selector"]["matchExpressions"]
-            .as_array()
-            .unwrap();
-        let keys: Vec<&str> = exprs
-            .iter()
-            .map(|e| e["jq"]["key"].as_str().unwrap())
-            .collect();
+        let ready = docs.iter().find(|d| d["metadata"]["name"] == "lily-e2e-pod-ready").unwrap();
+        let exprs = ready["spec"]["selector"]["matchExpressions"].as_array().unwrap();
+        let keys: Vec<&str> = exprs.iter().map(|e| e["jq"]["key"].as_str().unwrap()).collect();
         assert!(keys.contains(&".spec.nodeName"));
         assert!(keys.contains(&".status.podIP"));
         assert!(keys.contains(&".metadata.deletionTimestamp"));
-        let gate = exprs
-            .iter()
-            .find(|e| {
-                e["jq"]["key"]
-                    .as_str()
-                    .unwrap()
-                    .contains(MOUNTED_ANNOTATION)
-            })
-            .unwrap();
-        assert_eq!(
-            gate["jq"]["key"],
-            format!(".metadata.annotations[\"{MOUNTED_ANNOTATION}\"]")
-        );
+        let gate = exprs.iter().find(|e| e["jq"]["key"].as_str().unwrap().contains(MOUNTED_ANNOTATION)).unwrap();
+        assert_eq!(gate["jq"]["key"], format!(".metadata.annotations[\"{MOUNTED_ANNOTATION}\"]"));
         assert_eq!(gate["jq"]["operator"], "In");
         assert_eq!(gate["jq"]["values"][0], "true");
-        let template = ready["spec"]["steps"][0]["patch"]["template"]
-            .as_str()
-            .unwrap();
+        let template = ready["spec"]["steps"][0]["patch"]["template"].as_str().unwrap();
         for want in [
             "phase: Running",
             "type: Initialized",
@@ -468,17 +420,11 @@ mod tests {
     #[test]
     fn pod_delete_deletes_pods_being_deleted_once_unmounted() {
         let docs = stages();
-        let del = docs
-            .iter()
-            .find(|d| d["metadata"]["name"] == "lily-e2e-pod-delete")
-            .unwrap();
+        let del = docs.iter().find(|d| d["metadata"]["name"] == "lily-e2e-pod-delete").unwrap();
         let exprs = &del["spec"]["selector"]["matchExpressions"];
         assert_eq!(exprs[0]["jq"]["key"], ".metadata.deletionTimestamp");
         assert_eq!(exprs[0]["jq"]["operator"], "Exists");
-        assert_eq!(
-            exprs[1]["jq"]["key"],
-            format!(".metadata.annotations[\"{UNMOUNTED_ANNOTATION}\"]")
-        );
+        assert_eq!(exprs[1]["jq"]["key"], format!(".metadata.annotations[\"{UNMOUNTED_ANNOTATION}\"]"));
         assert_eq!(exprs[1]["jq"]["values"][0], "true");
         assert_eq!(del["spec"]["steps"][0]["delete"], true);
     }

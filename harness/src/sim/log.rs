@@ -16,15 +16,9 @@ pub struct DecisionLog {
 
 impl DecisionLog {
     pub fn open(path: PathBuf) -> Result<Self> {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(Error::io(format!("open {}", path.display())))?;
-        Ok(DecisionLog {
-            path,
-            file: Arc::new(Mutex::new(file)),
-        })
+        let file =
+            std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(Error::io(format!("open {}", path.display())))?;
+        Ok(DecisionLog { path, file: Arc::new(Mutex::new(file)) })
     }
 
     pub fn path(&self) -> &Path {

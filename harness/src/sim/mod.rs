@@ -80,10 +80,7 @@ pub struct SimOptions {
 
 impl Default for SimOptions {
     fn default() -> Self {
-        SimOptions {
-            storage_class: DEFAULT_STORAGE_CLASS.into(),
-            default_class: true,
-        }
+        SimOptions { storage_class: DEFAULT_STORAGE_CLASS.into(), default_class: true }
     }
 }
 
@@ -109,21 +106,11 @@ pub struct Knobs {
 impl Knobs {
     /// The settings of `node` (defaults unless set).
     pub fn node(&self, node: &str) -> NodeKnobs {
-        self.nodes
-            .lock()
-            .unwrap()
-            .get(node)
-            .copied()
-            .unwrap_or_default()
+        self.nodes.lock().unwrap().get(node).copied().unwrap_or_default()
     }
 
     fn update(&self, node: &str, f: impl FnOnce(&mut NodeKnobs)) {
-        f(self
-            .nodes
-            .lock()
-            .unwrap()
-            .entry(node.to_string())
-            .or_default());
+        f(self.nodes.lock().unwrap().entry(node.to_string()).or_default());
         self.wake.notify_one();
     }
 
@@ -159,27 +146,16 @@ impl SimCloud {
         let log = DecisionLog::open(run.subdir("logs")?.join("sim-cloud.log"))?;
         storage::apply_storage_class(client, run.id(), &opts, &log).await?;
         let knobs = Knobs::default();
-        let wakes = world::Wakes {
-            provisioner: Arc::default(),
-            attacher: Arc::default(),
-            kubelet: knobs.wake.clone(),
-        };
+        let wakes = world::Wakes { provisioner: Arc::default(), attacher: Arc::default(), kubelet: knobs.wake.clone() };
         let (world, mut tasks) = world::World::start(client, &wakes, &log);
         // From here on `sim` owns the tasks, so an early return aborts them.
-        let mut sim = SimCloud {
-            knobs: knobs.clone(),
-            log: log.clone(),
-            storage_class: opts.storage_class.clone(),
-            tasks: Vec::new(),
-        };
+        let mut sim = SimCloud { knobs: knobs.clone(), log: log.clone(), storage_class: opts.storage_class.clone(), tasks: Vec::new() };
         sim.tasks.append(&mut tasks);
-        tokio::time::timeout(START_TIMEOUT, world.ready())
-            .await
-            .map_err(|_| Error::Timeout {
-                what: "the sim cloud's watches to list the cluster".into(),
-                after: START_TIMEOUT,
-                last_seen: world.describe(),
-            })??;
+        tokio::time::timeout(START_TIMEOUT, world.ready()).await.map_err(|_| Error::Timeout {
+            what: "the sim cloud's watches to list the cluster".into(),
+            after: START_TIMEOUT,
+            last_seen: world.describe(),
+        })??;
         sim.tasks.push(tokio::spawn(storage::provisioner(
             client.clone(),
             world.clone(),
@@ -187,26 +163,9 @@ impl SimCloud {
             log.clone(),
             run.id().clone(),
         )));
-        sim.tasks.push(tokio::spawn(storage::attacher(
-            client.clone(),
-            world.clone(),
-            wakes.attacher.clone(),
-            log.clone(),
-        )));
-        sim.tasks.push(tokio::spawn(kubelet::kubelet(
-            client.clone(),
-            world,
-            wakes.kubelet.clone(),
-            knobs,
-            log.clone(),
-        )));
-        log.record(
-            "sim",
-            format!(
-                "started: driver {DRIVER}, storage class {}",
-                opts.storage_class
-            ),
-        );
+        sim.tasks.push(tokio::spawn(storage::attacher(client.clone(), world.clone(), wakes.attacher.clone(), log.clone())));
+        sim.tasks.push(tokio::spawn(kubelet::kubelet(client.clone(), world, wakes.kubelet.clone(), knobs, log.clone())));
+        log.record("sim", format!("started: driver {DRIVER}, storage class {}", opts.storage_class));
         Ok(sim)
     }
 

@@ -6,9 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{
-    CSIPersistentVolumeSource, Node, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm,
-    ObjectReference, PersistentVolume, PersistentVolumeClaim, PersistentVolumeSpec,
-    VolumeNodeAffinity,
+    CSIPersistentVolumeSource, Node, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, ObjectReference, PersistentVolume,
+    PersistentVolumeClaim, PersistentVolumeSpec, VolumeNodeAffinity,
 };
 use k8s_openapi::api::storage::v1::{StorageClass, VolumeAttachment};
 use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
@@ -27,10 +26,7 @@ use crate::run::{RunId, RUN_LABEL};
 
 /// Annotations the PV controller (kube-controller-manager) puts on a claim it hands to an
 /// external provisioner; the beta one for older controllers.
-const STORAGE_PROVISIONER: [&str; 2] = [
-    "volume.kubernetes.io/storage-provisioner",
-    "volume.beta.kubernetes.io/storage-provisioner",
-];
+const STORAGE_PROVISIONER: [&str; 2] = ["volume.kubernetes.io/storage-provisioner", "volume.beta.kubernetes.io/storage-provisioner"];
 /// Set by the scheduler on a `WaitForFirstConsumer` claim once it picked a node.
 const SELECTED_NODE: &str = "volume.kubernetes.io/selected-node";
 const DEFAULT_CLASS: &str = "storageclass.kubernetes.io/is-default-class";
@@ -39,24 +35,12 @@ const FIELD_MANAGER: &str = "lily-e2e-sim";
 const RETRY: Duration = Duration::from_secs(1);
 
 /// Registers (server-side applies) the driver's StorageClass.
-pub(super) async fn apply_storage_class(
-    client: &Client,
-    run: &RunId,
-    opts: &SimOptions,
-    log: &DecisionLog,
-) -> Result<()> {
+pub(super) async fn apply_storage_class(client: &Client, run: &RunId, opts: &SimOptions, log: &DecisionLog) -> Result<()> {
     let sc = storage_class(run, opts);
     let api: Api<StorageClass> = Api::all(client.clone());
-    api.patch(
-        &opts.storage_class,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&sc),
-    )
-    .await
-    .map_err(Error::kube(format!(
-        "register StorageClass {}",
-        opts.storage_class
-    )))?;
+    api.patch(&opts.storage_class, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&sc))
+        .await
+        .map_err(Error::kube(format!("register StorageClass {}", opts.storage_class)))?;
     log.record(
         "storage",
         format!(
@@ -83,13 +67,7 @@ pub(super) fn storage_class(run: &RunId, opts: &SimOptions) -> StorageClass {
         provisioner: DRIVER.into(),
         reclaim_policy: Some("Delete".into()),
         volume_binding_mode: Some("WaitForFirstConsumer".into()),
-        parameters: Some(
-            [
-                ("type".to_string(), "gp2".to_string()),
-                ("csi.storage.k8s.io/fstype".to_string(), "ext4".to_string()),
-            ]
-            .into(),
-        ),
+        parameters: Some([("type".to_string(), "gp2".to_string()), ("csi.storage.k8s.io/fstype".to_string(), "ext4".to_string())].into()),
         ..Default::default()
     }
 }
@@ -107,13 +85,7 @@ async fn wait(wake: &Notify, retry: Option<Instant>) {
 
 /// Logs `msg` for `key` unless it is what was last logged for it (failing reconciles
 /// repeat; the log should not).
-fn once(
-    seen: &mut HashMap<String, String>,
-    log: &DecisionLog,
-    component: &str,
-    key: &str,
-    msg: String,
-) {
+fn once(seen: &mut HashMap<String, String>, log: &DecisionLog, component: &str, key: &str, msg: String) {
     if seen.get(key) != Some(&msg) {
         log.record(component, &msg);
         seen.insert(key.to_string(), msg);
@@ -136,10 +108,7 @@ pub(super) struct Claim {
 /// The claim, if it waits for this driver to provision it.
 pub(super) fn claim_to_provision(pvc: &PersistentVolumeClaim) -> Option<Claim> {
     let ann = pvc.metadata.annotations.as_ref()?;
-    if !STORAGE_PROVISIONER
-        .iter()
-        .any(|k| ann.get(*k).map(String::as_str) == Some(DRIVER))
-    {
+    if !STORAGE_PROVISIONER.iter().any(|k| ann.get(*k).map(String::as_str) == Some(DRIVER)) {
         return None;
     }
     if pvc.metadata.deletion_timestamp.is_some() {
@@ -190,12 +159,7 @@ pub(super) fn build_pv(
         .cloned()
         .ok_or("the claim requests no storage size")?;
     let block = spec.volume_mode.as_deref() == Some("Block");
-    let fs_type = sc
-        .parameters
-        .as_ref()
-        .and_then(|p| p.get("csi.storage.k8s.io/fstype"))
-        .cloned()
-        .unwrap_or_else(|| "ext4".into());
+    let fs_type = sc.parameters.as_ref().and_then(|p| p.get("csi.storage.k8s.io/fstype")).cloned().unwrap_or_else(|| "ext4".into());
     let mut labels = BTreeMap::new();
     if let Some(run) = run {
         labels.insert(RUN_LABEL.to_string(), run.to_string());
@@ -225,9 +189,7 @@ pub(super) fn build_pv(
                 resource_version: pvc.resource_version(),
                 ..Default::default()
             }),
-            persistent_volume_reclaim_policy: Some(
-                sc.reclaim_policy.clone().unwrap_or_else(|| "Delete".into()),
-            ),
+            persistent_volume_reclaim_policy: Some(sc.reclaim_policy.clone().unwrap_or_else(|| "Delete".into())),
             storage_class_name: Some(sc.name_any()),
             mount_options: sc.mount_options.clone(),
             volume_mode: spec.volume_mode.clone(),
@@ -276,19 +238,11 @@ pub(super) fn released_for_deletion(pv: &PersistentVolume) -> bool {
     pv.metadata.deletion_timestamp.is_none()
         && pv.annotations().get(PROVISIONED_BY).map(String::as_str) == Some(DRIVER)
         && pv.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Released")
-        && pv
-            .spec
-            .as_ref()
-            .and_then(|s| s.persistent_volume_reclaim_policy.as_deref())
-            == Some("Delete")
+        && pv.spec.as_ref().and_then(|s| s.persistent_volume_reclaim_policy.as_deref()) == Some("Delete")
 }
 
 fn handle_of(pv: &PersistentVolume) -> String {
-    pv.spec
-        .as_ref()
-        .and_then(|s| s.csi.as_ref())
-        .map(|c| c.volume_handle.clone())
-        .unwrap_or_default()
+    pv.spec.as_ref().and_then(|s| s.csi.as_ref()).map(|c| c.volume_handle.clone()).unwrap_or_default()
 }
 
 struct Provisioner {
@@ -299,19 +253,8 @@ struct Provisioner {
     said: HashMap<String, String>,
 }
 
-pub(super) async fn provisioner(
-    client: Client,
-    world: World,
-    wake: Arc<Notify>,
-    log: DecisionLog,
-    run: RunId,
-) {
-    let mut p = Provisioner {
-        pvs: Api::all(client.clone()),
-        scs: Api::all(client),
-        run: Some(run.to_string()),
-        said: HashMap::new(),
-    };
+pub(super) async fn provisioner(client: Client, world: World, wake: Arc<Notify>, log: DecisionLog, run: RunId) {
+    let mut p = Provisioner { pvs: Api::all(client.clone()), scs: Api::all(client), run: Some(run.to_string()), said: HashMap::new() };
     loop {
         let retry = p.reconcile(&world, &log).await;
         wait(&wake, retry).await;
@@ -344,49 +287,28 @@ impl Provisioner {
                 .vas
                 .state()
                 .iter()
-                .filter(|va| {
-                    va.spec.source.persistent_volume_name.as_deref() == Some(name.as_str())
-                })
+                .filter(|va| va.spec.source.persistent_volume_name.as_deref() == Some(name.as_str()))
                 .map(|va| va.spec.node_name.clone())
                 .collect();
             if !attached.is_empty() {
-                let msg = format!(
-                    "deferred deleting released PV {name} ({}): still attached to {}",
-                    handle_of(&pv),
-                    attached.join(", ")
-                );
+                let msg = format!("deferred deleting released PV {name} ({}): still attached to {}", handle_of(&pv), attached.join(", "));
                 once(&mut self.said, log, "provisioner", &name, msg);
                 continue;
             }
             match self.pvs.delete(&name, &DeleteParams::default()).await {
                 Ok(_) => {
                     let claim = pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref());
-                    let claim = claim.map(|c| {
-                        format!(
-                            "{}/{}",
-                            c.namespace.clone().unwrap_or_default(),
-                            c.name.clone().unwrap_or_default()
-                        )
-                    });
+                    let claim =
+                        claim.map(|c| format!("{}/{}", c.namespace.clone().unwrap_or_default(), c.name.clone().unwrap_or_default()));
                     log.record(
                         "provisioner",
-                        format!(
-                            "deleted released PV {name} (volume {}, was claim {})",
-                            handle_of(&pv),
-                            claim.unwrap_or_default()
-                        ),
+                        format!("deleted released PV {name} (volume {}, was claim {})", handle_of(&pv), claim.unwrap_or_default()),
                     );
                     self.said.remove(&name);
                 }
                 Err(kube::Error::Api(e)) if e.code == 404 => {}
                 Err(e) => {
-                    once(
-                        &mut self.said,
-                        log,
-                        "provisioner",
-                        &name,
-                        format!("cannot delete released PV {name}: {e}"),
-                    );
+                    once(&mut self.said, log, "provisioner", &name, format!("cannot delete released PV {name}: {e}"));
                     retry = Some(Instant::now() + RETRY);
                 }
             }
@@ -410,7 +332,13 @@ impl Provisioner {
                 Some(n) => match node_zone(&n) {
                     Some(z) => (z, node.clone()),
                     None => {
-                        once(&mut self.said, log, "provisioner", &key, format!("cannot provision claim {key}: selected node {node} has no {ZONE_LABEL} label"));
+                        once(
+                            &mut self.said,
+                            log,
+                            "provisioner",
+                            &key,
+                            format!("cannot provision claim {key}: selected node {node} has no {ZONE_LABEL} label"),
+                        );
                         return Err(false);
                     }
                 },
@@ -420,10 +348,7 @@ impl Provisioner {
             None => {
                 let mut nodes = world.nodes.state();
                 nodes.sort_by_key(|n| n.name_any());
-                match nodes
-                    .iter()
-                    .find_map(|n| node_zone(n).map(|z| (z, n.name_any())))
-                {
+                match nodes.iter().find_map(|n| node_zone(n).map(|z| (z, n.name_any()))) {
                     Some((z, n)) => (z, format!("{n} (immediate binding)")),
                     None => return Err(false),
                 }
@@ -437,21 +362,12 @@ impl Provisioner {
                     log,
                     "provisioner",
                     &key,
-                    format!(
-                        "cannot provision claim {key}: StorageClass {} not found",
-                        claim.storage_class
-                    ),
+                    format!("cannot provision claim {key}: StorageClass {} not found", claim.storage_class),
                 );
                 return Err(true);
             }
             Err(e) => {
-                once(
-                    &mut self.said,
-                    log,
-                    "provisioner",
-                    &key,
-                    format!("cannot provision claim {key}: get StorageClass: {e}"),
-                );
+                once(&mut self.said, log, "provisioner", &key, format!("cannot provision claim {key}: get StorageClass: {e}"));
                 return Err(true);
             }
         };
@@ -459,42 +375,27 @@ impl Provisioner {
         let pv = match build_pv(pvc, &sc, &zone, &handle, self.run.as_deref()) {
             Ok(pv) => pv,
             Err(why) => {
-                once(
-                    &mut self.said,
-                    log,
-                    "provisioner",
-                    &key,
-                    format!("cannot provision claim {key}: {why}"),
-                );
+                once(&mut self.said, log, "provisioner", &key, format!("cannot provision claim {key}: {why}"));
                 return Err(false);
             }
         };
         match self.pvs.create(&PostParams::default(), &pv).await {
             Ok(_) => {
                 let spec = pv.spec.as_ref().expect("built with a spec");
-                let size = spec
-                    .capacity
-                    .as_ref()
-                    .and_then(|c| c.get("storage"))
-                    .map(|q| q.0.clone())
-                    .unwrap_or_default();
+                let size = spec.capacity.as_ref().and_then(|c| c.get("storage")).map(|q| q.0.clone()).unwrap_or_default();
                 let modes = spec.access_modes.clone().unwrap_or_default().join(",");
                 log.record(
                     "provisioner",
-                    format!("provisioned PV {name} (volume {handle}, {size}, {modes}) for claim {key} in zone {zone} (selected node {node})"),
+                    format!(
+                        "provisioned PV {name} (volume {handle}, {size}, {modes}) for claim {key} in zone {zone} (selected node {node})"
+                    ),
                 );
                 self.said.remove(&key);
                 Ok(())
             }
             Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
             Err(e) => {
-                once(
-                    &mut self.said,
-                    log,
-                    "provisioner",
-                    &key,
-                    format!("cannot create PV {name} for claim {key}: {e}"),
-                );
+                once(&mut self.said, log, "provisioner", &key, format!("cannot create PV {name} for claim {key}: {e}"));
                 Err(true)
             }
         }
@@ -533,10 +434,7 @@ pub(super) fn attach_verdict(
             && o.metadata.deletion_timestamp.is_none()
             && o.status.as_ref().is_some_and(|s| s.attached)
     }) {
-        return Err(format!(
-            "volume {handle} is already attached to instance {}",
-            other.spec.node_name
-        ));
+        return Err(format!("volume {handle} is already attached to instance {}", other.spec.node_name));
     }
     Ok(())
 }
@@ -550,11 +448,7 @@ struct Attacher {
 }
 
 pub(super) async fn attacher(client: Client, world: World, wake: Arc<Notify>, log: DecisionLog) {
-    let mut a = Attacher {
-        api: Api::all(client),
-        written: HashMap::new(),
-        said: HashMap::new(),
-    };
+    let mut a = Attacher { api: Api::all(client), written: HashMap::new(), said: HashMap::new() };
     loop {
         let retry = a.reconcile(&world, &log).await;
         wait(&wake, retry).await;
@@ -570,11 +464,7 @@ impl Attacher {
         let mut retry = None;
         for va in all.iter().filter(|v| v.spec.attacher == DRIVER) {
             let name = va.name_any();
-            if self
-                .written
-                .get(&name)
-                .is_some_and(|w| stale(va.as_ref(), *w))
-            {
+            if self.written.get(&name).is_some_and(|w| stale(va.as_ref(), *w)) {
                 continue;
             }
             match self.sync(world, log, va, &all).await {
@@ -584,13 +474,7 @@ impl Attacher {
                 Ok(None) => {}
                 Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => {}
                 Err(e) => {
-                    once(
-                        &mut self.said,
-                        log,
-                        "attacher",
-                        &name,
-                        format!("VolumeAttachment {name}: {e}"),
-                    );
+                    once(&mut self.said, log, "attacher", &name, format!("VolumeAttachment {name}: {e}"));
                     retry = Some(Instant::now() + RETRY);
                 }
             }
@@ -609,12 +493,7 @@ impl Attacher {
     ) -> std::result::Result<Option<Option<u64>>, kube::Error> {
         let name = va.name_any();
         let node = &va.spec.node_name;
-        let pv_name = va
-            .spec
-            .source
-            .persistent_volume_name
-            .clone()
-            .unwrap_or_default();
+        let pv_name = va.spec.source.persistent_volume_name.clone().unwrap_or_default();
         let finalizers = va.finalizers().to_vec();
         let ours = finalizers.iter().any(|f| f == ATTACHER_FINALIZER);
         if va.metadata.deletion_timestamp.is_some() {
@@ -622,20 +501,10 @@ impl Attacher {
                 return Ok(None);
             }
             // Detach: the cloud detaches at once; then the finalizer goes.
-            let rest: Vec<String> = finalizers
-                .into_iter()
-                .filter(|f| f != ATTACHER_FINALIZER)
-                .collect();
-            let patch =
-                json!({"metadata": {"resourceVersion": va.resource_version(), "finalizers": rest}});
-            let out = self
-                .api
-                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await?;
-            log.record(
-                "attacher",
-                format!("detached PV {pv_name} from node {node} (VolumeAttachment {name})"),
-            );
+            let rest: Vec<String> = finalizers.into_iter().filter(|f| f != ATTACHER_FINALIZER).collect();
+            let patch = json!({"metadata": {"resourceVersion": va.resource_version(), "finalizers": rest}});
+            let out = self.api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+            log.record("attacher", format!("detached PV {pv_name} from node {node} (VolumeAttachment {name})"));
             return Ok(Some(rv_of(&out)));
         }
         // Inline volume specs (CSI migration) are not ours; without the PV there is nothing to attach yet.
@@ -646,20 +515,11 @@ impl Attacher {
         let status = va.status.clone().unwrap_or_default();
         match attach_verdict(va, &pv, node_obj.as_deref(), all) {
             Err(why) => {
-                if status
-                    .attach_error
-                    .as_ref()
-                    .and_then(|e| e.message.as_deref())
-                    == Some(why.as_str())
-                    && !status.attached
-                {
+                if status.attach_error.as_ref().and_then(|e| e.message.as_deref()) == Some(why.as_str()) && !status.attached {
                     return Ok(None);
                 }
                 let patch = json!({"status": {"attached": false, "attachError": {"message": why, "time": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)}}});
-                let out = self
-                    .api
-                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await?;
+                let out = self.api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
                 log.record("attacher", format!("refused to attach PV {pv_name} to node {node} (VolumeAttachment {name}): {why}"));
                 Ok(Some(rv_of(&out)))
             }
@@ -669,20 +529,17 @@ impl Attacher {
                     let mut fins = finalizers;
                     fins.push(ATTACHER_FINALIZER.to_string());
                     let patch = json!({"metadata": {"resourceVersion": va.resource_version(), "finalizers": fins}});
-                    let out = self
-                        .api
-                        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                        .await?;
+                    let out = self.api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
                     wrote = Some(rv_of(&out));
                 }
                 if !status.attached || status.attach_error.is_some() {
                     let patch = json!({"status": {"attached": true, "attachError": null}});
-                    let out = self
-                        .api
-                        .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                        .await?;
+                    let out = self.api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
                     wrote = Some(rv_of(&out));
-                    log.record("attacher", format!("attached PV {pv_name} (volume {}) to node {node} (VolumeAttachment {name})", handle_of(&pv)));
+                    log.record(
+                        "attacher",
+                        format!("attached PV {pv_name} (volume {}) to node {node} (VolumeAttachment {name})", handle_of(&pv)),
+                    );
                 }
                 Ok(wrote)
             }
@@ -694,9 +551,7 @@ impl Attacher {
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{PersistentVolumeClaimSpec, VolumeResourceRequirements};
-    use k8s_openapi::api::storage::v1::{
-        VolumeAttachmentSource, VolumeAttachmentSpec, VolumeAttachmentStatus,
-    };
+    use k8s_openapi::api::storage::v1::{VolumeAttachmentSource, VolumeAttachmentSpec, VolumeAttachmentStatus};
     use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
@@ -707,12 +562,7 @@ mod tests {
                 namespace: Some("lily".into()),
                 uid: Some("1234-abcd".into()),
                 resource_version: Some("42".into()),
-                annotations: Some(
-                    annotations
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect(),
-                ),
+                annotations: Some(annotations.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
                 ..Default::default()
             },
             spec: Some(PersistentVolumeClaimSpec {
@@ -732,11 +582,7 @@ mod tests {
     fn claims_are_taken_only_when_handed_to_this_driver() {
         assert!(claim_to_provision(&pvc(&[])).is_none());
         assert!(claim_to_provision(&pvc(&[(STORAGE_PROVISIONER[0], "ebs.csi.aws.com")])).is_none());
-        let c = claim_to_provision(&pvc(&[
-            (STORAGE_PROVISIONER[0], DRIVER),
-            (SELECTED_NODE, "sim-a1"),
-        ]))
-        .unwrap();
+        let c = claim_to_provision(&pvc(&[(STORAGE_PROVISIONER[0], DRIVER), (SELECTED_NODE, "sim-a1")])).unwrap();
         assert_eq!(
             c,
             Claim {
@@ -756,43 +602,22 @@ mod tests {
     #[test]
     fn provisioned_pv_is_pinned_to_the_zone_and_prebound_to_the_claim() {
         let sc = storage_class(&RunId::new(), &SimOptions::default());
-        let pv = build_pv(
-            &pvc(&[]),
-            &sc,
-            "zone-a",
-            "vol-0123456789abcdef0",
-            Some("r1"),
-        )
-        .unwrap();
+        let pv = build_pv(&pvc(&[]), &sc, "zone-a", "vol-0123456789abcdef0", Some("r1")).unwrap();
         assert_eq!(pv.name_any(), "pvc-1234-abcd");
         assert_eq!(pv.annotations()[PROVISIONED_BY], DRIVER);
         assert_eq!(pv.labels()[RUN_LABEL], "r1");
         let spec = pv.spec.as_ref().unwrap();
         let csi = spec.csi.as_ref().unwrap();
         assert_eq!(
-            (
-                csi.driver.as_str(),
-                csi.volume_handle.as_str(),
-                csi.fs_type.as_deref()
-            ),
+            (csi.driver.as_str(), csi.volume_handle.as_str(), csi.fs_type.as_deref()),
             (DRIVER, "vol-0123456789abcdef0", Some("ext4"))
         );
         assert_eq!(spec.capacity.as_ref().unwrap()["storage"].0, "5Gi");
         assert_eq!(spec.access_modes.as_ref().unwrap(), &["ReadWriteOnce"]);
-        assert_eq!(
-            spec.persistent_volume_reclaim_policy.as_deref(),
-            Some("Delete")
-        );
+        assert_eq!(spec.persistent_volume_reclaim_policy.as_deref(), Some("Delete"));
         assert_eq!(spec.storage_class_name.as_deref(), Some("gp2"));
         let cr = spec.claim_ref.as_ref().unwrap();
-        assert_eq!(
-            (
-                cr.namespace.as_deref(),
-                cr.name.as_deref(),
-                cr.uid.as_deref()
-            ),
-            (Some("lily"), Some("data-db-0"), Some("1234-abcd"))
-        );
+        assert_eq!((cr.namespace.as_deref(), cr.name.as_deref(), cr.uid.as_deref()), (Some("lily"), Some("data-db-0"), Some("1234-abcd")));
         assert_eq!(pv_zones(&pv), ["zone-a"]);
     }
 
@@ -802,10 +627,7 @@ mod tests {
         let sc = storage_class(&run, &SimOptions::default());
         assert_eq!(sc.name_any(), "gp2");
         assert_eq!(sc.provisioner, DRIVER);
-        assert_eq!(
-            sc.volume_binding_mode.as_deref(),
-            Some("WaitForFirstConsumer")
-        );
+        assert_eq!(sc.volume_binding_mode.as_deref(), Some("WaitForFirstConsumer"));
         assert_eq!(sc.reclaim_policy.as_deref(), Some("Delete"));
         assert_eq!(sc.annotations()[DEFAULT_CLASS], "true");
         assert_eq!(sc.labels()[RUN_LABEL], run.as_str());
@@ -831,22 +653,13 @@ mod tests {
 
     fn va(name: &str, node: &str, attached: bool) -> VolumeAttachment {
         VolumeAttachment {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                ..Default::default()
-            },
+            metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
             spec: VolumeAttachmentSpec {
                 attacher: DRIVER.into(),
                 node_name: node.into(),
-                source: VolumeAttachmentSource {
-                    persistent_volume_name: Some("pvc-1234-abcd".into()),
-                    ..Default::default()
-                },
+                source: VolumeAttachmentSource { persistent_volume_name: Some("pvc-1234-abcd".into()), ..Default::default() },
             },
-            status: Some(VolumeAttachmentStatus {
-                attached,
-                ..Default::default()
-            }),
+            status: Some(VolumeAttachmentStatus { attached, ..Default::default() }),
         }
     }
 
@@ -855,16 +668,9 @@ mod tests {
         let sc = storage_class(&RunId::new(), &SimOptions::default());
         let pv = build_pv(&pvc(&[]), &sc, "zone-a", "vol-1", None).unwrap();
         let a1 = va("csi-a1", "sim-a1", false);
-        assert_eq!(
-            attach_verdict(&a1, &pv, Some(&node("sim-a1", "zone-a")), &[]),
-            Ok(())
-        );
+        assert_eq!(attach_verdict(&a1, &pv, Some(&node("sim-a1", "zone-a")), &[]), Ok(()));
         let b1 = va("csi-b1", "sim-b1", false);
-        assert!(
-            attach_verdict(&b1, &pv, Some(&node("sim-b1", "zone-b")), &[])
-                .unwrap_err()
-                .contains("zone")
-        );
+        assert!(attach_verdict(&b1, &pv, Some(&node("sim-b1", "zone-b")), &[]).unwrap_err().contains("zone"));
         let a2 = va("csi-a2", "sim-a2", false);
         let others = [Arc::new(va("csi-a1", "sim-a1", true))];
         assert_eq!(
@@ -873,14 +679,6 @@ mod tests {
         );
         let mut detaching = va("csi-a1", "sim-a1", true);
         detaching.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
-        assert_eq!(
-            attach_verdict(
-                &a2,
-                &pv,
-                Some(&node("sim-a2", "zone-a")),
-                &[Arc::new(detaching)]
-            ),
-            Ok(())
-        );
+        assert_eq!(attach_verdict(&a2, &pv, Some(&node("sim-a2", "zone-a")), &[Arc::new(detaching)]), Ok(()));
     }
 }

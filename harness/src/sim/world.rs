@@ -46,52 +46,16 @@ impl World {
             log,
             &mut tasks,
         );
-        let pvcs = reflect(
-            Api::all(client.clone()),
-            Default::default(),
-            vec![w.provisioner.clone(), w.kubelet.clone()],
-            log,
-            &mut tasks,
-        );
-        let pvs = reflect(
-            Api::all(client.clone()),
-            Default::default(),
-            all(),
-            log,
-            &mut tasks,
-        );
-        let nodes = reflect(
-            Api::all(client.clone()),
-            Default::default(),
-            all(),
-            log,
-            &mut tasks,
-        );
-        let vas = reflect(
-            Api::all(client.clone()),
-            Default::default(),
-            vec![w.provisioner.clone(), w.attacher.clone()],
-            log,
-            &mut tasks,
-        );
-        (
-            World {
-                pods,
-                pvcs,
-                pvs,
-                nodes,
-                vas,
-            },
-            tasks,
-        )
+        let pvcs = reflect(Api::all(client.clone()), Default::default(), vec![w.provisioner.clone(), w.kubelet.clone()], log, &mut tasks);
+        let pvs = reflect(Api::all(client.clone()), Default::default(), all(), log, &mut tasks);
+        let nodes = reflect(Api::all(client.clone()), Default::default(), all(), log, &mut tasks);
+        let vas = reflect(Api::all(client.clone()), Default::default(), vec![w.provisioner.clone(), w.attacher.clone()], log, &mut tasks);
+        (World { pods, pvcs, pvs, nodes, vas }, tasks)
     }
 
     /// Resolves once every reflector has listed its objects.
     pub async fn ready(&self) -> Result<()> {
-        let dropped = |_| Error::Tool {
-            what: "a sim cloud watch ended before it listed the cluster".into(),
-            source: None,
-        };
+        let dropped = |_| Error::Tool { what: "a sim cloud watch ended before it listed the cluster".into(), source: None };
         self.pods.wait_until_ready().await.map_err(dropped)?;
         self.pvcs.wait_until_ready().await.map_err(dropped)?;
         self.pvs.wait_until_ready().await.map_err(dropped)?;
@@ -113,13 +77,7 @@ impl World {
     }
 }
 
-fn reflect<K>(
-    api: Api<K>,
-    config: watcher::Config,
-    wake: Vec<Arc<Notify>>,
-    log: &DecisionLog,
-    tasks: &mut Vec<JoinHandle<()>>,
-) -> Store<K>
+fn reflect<K>(api: Api<K>, config: watcher::Config, wake: Vec<Arc<Notify>>, log: &DecisionLog, tasks: &mut Vec<JoinHandle<()>>) -> Store<K>
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
@@ -132,9 +90,7 @@ where
         let mut stream = std::pin::pin!(stream);
         while let Some(event) = stream.next().await {
             match event {
-                Ok(
-                    watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone,
-                ) => {
+                Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone) => {
                     for w in &wake {
                         w.notify_one();
                     }
@@ -151,10 +107,7 @@ where
 /// A resource version as a number, to tell whether a store has caught up with a write.
 /// (Opaque by contract; etcd revisions in practice. Unparseable means "unknown".)
 pub(super) fn rv_of<K: Resource>(obj: &K) -> Option<u64> {
-    obj.meta()
-        .resource_version
-        .as_deref()
-        .and_then(|s| s.parse().ok())
+    obj.meta().resource_version.as_deref().and_then(|s| s.parse().ok())
 }
 
 /// Whether the cached `obj` predates a write that returned resource version `written`.
