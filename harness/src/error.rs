@@ -85,6 +85,12 @@ fn tail_suffix(tail: &str) -> String {
 }
 
 impl Error {
+    /// A component that started and then failed (exited early, or never became ready): its
+    /// logs explain more than the message, so a failed start keeps them.
+    pub fn is_component_failure(&self) -> bool {
+        matches!(self, Error::ChildExited { .. } | Error::Timeout { .. })
+    }
+
     pub fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
         let what = what.into();
         move |source| Error::Io { what, source }

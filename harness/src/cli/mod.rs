@@ -295,7 +295,7 @@ async fn cluster_exec(args: ClusterArgs, keep: bool, cmd: Vec<OsString>) -> anyh
     let cluster = match started {
         Ok(c) => c,
         Err(e) => {
-            if let Some(dir) = run.keep_logs() {
+            if let Some(dir) = e.is_component_failure().then(|| run.keep_logs()).flatten() {
                 eprintln!("lily-e2e: logs kept in {} (`lily-e2e clean` removes them)", dir.display());
             }
             return Err(anyhow::Error::new(e).context(format!("cannot start the {} cluster", provider.name())));

@@ -86,6 +86,20 @@ pub fn parse_image(s: &str) -> Result<(String, String)> {
     }
 }
 
+/// What to say when a container does not start; when its image could not be pulled, how to
+/// do without a registry.
+pub fn start_failure(image: &str, pull_failed: bool) -> String {
+    if pull_failed {
+        format!(
+            "cannot start a postgresql container: {image} is not in the engine and cannot be pulled; \
+             without a registry, build lily-e2e's image with ci/postgres-image.sh and set \
+             {IMAGE_ENV}=lily-e2e/postgres:15-bookworm"
+        )
+    } else {
+        format!("cannot start a postgresql container from {image}")
+    }
+}
+
 /// The init script: certificate, `ssl = on`, pg_hba.conf, the superuser's password as a
 /// SCRAM verifier. Runs as `postgres` with `$PGDATA` set, the temporary server up.
 pub fn init_script(tls: bool, verifier: &str) -> String {
@@ -162,9 +176,12 @@ impl PostgresProvider for Container {
             }
             let image = format!("{}:{}", self.image, self.tag);
             let log = run.subdir("postgres")?.join("container.log");
-            let container = request.start().await.map_err(|e| Error::Tool {
-                what: format!("cannot start a postgresql container from {image}"),
-                source: Some(Box::new(e)),
+            let container = request.start().await.map_err(|e| {
+                let pull_failed = matches!(
+                    e,
+                    testcontainers::TestcontainersError::Client(testcontainers::core::error::ClientError::PullImage { .. })
+                );
+                Error::Tool { what: start_failure(&image, pull_failed), source: Some(Box::new(e)) }
             })?;
             let running = ContainerServer { container: Some(container), image: image.clone(), log };
             let (host, port) = {
@@ -317,6 +334,14 @@ mod tests {
     #[case(":15")]
     fn postgres_image_override_without_tag_is_refused(#[case] s: &str) {
         assert!(parse_image(s).unwrap_err().to_string().contains("is not name:tag"));
+    }
+
+    #[test]
+    fn postgres_image_pull_failure_says_how_to_do_without_a_registry() {
+        let m = start_failure("postgres:15-alpine", true);
+        assert!(m.contains("postgres:15-alpine is not in the engine and cannot be pulled"), "{m}");
+        assert!(m.contains("ci/postgres-image.sh") && m.contains("LILY_E2E_POSTGRES_IMAGE=lily-e2e/postgres:15-bookworm"), "{m}");
+        assert_eq!(start_failure("x:1", false), "cannot start a postgresql container from x:1");
     }
 
     #[test]

@@ -95,13 +95,13 @@ impl Env {
             Err(e) => return Err(e),
         };
         let (cluster, pg) = tokio::join!(provider.start(&opts.cluster, &run), pg_provider.start(&pg_spec, &run));
-        // Whatever started is stopped by its Drop if the other part failed; the run directory
-        // (component logs) is kept for inspection and named.
+        // Whatever started is stopped by its Drop if the other part failed; when a component
+        // failed (rather than the input), the run directory (its logs) is kept and named.
         let (cluster, postgres) = match (cluster, pg) {
             (Ok(c), Ok(p)) => (c, p),
             (c, p) => {
                 let err = [c.err(), p.err()].into_iter().flatten().next().expect("one part failed");
-                if let Some(dir) = run.keep_logs() {
+                if let Some(dir) = err.is_component_failure().then(|| run.keep_logs()).flatten() {
                     eprintln!("lily-e2e: logs kept in {} (`lily-e2e clean` removes them)", dir.display());
                 }
                 return Err(err);
