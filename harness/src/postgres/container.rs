@@ -177,10 +177,8 @@ impl PostgresProvider for Container {
             let image = format!("{}:{}", self.image, self.tag);
             let log = run.subdir("postgres")?.join("container.log");
             let container = request.start().await.map_err(|e| {
-                let pull_failed = matches!(
-                    e,
-                    testcontainers::TestcontainersError::Client(testcontainers::core::error::ClientError::PullImage { .. })
-                );
+                let pull_failed =
+                    matches!(e, testcontainers::TestcontainersError::Client(testcontainers::core::error::ClientError::PullImage { .. }));
                 Error::Tool { what: start_failure(&image, pull_failed), source: Some(Box::new(e)) }
             })?;
             let running = ContainerServer { container: Some(container), image: image.clone(), log };
