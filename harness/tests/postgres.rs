@@ -543,3 +543,18 @@ async fn sigint_to_a_kept_run_removes_its_postgres_container() {
     assert_eq!(mine(Engine::from_env().run_containers().await.unwrap()), 0, "the container survived SIGINT");
     assert!(run::processes_of(&id).is_empty(), "a process survived SIGINT");
 }
+
+/// An image the engine does not have and cannot pull is bad input: the error says how to do
+/// without a registry, and nothing is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_that_cannot_be_pulled_says_what_to_do_and_leaves_nothing() {
+    if under_test("container").is_none() {
+        return;
+    }
+    let run = Run::create(false).unwrap();
+    let provider = container::Container { image: "lily-e2e/not-there".into(), tag: "0".into(), ..Default::default() };
+    let e = provider.start(&PostgresSpec::default(), &run).await.unwrap_err();
+    assert!(e.to_string().contains("lily-e2e/not-there:0 is not in the engine and cannot be pulled"), "{e}");
+    assert!(e.to_string().contains("ci/postgres-image.sh"), "{e}");
+    assert_nothing_left("container", &run).await;
+}
