@@ -13,11 +13,21 @@ use bollard::query_parameters::{ListContainersOptions, RemoveContainerOptions};
 use bollard::Docker;
 
 use crate::error::{Error, Result};
-use crate::run::{RunId, RUN_LABEL};
+use crate::run::{RunId, OWNER_LABEL, RUN_LABEL};
 
 const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
 /// How long a blocking clean-up may spend on the engine.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A container that carries the run label.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunContainer {
+    pub id: String,
+    /// Its run id.
+    pub run: String,
+    /// Its owner process ([`crate::run::Run::owner`]), when labelled.
+    pub owner: Option<String>,
+}
 
 /// Where a Docker engine should answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,8 +98,8 @@ impl Engine {
         docker.map_err(|e| Error::Tool { what: "cannot make a docker client".into(), source: Some(Box::new(e)) })
     }
 
-    /// Containers (running or not) that carry the run label: `(container id, run id)`.
-    pub async fn run_containers(&self) -> Result<Vec<(String, String)>> {
+    /// Containers (running or not) that carry the run label.
+    pub async fn run_containers(&self) -> Result<Vec<RunContainer>> {
         let docker = self.client()?;
         let filters = HashMap::from([("label".to_string(), vec![RUN_LABEL.to_string()])]);
         let list = docker
@@ -99,27 +109,29 @@ impl Engine {
         Ok(list
             .into_iter()
             .filter_map(|c| {
-                let run = c.labels.as_ref()?.get(RUN_LABEL)?.clone();
-                Some((c.id?, run))
+                let labels = c.labels.as_ref()?;
+                let run = labels.get(RUN_LABEL)?.clone();
+                let owner = labels.get(OWNER_LABEL).cloned();
+                Some(RunContainer { id: c.id?, run, owner })
             })
             .collect())
     }
 
-    /// Force-removes (with their anonymous volumes) the containers of the runs `which`
-    /// selects; returns them as `(container id, run id)`.
-    pub async fn remove_containers(&self, which: impl Fn(&str) -> bool) -> Result<Vec<(String, String)>> {
+    /// Force-removes (with their anonymous volumes) the run containers `which` selects;
+    /// returns them.
+    pub async fn remove_containers(&self, which: impl Fn(&RunContainer) -> bool) -> Result<Vec<RunContainer>> {
         let docker = self.client()?;
         let mut removed = Vec::new();
-        for (id, run) in self.run_containers().await? {
-            if !which(&run) {
+        for c in self.run_containers().await? {
+            if !which(&c) {
                 continue;
             }
             let opts = RemoveContainerOptions { force: true, v: true, ..Default::default() };
-            match docker.remove_container(&id, Some(opts)).await {
-                Ok(()) => removed.push((id, run)),
+            match docker.remove_container(&c.id, Some(opts)).await {
+                Ok(()) => removed.push(c),
                 // Gone in the meantime (its own teardown): nothing to do.
                 Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {}
-                Err(e) => return Err(Error::Tool { what: format!("cannot remove container {id}"), source: Some(Box::new(e)) }),
+                Err(e) => return Err(Error::Tool { what: format!("cannot remove container {}", c.id), source: Some(Box::new(e)) }),
             }
         }
         Ok(removed)
@@ -128,9 +140,8 @@ impl Engine {
 
 /// Removes the containers of the runs `which` selects, from any context (a signal handler's
 /// task, a destructor, plain sync code): on a thread of its own with its own runtime, under
-/// a deadline. Does nothing, quickly, when no engine answers. Returns `(container id, run
-/// id)` of what it removed.
-pub fn remove_containers_blocking(which: impl Fn(&str) -> bool + Send + 'static) -> Vec<(String, String)> {
+/// a deadline. Does nothing, quickly, when no engine answers. Returns what it removed.
+pub fn remove_containers_blocking(which: impl Fn(&RunContainer) -> bool + Send + 'static) -> Vec<RunContainer> {
     let engine = Engine::from_env();
     if engine.check().is_err() {
         return Vec::new();
@@ -145,7 +156,7 @@ pub fn remove_containers_blocking(which: impl Fn(&str) -> bool + Send + 'static)
 /// The containers of one run, removed as [`remove_containers_blocking`] does.
 pub fn remove_run_containers_blocking(id: &RunId) -> Vec<String> {
     let id = id.as_str().to_string();
-    remove_containers_blocking(move |run| run == id).into_iter().map(|(c, _)| c).collect()
+    remove_containers_blocking(move |c| c.run == id).into_iter().map(|c| c.id).collect()
 }
 
 #[cfg(test)]

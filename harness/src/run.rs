@@ -12,6 +12,8 @@ use crate::error::{Error, Result};
 
 /// Label put on every Kubernetes object the harness creates.
 pub const RUN_LABEL: &str = "lily-e2e.io/run-id";
+/// The label on a run's containers naming its owner process (see [`Run::owner`]).
+pub const OWNER_LABEL: &str = "lily-e2e.io/owner";
 /// Environment variable set on every child process the harness starts.
 pub const RUN_ENV: &str = "LILY_E2E_RUN_ID";
 
@@ -117,6 +119,13 @@ impl Run {
     pub fn keep(&self) -> bool {
         self.keep
     }
+    /// `PID.START` of the process that owns this run, for the [`OWNER_LABEL`] label of its
+    /// containers: [`clean`] removes a container whose owner is gone, whatever registry
+    /// the container's run was recorded in.
+    pub fn owner(&self) -> String {
+        format!("{}.{}", self.entry.owner_pid, self.entry.owner_start)
+    }
+
     pub fn set_keep(&mut self, keep: bool) {
         self.keep = keep;
     }
@@ -179,7 +188,7 @@ pub fn cleanup_live_runs(grace: std::time::Duration) {
     let reg = registry_dir();
     if !ids.is_empty() {
         let live = ids.iter().map(|i| i.as_str().to_string()).collect::<Vec<_>>();
-        crate::engine::remove_containers_blocking(move |run| live.iter().any(|l| l == run));
+        crate::engine::remove_containers_blocking(move |c| live.contains(&c.run));
     }
     for id in ids {
         crate::process::terminate_pids(&processes_of(&id), grace);
@@ -224,6 +233,15 @@ fn owner_alive(e: &RegistryEntry) -> bool {
     e.owner_pid != 0 && process_start(e.owner_pid).is_some_and(|s| s == e.owner_start)
 }
 
+/// Whether the owner an [`OWNER_LABEL`] value (`PID.START`) names is still running.
+pub fn owner_label_alive(owner: &str) -> bool {
+    let Some((pid, start)) = owner.split_once('.') else { return false };
+    match (pid.parse::<u32>(), start.parse::<u64>()) {
+        (Ok(pid), Ok(start)) => pid != 0 && process_start(pid).is_some_and(|s| s == start),
+        _ => false,
+    }
+}
+
 /// Pids of live processes whose environment carries `LILY_E2E_RUN_ID=<id>`.
 pub fn processes_of(id: &RunId) -> Vec<i32> {
     let needle = format!("{RUN_ENV}={id}");
@@ -261,20 +279,30 @@ pub struct Cleaned {
 pub fn clean(force: bool, grace: std::time::Duration) -> Result<Vec<Cleaned>> {
     let reg = registry_dir();
     let mut out = Vec::new();
-    let mut live = Vec::new();
+    // Containers: those whose owner is gone (by their owner label), or all with `force`.
+    // One without an owner label (an older harness's) only when this registry knows its run
+    // and that run's owner is gone: another registry's live run must not lose its server.
+    let mut dead = Vec::new();
     if let Ok(entries) = std::fs::read_dir(&reg) {
         for e in entries.flatten() {
             if let Ok(entry) = std::fs::read(e.path()).map_err(drop).and_then(|t| serde_json::from_slice::<RegistryEntry>(&t).map_err(drop))
             {
-                if owner_alive(&entry) && !force {
-                    live.push(entry.id.as_str().to_string());
+                if !owner_alive(&entry) {
+                    dead.push(entry.id.as_str().to_string());
                 }
             }
         }
     }
     let mut containers: std::collections::BTreeMap<String, Vec<String>> = Default::default();
-    for (cid, run) in crate::engine::remove_containers_blocking(move |run| !live.iter().any(|l| l == run)) {
-        containers.entry(run).or_default().push(cid);
+    let stale = move |c: &crate::engine::RunContainer| {
+        force
+            || match &c.owner {
+                Some(owner) => !owner_label_alive(owner),
+                None => dead.contains(&c.run),
+            }
+    };
+    for c in crate::engine::remove_containers_blocking(stale) {
+        containers.entry(c.run).or_default().push(c.id);
     }
     let Ok(entries) = std::fs::read_dir(&reg) else {
         return Ok(orphan_containers(containers));
@@ -318,4 +346,21 @@ fn orphan_containers(containers: std::collections::BTreeMap<String, Vec<String>>
         .filter(|(_, ids)| !ids.is_empty())
         .map(|(run, ids)| Cleaned { id: RunId(run), killed: vec![], removed: vec![], containers: ids, skipped_live: false })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owner_labels_name_a_live_process_only_while_it_runs() {
+        let me = std::process::id();
+        let mine = format!("{me}.{}", process_start(me).unwrap());
+        assert!(owner_label_alive(&mine));
+        // The same pid with another start time is a reused pid, not the owner.
+        assert!(!owner_label_alive(&format!("{me}.{}", process_start(me).unwrap() + 1)));
+        for bad in ["", "garbage", "0.0", "4194304000.1", "12"] {
+            assert!(!owner_label_alive(bad), "{bad}");
+        }
+    }
 }

@@ -44,8 +44,8 @@ async fn containers_of(run: &Run) -> Vec<String> {
         .await
         .expect("the docker engine lists containers")
         .into_iter()
-        .filter(|(_, r)| r == run.id().as_str())
-        .map(|(c, _)| c)
+        .filter(|c| c.run == run.id().as_str())
+        .map(|c| c.id)
         .collect()
 }
 
@@ -329,10 +329,10 @@ async fn dropping_a_server_without_teardown_still_stops_it(#[case] provider: &st
     assert_nothing_left(provider.name(), &run).await;
 }
 
-/// A container left behind (its owner killed, or kept with `TESTCONTAINERS_COMMAND=keep`)
-/// is found by its run label and removed by `lily-e2e clean`.
+/// `lily-e2e clean` leaves the container of a run whose owner is alive alone (here: this
+/// test process), whatever registry it reads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn clean_removes_the_containers_a_dead_run_left() {
+async fn clean_leaves_a_live_runs_container_alone() {
     let Some(provider) = under_test("container") else {
         return;
     };
@@ -340,15 +340,17 @@ async fn clean_removes_the_containers_a_dead_run_left() {
     let pg = start(provider.as_ref(), &run, true).await;
     let ids = containers_of(&run).await;
     assert_eq!(ids.len(), 1);
-    // What a SIGKILLed harness leaves: the container, and no teardown.
-    std::mem::forget(pg);
-    let id = run.id().clone();
-    drop(run);
-    let cleaned = run::clean(false, Duration::from_secs(1)).unwrap();
-    let mine = cleaned.iter().find(|c| c.id == id).unwrap_or_else(|| panic!("clean reports run {id}: {cleaned:?}"));
-    assert_eq!(mine.containers, ids);
-    let left: Vec<_> = Engine::from_env().run_containers().await.unwrap().into_iter().filter(|(_, r)| r == id.as_str()).collect();
-    assert!(left.is_empty(), "{left:?}");
+    let other_registry = tempfile::tempdir().unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_lily-e2e"))
+        .arg("clean")
+        .env("LILY_E2E_RUNS", other_registry.path())
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(containers_of(&run).await, ids, "clean removed a live run's container");
+    pg.teardown().await.unwrap();
+    assert_nothing_left("container", &run).await;
 }
 
 /// The image the container provider uses starts like the official one: testcontainers'
@@ -494,30 +496,25 @@ async fn contract_check_follows_the_chart_pod_to_its_secret(#[case] provider: &s
     assert!(run::processes_of(run.id()).is_empty());
 }
 
-/// Ctrl-C to a kept run (`lily-e2e run install --postgres container --keep`) removes the
-/// PostgreSQL container with everything else.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigint_to_a_kept_run_removes_its_postgres_container() {
+/// Starts `lily-e2e run install --postgres container --keep` with its own run registry;
+/// returns the child once the run is kept, with its run id and its container's id.
+async fn kept_container_run(runs: &std::path::Path) -> Option<(tokio::process::Child, run::RunId, String)> {
     use tokio::io::AsyncBufReadExt;
-    if under_test("container").is_none() {
-        return;
-    }
+    under_test("container")?;
     if let Err(e) = lily_e2e::tools::Tools::new().path("kube-apiserver") {
         eprintln!("skipping: {e}");
-        return;
+        return None;
     }
-    const T: Duration = Duration::from_secs(180);
-    let runs = tempfile::tempdir().unwrap();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_lily-e2e"))
         .args(["run", "install", "--postgres", "container", "--keep"])
-        .env("LILY_E2E_RUNS", runs.path())
+        .env("LILY_E2E_RUNS", runs)
         .stderr(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
     let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let kept = tokio::time::timeout(T, async {
+    let kept = tokio::time::timeout(CHILD_TIMEOUT, async {
         let mut seen = Vec::new();
         while let Some(l) = lines.next_line().await.unwrap() {
             if l.starts_with("kept; press Ctrl-C") {
@@ -531,17 +528,49 @@ async fn sigint_to_a_kept_run_removes_its_postgres_container() {
     .expect("the run reaches its kept state");
     kept.unwrap_or_else(|out| panic!("the run ended before it was kept:\n{out}"));
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let entries = run::registered_in(runs.path());
+    let entries = run::registered_in(runs);
     assert_eq!(entries.len(), 1);
     let id = entries[0].id.clone();
-    let mine = |all: Vec<(String, String)>| all.into_iter().filter(|(_, r)| r == id.as_str()).count();
-    assert_eq!(mine(Engine::from_env().run_containers().await.unwrap()), 1, "the kept run's container");
+    let mine = run_containers_of(&id).await;
+    assert_eq!(mine.len(), 1, "the kept run's container");
+    Some((child, id, mine[0].clone()))
+}
 
+const CHILD_TIMEOUT: Duration = Duration::from_secs(180);
+
+async fn run_containers_of(id: &run::RunId) -> Vec<String> {
+    Engine::from_env().run_containers().await.unwrap().into_iter().filter(|c| c.run == id.as_str()).map(|c| c.id).collect()
+}
+
+/// Ctrl-C to a kept run (`lily-e2e run install --postgres container --keep`) removes the
+/// PostgreSQL container with everything else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_to_a_kept_run_removes_its_postgres_container() {
+    let runs = tempfile::tempdir().unwrap();
+    let Some((mut child, id, _)) = kept_container_run(runs.path()).await else { return };
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id().unwrap() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
-    let status = tokio::time::timeout(T, child.wait()).await.expect("the harness exits after SIGINT").unwrap();
+    let status = tokio::time::timeout(CHILD_TIMEOUT, child.wait()).await.expect("the harness exits after SIGINT").unwrap();
     assert!(status.code().is_some(), "{status:?}");
-    assert_eq!(mine(Engine::from_env().run_containers().await.unwrap()), 0, "the container survived SIGINT");
+    assert_eq!(run_containers_of(&id).await, Vec::<String>::new(), "the container survived SIGINT");
     assert!(run::processes_of(&id).is_empty(), "a process survived SIGINT");
+}
+
+/// After SIGKILL (no teardown at all), `lily-e2e clean` finds the container by its labels
+/// (run id, dead owner) and removes it with the rest of the run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_sigkill_clean_removes_the_postgres_container() {
+    let runs = tempfile::tempdir().unwrap();
+    let Some((mut child, id, container)) = kept_container_run(runs.path()).await else { return };
+    child.kill().await.unwrap();
+    let _ = child.wait().await;
+    assert_eq!(run_containers_of(&id).await, vec![container.clone()], "the container outlives a SIGKILLed harness");
+    let out =
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_lily-e2e")).arg("clean").env("LILY_E2E_RUNS", runs.path()).output().await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("{id}: stopped")) && text.contains("1 container(s)"), "{text}");
+    assert_eq!(run_containers_of(&id).await, Vec::<String>::new(), "clean left the container");
+    assert!(run::processes_of(&id).is_empty(), "clean left processes");
 }
 
 /// An image the engine does not have and cannot pull is bad input: the error says how to do

@@ -34,7 +34,7 @@ use super::{dsn::DbUrl, Endpoint, Password, Postgres, PostgresProvider, Postgres
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::pki::{self, Usage};
-use crate::run::{Run, RUN_LABEL};
+use crate::run::{Run, OWNER_LABEL, RUN_LABEL};
 
 /// Overrides the image: `name:tag`.
 pub const IMAGE_ENV: &str = "LILY_E2E_POSTGRES_IMAGE";
@@ -152,6 +152,7 @@ impl PostgresProvider for Container {
                 .with_name(&self.image)
                 .with_tag(&self.tag)
                 .with_label(RUN_LABEL, run.id().as_str())
+                .with_label(OWNER_LABEL, run.owner())
                 .with_ready_conditions(Vec::new())
                 .with_startup_timeout(START_TIMEOUT)
                 .with_copy_to(
