@@ -176,7 +176,7 @@ impl PostgresProvider for Container {
                 ca_pem = Some(ca.cert_pem());
             }
             let image = format!("{}:{}", self.image, self.tag);
-            let log = run.subdir("postgres")?.join("container.log");
+            let log = run.subdir("postgres")?.join("postgres-container.log");
             let container = request.start().await.map_err(|e| {
                 let pull_failed =
                     matches!(e, testcontainers::TestcontainersError::Client(testcontainers::core::error::ClientError::PullImage { .. }));
