@@ -12,6 +12,9 @@ use crate::error::{Error, Result};
 
 /// Label put on every Kubernetes object the harness creates.
 pub const RUN_LABEL: &str = "lily-e2e.io/run-id";
+/// The file in a run directory naming its owner process (see [`Run::owner`]), so that
+/// [`clean`] can tell a dead run's directory from a live one whatever registry holds it.
+pub const OWNER_FILE: &str = ".lily-e2e-owner";
 /// The label on a run's containers naming its owner process (see [`Run::owner`]).
 pub const OWNER_LABEL: &str = "lily-e2e.io/owner";
 /// Environment variable set on every child process the harness starts.
@@ -105,6 +108,8 @@ impl Run {
         let me = std::process::id();
         let entry = RegistryEntry { id: id.clone(), owner_pid: me, owner_start: process_start(me).unwrap_or(0), dirs: vec![dir.clone()] };
         let run = Run { id, dir, keep, entry };
+        let owner_file = run.dir.join(OWNER_FILE);
+        std::fs::write(&owner_file, run.owner()).map_err(Error::io(format!("write {}", owner_file.display())))?;
         run.save()?;
         LIVE.lock().unwrap_or_else(|e| e.into_inner()).push(run.id.clone());
         Ok(run)
@@ -335,8 +340,37 @@ pub fn clean(force: bool, grace: std::time::Duration) -> Result<Vec<Cleaned>> {
         let containers = containers.remove(entry.id.as_str()).unwrap_or_default();
         out.push(Cleaned { id: entry.id, killed, removed, containers, skipped_live: false });
     }
+    out.extend(unregistered_dirs(&std::env::temp_dir(), force, grace, &mut containers));
     out.extend(orphan_containers(containers));
     Ok(out)
+}
+
+/// Run directories under `tmp` that this registry does not know (another registry's runs,
+/// e.g. a test's), cleaned when the owner their [`OWNER_FILE`] names is gone (or `force`):
+/// their processes stopped, the directory removed.
+fn unregistered_dirs(
+    tmp: &Path,
+    force: bool,
+    grace: std::time::Duration,
+    containers: &mut std::collections::BTreeMap<String, Vec<String>>,
+) -> Vec<Cleaned> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(tmp) else { return out };
+    for e in entries.flatten() {
+        let dir = e.path();
+        let Some(id) = e.file_name().to_str().and_then(|n| n.strip_prefix("lily-e2e-")).map(str::to_string) else { continue };
+        let Ok(owner) = std::fs::read_to_string(dir.join(OWNER_FILE)) else { continue };
+        if !force && owner_label_alive(owner.trim()) {
+            continue;
+        }
+        let id = RunId(id);
+        let killed = processes_of(&id);
+        crate::process::terminate_pids(&killed, grace);
+        let removed = if std::fs::remove_dir_all(&dir).is_ok() { vec![dir] } else { vec![] };
+        let containers = containers.remove(id.as_str()).unwrap_or_default();
+        out.push(Cleaned { id, killed, removed, containers, skipped_live: false });
+    }
+    out
 }
 
 /// Containers of runs the registry does not know (any more), as clean-up results.
@@ -351,6 +385,29 @@ fn orphan_containers(containers: std::collections::BTreeMap<String, Vec<String>>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clean_removes_an_unregistered_run_dir_only_when_its_owner_is_gone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let me = std::process::id();
+        let live = tmp.path().join("lily-e2e-rlive0001");
+        let dead = tmp.path().join("lily-e2e-rdead0001");
+        let unmarked = tmp.path().join("lily-e2e-rnoowner1");
+        let other = tmp.path().join("something-else");
+        for d in [&live, &dead, &unmarked, &other] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        std::fs::write(live.join(OWNER_FILE), format!("{me}.{}", process_start(me).unwrap())).unwrap();
+        std::fs::write(dead.join(OWNER_FILE), format!("{me}.{}", process_start(me).unwrap() + 1)).unwrap();
+        std::fs::write(other.join(OWNER_FILE), "1.1").unwrap();
+        let mut containers = Default::default();
+        let cleaned = unregistered_dirs(tmp.path(), false, std::time::Duration::from_millis(10), &mut containers);
+        assert_eq!(cleaned.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), vec!["rdead0001"]);
+        assert!(!dead.exists() && live.exists() && unmarked.exists() && other.exists());
+        let forced = unregistered_dirs(tmp.path(), true, std::time::Duration::from_millis(10), &mut containers);
+        assert_eq!(forced.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), vec!["rlive0001"]);
+        assert!(!live.exists() && unmarked.exists());
+    }
 
     #[test]
     fn owner_labels_name_a_live_process_only_while_it_runs() {

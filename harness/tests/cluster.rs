@@ -160,3 +160,26 @@ async fn after_sigkill_clean_removes_what_the_run_left() {
     assert!(processes_of(&id).is_empty(), "clean left processes: {:?}", processes_of(&id));
     assert!(!dir.exists(), "clean left the run directory");
 }
+
+/// A run recorded in another registry (a test's own, say) is still found by `clean`: by its
+/// directory's owner file, once that owner is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clean_finds_a_dead_run_of_another_registry_by_its_owner_file() {
+    let runs = tempfile::tempdir().unwrap();
+    let (mut child, id) = harness_with_cluster(runs.path()).await;
+    let dir = std::env::temp_dir().join(format!("lily-e2e-{id}"));
+    child.kill().await.unwrap();
+    let _ = child.wait().await;
+    let other = tempfile::tempdir().unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_lily-e2e"))
+        .arg("clean")
+        .env("LILY_E2E_RUNS", other.path())
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("{id}: stopped")), "{text}");
+    assert!(processes_of(&id).is_empty(), "clean left processes: {:?}", processes_of(&id));
+    assert!(!dir.exists(), "clean left the run directory");
+}
