@@ -11,21 +11,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-log() { printf '\033[1m[docker]\033[0m %s\n' "$*" >&2; }
+LOG_TAG=docker
+. ci/lib.sh
 cache="${LILY_E2E_CACHE:-$HOME/.cache/lily-e2e}"
 mkdir -p "$cache"
 
 engine_answers() { docker version --format '{{.Server.Version}}' >/dev/null 2>&1; }
 
 if ! command -v dockerd >/dev/null 2>&1 || ! command -v docker >/dev/null 2>&1; then
-  if [ "$(id -u)" -ne 0 ]; then
-    log "dockerd is not installed; install it with: sudo apt-get install -y docker.io"
-    exit 1
-  fi
-  log "installing docker.io from apt"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends docker.io >/dev/null
+  apt_install docker.io
 fi
 
 if engine_answers; then

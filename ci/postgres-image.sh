@@ -13,7 +13,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-log() { printf '\033[1m[postgres-image]\033[0m %s\n' "$*" >&2; }
+LOG_TAG=postgres-image
+. ci/lib.sh
 
 image=lily-e2e/postgres:15-bookworm
 suite=bookworm
@@ -29,11 +30,7 @@ if [ "$have" = "$recipe" ]; then
 fi
 [ -z "$have" ] && log "building $image (recipe $recipe)" || log "rebuilding $image: recipe $have -> $recipe"
 
-if ! command -v debootstrap >/dev/null 2>&1; then
-  [ "$(id -u)" -eq 0 ] || { log "debootstrap is missing; install it with: sudo apt-get install -y debootstrap"; exit 1; }
-  log "installing debootstrap from apt"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap >/dev/null
-fi
+command -v debootstrap >/dev/null 2>&1 || apt_install debootstrap
 [ "$(id -u)" -eq 0 ] || { log "debootstrap needs root"; exit 1; }
 
 work=$(mktemp -d /tmp/lily-e2e-postgres-image.XXXXXX)

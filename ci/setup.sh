@@ -4,20 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-log() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }
+LOG_TAG=setup
+. ci/lib.sh
 
 # System packages (Debian): PostgreSQL server binaries for the local Postgres provider.
 need_apt=()
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need_apt+=(postgresql)
 if [ ${#need_apt[@]} -gt 0 ]; then
-  if [ "$(id -u)" -ne 0 ]; then
-    log "missing packages: ${need_apt[*]}; install them with: sudo apt-get install -y ${need_apt[*]}"
-    exit 1
-  fi
-  log "installing ${need_apt[*]} from apt"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+  apt_install "${need_apt[@]}"
   # Debian starts a cluster on install; the harness runs its own servers.
   command -v pg_ctlcluster >/dev/null 2>&1 && { service postgresql stop >/dev/null 2>&1 || true; }
 fi
