@@ -284,20 +284,25 @@ pub struct Cleaned {
 pub fn clean(force: bool, grace: std::time::Duration) -> Result<Vec<Cleaned>> {
     let reg = registry_dir();
     let mut out = Vec::new();
-    // Containers: those whose owner is gone (by their owner label), or all with `force`.
-    // One without an owner label (an older harness's) only when this registry knows its run
-    // and that run's owner is gone: another registry's live run must not lose its server.
-    let mut dead = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(&reg) {
-        for e in entries.flatten() {
-            if let Ok(entry) = std::fs::read(e.path()).map_err(drop).and_then(|t| serde_json::from_slice::<RegistryEntry>(&t).map_err(drop))
-            {
-                if !owner_alive(&entry) {
-                    dead.push(entry.id.as_str().to_string());
-                }
+    // The registry, read once: unreadable entries are dropped.
+    let mut entries = Vec::new();
+    for e in std::fs::read_dir(&reg).into_iter().flatten().flatten() {
+        let path = e.path();
+        if path.extension().and_then(|x| x.to_str()) != Some("json") {
+            continue;
+        }
+        let Ok(text) = std::fs::read(&path) else { continue };
+        match serde_json::from_slice::<RegistryEntry>(&text) {
+            Ok(entry) => entries.push((path, entry)),
+            Err(_) => {
+                let _ = std::fs::remove_file(&path);
             }
         }
     }
+    // Containers: those whose owner is gone (by their owner label), or all with `force`.
+    // One without an owner label (an older harness's) only when this registry knows its run
+    // and that run's owner is gone: another registry's live run must not lose its server.
+    let dead: Vec<String> = entries.iter().filter(|(_, e)| !owner_alive(e)).map(|(_, e)| e.id.as_str().to_string()).collect();
     let mut containers: std::collections::BTreeMap<String, Vec<String>> = Default::default();
     let stale = move |c: &crate::engine::RunContainer| {
         force
@@ -309,21 +314,7 @@ pub fn clean(force: bool, grace: std::time::Duration) -> Result<Vec<Cleaned>> {
     for c in crate::engine::remove_containers_blocking(stale) {
         containers.entry(c.run).or_default().push(c.id);
     }
-    let Ok(entries) = std::fs::read_dir(&reg) else {
-        return Ok(orphan_containers(containers));
-    };
-    for e in entries.flatten() {
-        let path = e.path();
-        if path.extension().and_then(|x| x.to_str()) != Some("json") {
-            continue;
-        }
-        let Ok(text) = std::fs::read(&path) else {
-            continue;
-        };
-        let Ok(entry) = serde_json::from_slice::<RegistryEntry>(&text) else {
-            let _ = std::fs::remove_file(&path);
-            continue;
-        };
+    for (path, entry) in entries {
         if owner_alive(&entry) && !force {
             out.push(Cleaned { id: entry.id, killed: vec![], removed: vec![], containers: vec![], skipped_live: true });
             continue;
