@@ -15,7 +15,8 @@ use lily_e2e::cluster::nodes::{KWOK_LABEL, ZONE_LABEL};
 use lily_e2e::cluster::{ClusterProvider, ClusterSpec};
 use lily_e2e::run::{processes_of, Run};
 use lily_e2e::tools::Tools;
-use tokio::io::AsyncBufReadExt;
+
+mod common;
 
 const T: Duration = Duration::from_secs(60);
 
@@ -105,28 +106,7 @@ async fn a_busy_api_server_port_is_a_clear_error_and_nothing_is_left() {
 /// Starts `lily-e2e cluster exec -- sleep 600` with its own run registry; returns the child
 /// once the cluster is up, with its run id.
 async fn harness_with_cluster(runs: &std::path::Path) -> (tokio::process::Child, lily_e2e::run::RunId) {
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_lily-e2e"))
-        .args(["cluster", "exec", "--", "sleep", "600"])
-        .env("LILY_E2E_RUNS", runs)
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let up = tokio::time::timeout(T, async {
-        while let Some(l) = lines.next_line().await.unwrap() {
-            if l.starts_with("cluster up") {
-                return true;
-            }
-        }
-        false
-    })
-    .await;
-    assert_eq!(up, Ok(true), "the harness did not report the cluster up");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let entries = lily_e2e::run::registered_in(runs);
-    assert_eq!(entries.len(), 1);
-    let id = entries[0].id.clone();
+    let (child, id) = common::spawn_until(&["cluster", "exec", "--", "sleep", "600"], runs, "cluster up", T).await;
     assert!(processes_of(&id).len() >= 5, "etcd, kube-*, kwok run");
     (child, id)
 }
@@ -152,10 +132,7 @@ async fn after_sigkill_clean_removes_what_the_run_left() {
     child.kill().await.unwrap();
     let _ = child.wait().await;
     assert!(!processes_of(&id).is_empty(), "children outlive a SIGKILLed harness (that is what clean is for)");
-    let out =
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_lily-e2e")).arg("clean").env("LILY_E2E_RUNS", runs.path()).output().await.unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = common::clean(runs.path()).await;
     assert!(text.contains(id.as_str()) && text.contains("stopped"), "{text}");
     assert!(processes_of(&id).is_empty(), "clean left processes: {:?}", processes_of(&id));
     assert!(!dir.exists(), "clean left the run directory");
@@ -171,14 +148,7 @@ async fn clean_finds_a_dead_run_of_another_registry_by_its_owner_file() {
     child.kill().await.unwrap();
     let _ = child.wait().await;
     let other = tempfile::tempdir().unwrap();
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_lily-e2e"))
-        .arg("clean")
-        .env("LILY_E2E_RUNS", other.path())
-        .output()
-        .await
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = common::clean(other.path()).await;
     assert!(text.contains(&format!("{id}: stopped")), "{text}");
     assert!(processes_of(&id).is_empty(), "clean left processes: {:?}", processes_of(&id));
     assert!(!dir.exists(), "clean left the run directory");

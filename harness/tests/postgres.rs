@@ -21,6 +21,8 @@ use lily_e2e::postgres::{container, DbUrl, HostKind, Password, Postgres, Postgre
 use lily_e2e::run::{self, Run};
 use rstest::rstest;
 
+mod common;
+
 /// The env var that names the providers under test.
 const PROVIDERS_ENV: &str = "LILY_E2E_TEST_POSTGRES";
 
@@ -341,13 +343,7 @@ async fn clean_leaves_a_live_runs_container_alone() {
     let ids = containers_of(&run).await;
     assert_eq!(ids.len(), 1);
     let other_registry = tempfile::tempdir().unwrap();
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_lily-e2e"))
-        .arg("clean")
-        .env("LILY_E2E_RUNS", other_registry.path())
-        .output()
-        .await
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    common::clean(other_registry.path()).await;
     assert_eq!(containers_of(&run).await, ids, "clean removed a live run's container");
     pg.teardown().await.unwrap();
     assert_nothing_left("container", &run).await;
@@ -499,38 +495,13 @@ async fn contract_check_follows_the_chart_pod_to_its_secret(#[case] provider: &s
 /// Starts `lily-e2e run install --postgres container --keep` with its own run registry;
 /// returns the child once the run is kept, with its run id and its container's id.
 async fn kept_container_run(runs: &std::path::Path) -> Option<(tokio::process::Child, run::RunId, String)> {
-    use tokio::io::AsyncBufReadExt;
     under_test("container")?;
     if let Err(e) = lily_e2e::tools::Tools::new().path("kube-apiserver") {
         eprintln!("skipping: {e}");
         return None;
     }
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_lily-e2e"))
-        .args(["run", "install", "--postgres", "container", "--keep"])
-        .env("LILY_E2E_RUNS", runs)
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let kept = tokio::time::timeout(CHILD_TIMEOUT, async {
-        let mut seen = Vec::new();
-        while let Some(l) = lines.next_line().await.unwrap() {
-            if l.starts_with("kept; press Ctrl-C") {
-                return Ok(());
-            }
-            seen.push(l);
-        }
-        Err(seen.join("\n"))
-    })
-    .await
-    .expect("the run reaches its kept state");
-    kept.unwrap_or_else(|out| panic!("the run ended before it was kept:\n{out}"));
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let entries = run::registered_in(runs);
-    assert_eq!(entries.len(), 1);
-    let id = entries[0].id.clone();
+    let (child, id) =
+        common::spawn_until(&["run", "install", "--postgres", "container", "--keep"], runs, "kept; press Ctrl-C", CHILD_TIMEOUT).await;
     let mine = run_containers_of(&id).await;
     assert_eq!(mine.len(), 1, "the kept run's container");
     Some((child, id, mine[0].clone()))
@@ -564,10 +535,7 @@ async fn after_sigkill_clean_removes_the_postgres_container() {
     child.kill().await.unwrap();
     let _ = child.wait().await;
     assert_eq!(run_containers_of(&id).await, vec![container.clone()], "the container outlives a SIGKILLed harness");
-    let out =
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_lily-e2e")).arg("clean").env("LILY_E2E_RUNS", runs.path()).output().await.unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = common::clean(runs.path()).await;
     assert!(text.contains(&format!("{id}: stopped")) && text.contains("1 container(s)"), "{text}");
     assert_eq!(run_containers_of(&id).await, Vec::<String>::new(), "clean left the container");
     assert!(run::processes_of(&id).is_empty(), "clean left processes");

@@ -1,0 +1,48 @@
+//! Helpers shared by integration tests that drive the `lily-e2e` binary.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use lily_e2e::run::RunId;
+use tokio::io::AsyncBufReadExt;
+
+/// Starts `lily-e2e ARGS` with its own run registry `runs`; returns the child once a stderr
+/// line starts with `ready` (panicking with what it printed otherwise), and its run id.
+pub async fn spawn_until(args: &[&str], runs: &Path, ready: &str, timeout: Duration) -> (tokio::process::Child, RunId) {
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_lily-e2e"))
+        .args(args)
+        .env("LILY_E2E_RUNS", runs)
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let seen = tokio::time::timeout(timeout, async {
+        let mut seen = Vec::new();
+        while let Some(l) = lines.next_line().await.unwrap() {
+            if l.starts_with(ready) {
+                return Ok(());
+            }
+            seen.push(l);
+        }
+        Err(seen.join("\n"))
+    })
+    .await
+    .unwrap_or_else(|_| panic!("`lily-e2e {}` did not print `{ready}` within {timeout:?}", args.join(" ")));
+    seen.unwrap_or_else(|out| panic!("`lily-e2e {}` ended before printing `{ready}`:\n{out}", args.join(" ")));
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let entries = lily_e2e::run::registered_in(runs);
+    assert_eq!(entries.len(), 1);
+    (child, entries[0].id.clone())
+}
+
+/// Runs `lily-e2e clean` against the run registry `registry`; asserts it succeeds and returns
+/// what it printed.
+pub async fn clean(registry: &Path) -> String {
+    let out =
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_lily-e2e")).arg("clean").env("LILY_E2E_RUNS", registry).output().await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
