@@ -55,12 +55,8 @@ pub enum Error {
     #[error("{name} exited before it was ready ({status}); its log is {}{}", .log.display(), tail_suffix(.tail))]
     ChildExited { name: String, status: String, log: PathBuf, tail: String },
 
-    #[error("{what}")]
-    Helm {
-        what: String,
-        #[source]
-        source: Option<Box<dyn std::error::Error + Send + Sync>>,
-    },
+    #[error(transparent)]
+    Helm(#[from] crate::helm::HelmError),
 
     #[error("{what}")]
     Postgres {
@@ -74,6 +70,18 @@ pub enum Error {
 
     #[error("interrupted")]
     Interrupted,
+}
+
+/// An error and its causes, one line each (`a: b: c`).
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
 }
 
 fn tail_suffix(tail: &str) -> String {

@@ -8,7 +8,12 @@
 //! - [`engine`]: the Docker engine the container providers use, and the containers of a run;
 //! - [`postgres`]: PostgreSQL providers, the storage Secret and the database contract check;
 //! - [`sim`]: the simulated cloud (zonal block storage) and kubelet volume state;
-//! - [`scenario`]: the scenario model, runner, runbooks and outcomes; [`report`]: JUnit and summaries;
+//! - [`scenario`]: the scenario model, its compilation into checked plans, step kinds (one
+//!   family per file under `scenario/steps/`), the case runner, runbooks and outcomes;
+//! - [`suite`]: the suite engine (plan, environment pool, event stream); [`report`]: outcomes,
+//!   events and their reporters (progress, summary, JUnit);
+//! - [`layout`]: where scenarios, values, runbooks and the fixture chart come from (built in,
+//!   or `--scenarios DIR`); [`interrupt`]: the one cancellation mechanism;
 //! - [`snapshot`]: normalisation of rendered manifests;
 //! - [`pki`], [`wait`], [`yaml`]: shared plumbing.
 
@@ -16,6 +21,8 @@ pub mod cluster;
 pub mod engine;
 pub mod error;
 pub mod helm;
+pub mod interrupt;
+pub mod layout;
 pub mod pki;
 pub mod postgres;
 pub mod process;
@@ -24,6 +31,7 @@ pub mod run;
 pub mod scenario;
 pub mod sim;
 pub mod snapshot;
+pub mod suite;
 pub mod tools;
 pub mod wait;
 pub mod yaml;

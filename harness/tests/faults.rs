@@ -1,25 +1,33 @@
 //! The failure scenarios must be able to fail: without the fault, the expected event does
 //! not appear and the case reports that the fault did not reproduce, rather than passing.
 
-use lily_e2e::report::CaseOutcome;
-use lily_e2e::scenario::env::{Env, EnvOptions};
-use lily_e2e::scenario::model::{Scenario, Step};
-use lily_e2e::scenario::{runner, scenarios_dir};
+use lily_e2e::report::{CaseOutcome, Silent};
+use lily_e2e::scenario::case::{run_case, Until};
+use lily_e2e::scenario::env::Env;
+use lily_e2e::scenario::model::{Case, Scenario, Step};
+use lily_e2e::scenario::ScenarioPlan;
+
+mod common;
 
 fn case(file: &str, case: &str) -> (Scenario, Vec<Step>) {
-    let sc = Scenario::load(&scenarios_dir().join(file)).unwrap();
+    let text = std::fs::read_to_string(common::layout().root().join(file)).unwrap();
+    let sc: Scenario = lily_e2e::yaml::from_str(&text).unwrap();
     let steps = sc.cases.iter().find(|c| c.name == case).unwrap().steps.clone();
     (sc, steps)
 }
 
-/// Runs a case and returns (failing step, message).
+/// Runs the changed steps as case `name` and returns (failing step, message).
 async fn failure_of(sc: &Scenario, name: &str, steps: &[Step]) -> (String, String) {
-    let env = Env::start(&EnvOptions::default()).await.expect("the environment starts");
-    let r = runner::run_case(&env, sc, name, steps).await;
+    let mut sc = sc.clone();
+    sc.cases = vec![Case { name: name.rsplit('/').next().unwrap().to_string(), summary: String::new(), steps: steps.to_vec() }];
+    let layout = common::layout();
+    let plan = ScenarioPlan::compile(&sc, &layout.root().join("changed.yaml"), &layout).expect("the changed scenario compiles");
+    let env = Env::start(&common::env_options()).await.expect("the environment starts");
+    let r = run_case(&env, &plan, &plan.cases[0], Until::End, &Silent, &Default::default()).await;
     env.teardown().await.unwrap();
-    match r.result.outcome {
+    match r.report.outcome {
         CaseOutcome::Failed { step, message } => (step, message),
-        CaseOutcome::Passed => panic!("{name} passed without its fault"),
+        other => panic!("{name} did not fail without its fault: {other:?}"),
     }
 }
 

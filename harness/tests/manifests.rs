@@ -13,12 +13,12 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use rstest::rstest;
+
+mod common;
 use serde_json::Value;
 
-use lily_e2e::helm::{
-    default_sources, fixture_chart_dir, repo_root, values_files, ChartMeta, ChartRepo, ChartSource, Helm, TemplateOpts, Values,
-    FIXTURE_VERSIONS,
-};
+use common::{default_sources, fixture_chart_dir, repo_root, values_files};
+use lily_e2e::helm::{ChartMeta, ChartRepo, ChartSource, Helm, TemplateOpts, Values, FIXTURE_VERSIONS};
 use lily_e2e::snapshot::{self, RenderRequest};
 
 fn snapshot_dir() -> PathBuf {
@@ -61,7 +61,7 @@ async fn rendered_manifests_match_snapshots(#[case] version: &str) {
     let helm = helm(tmp.path());
     let tgz = helm.package(&fixture_chart_dir(), Some(version), &tmp.path().join("pkg")).await.expect("package the fixture chart");
     assert_eq!(ChartMeta::read(&tgz).unwrap().version, version);
-    let cases = values_files().unwrap();
+    let cases = values_files();
     assert!(!cases.is_empty(), "no values files in scenarios/values");
 
     let mut failures = Vec::new();
@@ -96,10 +96,8 @@ async fn rendered_manifests_match_snapshots(#[case] version: &str) {
 /// No stale snapshots (for removed values files or versions) and no unreviewed `.snap.new`.
 #[test]
 fn snapshot_set_is_exactly_versions_times_values_files() {
-    let want: BTreeSet<String> = FIXTURE_VERSIONS
-        .iter()
-        .flat_map(|v| values_files().unwrap().into_iter().map(move |f| format!("{}.snap", snapshot_name(v, &f))))
-        .collect();
+    let want: BTreeSet<String> =
+        FIXTURE_VERSIONS.iter().flat_map(|v| values_files().into_iter().map(move |f| format!("{}.snap", snapshot_name(v, &f)))).collect();
     let have: BTreeSet<String> = std::fs::read_dir(snapshot_dir())
         .unwrap()
         .flatten()

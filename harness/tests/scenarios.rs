@@ -1,42 +1,43 @@
 //! One test per scenario case (`cargo test --test scenarios install`,
 //! `cargo test --test scenarios pvc-node-affinity-conflict/`), checked against
-//! `snapshots/scenarios/`. Non-exclusive scenarios share one local cluster and run in
-//! parallel, each in its own namespace; exclusive ones get a cluster of their own.
+//! `snapshots/scenarios/`. This file is a reporter of the library's suite engine: the engine
+//! plans the cases and lends environments (non-exclusive cases share one local cluster and
+//! run in parallel, each in its own namespace; exclusive ones get a cluster of their own),
+//! and each libtest trial runs one case and turns its outcome into pass, fail or ignored.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use libtest_mimic::{Arguments, Failed, Trial};
-use lily_e2e::report::CaseOutcome;
-use lily_e2e::scenario::env::{Env, EnvOptions};
-use lily_e2e::scenario::{self, model, runner};
+use lily_e2e::report::{CaseOutcome, Silent};
+use lily_e2e::scenario::compile;
+use lily_e2e::suite::{PlannedCase, Suite, SuitePlan};
 
-/// A case that runs longer than this fails (it names where it was).
-const CASE_DEADLINE: Duration = Duration::from_secs(600);
-
-type Shared = Arc<tokio::sync::OnceCell<Result<Env, String>>>;
+mod common;
 
 fn main() {
     let args = Arguments::from_args();
     let rt = Arc::new(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a runtime"));
-    lily_e2e::run::cleanup_on_signal(rt.handle());
+    let cancel = lily_e2e::interrupt::install(rt.handle());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(std::env::var("LILY_E2E_LOG").unwrap_or_else(|_| "lily_e2e=warn".into()))
         .with_test_writer()
         .try_init();
-    let scenarios = model::discover(&scenario::scenarios_dir()).expect("the scenario files load");
-    let shared: Shared = Arc::default();
+    let plans = compile::discover(&common::layout()).expect("the scenario files compile");
+    let plan = SuitePlan::select(&plans, &[], false, lily_e2e::scenario::env::SUITE_FIXTURE_VERSIONS.len()).expect("all cases");
+    let suite = Arc::new(Suite::new(common::env_options(), cancel));
     let mut trials = Vec::new();
-    for (_, sc) in scenarios {
-        for (name, _case, _) in sc.cases() {
-            let (rt, shared, sc) = (rt.clone(), shared.clone(), sc.clone());
-            let test_name = name.clone();
-            trials.push(Trial::test(name, move || rt.block_on(run_one(sc, test_name, shared))).with_kind("scenario"));
-        }
+    for case in &plan.cases {
+        let (rt, suite, case) = (rt.clone(), suite.clone(), case.clone());
+        let ignored = case.skip.is_some();
+        trials.push(
+            Trial::test(case.name().to_string(), move || rt.block_on(run_one(&suite, &case)))
+                .with_kind("scenario")
+                .with_ignored_flag(ignored),
+        );
     }
-    let expected: Vec<String> = trials.iter().map(|t| format!("{}.snap", t.name().replace('/', "__"))).collect();
+    let expected: Vec<String> = plan.cases.iter().map(|c| format!("{}.snap", c.name().replace('/', "__"))).collect();
     trials.push(Trial::test("snapshots/scenarios holds a snapshot for each case and nothing else", move || {
-        let dir = lily_e2e::helm::repo_root().join("snapshots/scenarios");
+        let dir = common::repo_root().join("snapshots/scenarios");
         let mut extra = Vec::new();
         for e in std::fs::read_dir(&dir).map_err(|e| Failed::from(format!("{}: {e}", dir.display())))?.flatten() {
             let n = e.file_name().to_string_lossy().into_owned();
@@ -52,63 +53,42 @@ fn main() {
         }
     }));
     let conclusion = libtest_mimic::run(&args, trials);
-    if let Some(Ok(env)) = Arc::try_unwrap(shared).ok().and_then(|c| c.into_inner()) {
-        if let Err(e) = rt.block_on(env.teardown()) {
-            eprintln!("teardown of the shared environment failed: {e}");
-        }
+    if let Some(env) = rt.block_on(suite.pool.release_shared()) {
+        drop(env);
     }
     conclusion.exit();
 }
 
-async fn run_one(sc: model::Scenario, test_name: String, shared: Shared) -> Result<(), Failed> {
-    let steps: Vec<model::Step> = sc.cases().into_iter().find(|(n, _, _)| *n == test_name).map(|(_, _, s)| s.to_vec()).unwrap_or_default();
-    let opts = EnvOptions::default();
-    let result = if sc.exclusive {
-        let env = Env::start(&opts).await.map_err(|e| Failed::from(format!("cannot start the environment: {}", runner::chain(&e))))?;
-        let r = execute(&env, &sc, &test_name, &steps).await;
-        if let Err(e) = env.teardown().await {
-            eprintln!("teardown of {test_name}'s environment failed: {e}");
-        }
-        r?
-    } else {
-        let r = shared.get_or_init(|| async { Env::start(&opts).await.map_err(|e| runner::chain(&e)) }).await;
-        match r {
-            Ok(env) => execute(env, &sc, &test_name, &steps).await?,
-            Err(e) => return Err(Failed::from(format!("cannot start the shared environment: {e}"))),
-        }
-    };
-    for n in &result.result.notes {
-        eprintln!("{test_name}: {n}");
+async fn run_one(suite: &Suite, case: &PlannedCase) -> Result<(), Failed> {
+    let name = case.name().to_string();
+    let run = suite.run_one(case, &Silent).await;
+    for n in &run.report.notes {
+        eprintln!("{name}: {n}");
     }
-    match &result.result.outcome {
-        CaseOutcome::Failed { step, message } => {
-            let artifacts = result.result.artifacts.as_ref().map(|a| format!("\nartifacts: {}", a.display())).unwrap_or_default();
-            return Err(Failed::from(format!("step {step} failed: {message}{artifacts}")));
+    let artifacts = run.report.artifacts.as_ref().map(|a| format!("\nartifacts: {}", a.display())).unwrap_or_default();
+    match &run.report.outcome {
+        CaseOutcome::Failed { step, message } => return Err(Failed::from(format!("step {step} failed: {message}{artifacts}"))),
+        CaseOutcome::Errored { step, message } => {
+            return Err(Failed::from(format!("error (harness) in step {step}: {message}{artifacts}")))
         }
+        CaseOutcome::Skipped { reason } => return Err(Failed::from(format!("{name} was skipped: {reason}"))),
         CaseOutcome::Passed => {}
     }
-    if let Some(text) = result.snapshot {
-        let snap_name = test_name.replace('/', "__");
-        let mut settings = insta::Settings::clone_current();
-        settings.set_snapshot_path(lily_e2e::helm::repo_root().join("snapshots/scenarios"));
-        settings.set_prepend_module_to_snapshot(false);
-        settings.set_omit_expression(true);
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            settings.bind(|| insta::assert_snapshot!(snap_name.as_str(), text.as_str()));
-        }));
-        if outcome.is_err() {
-            return Err(Failed::from(format!(
-                "the outcome of {test_name} differs from snapshots/scenarios/{snap_name}.snap (review with `cargo insta review`)"
-            )));
-        }
-    } else {
-        return Err(Failed::from(format!("{test_name} has no snapshot step: every scenario must record its outcome")));
+    let Some(text) = run.snapshot else {
+        return Err(Failed::from(format!("{name} has no snapshot step: every scenario must record its outcome")));
+    };
+    let snap_name = name.replace('/', "__");
+    let mut settings = insta::Settings::clone_current();
+    settings.set_snapshot_path(common::repo_root().join("snapshots/scenarios"));
+    settings.set_prepend_module_to_snapshot(false);
+    settings.set_omit_expression(true);
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        settings.bind(|| insta::assert_snapshot!(snap_name.as_str(), text.as_str()));
+    }));
+    if outcome.is_err() {
+        return Err(Failed::from(format!(
+            "the outcome of {name} differs from snapshots/scenarios/{snap_name}.snap (review with `cargo insta review`)"
+        )));
     }
     Ok(())
-}
-
-async fn execute(env: &Env, sc: &model::Scenario, test_name: &str, steps: &[model::Step]) -> Result<runner::CaseRun, Failed> {
-    tokio::time::timeout(CASE_DEADLINE, runner::run_case(env, sc, test_name, steps))
-        .await
-        .map_err(|_| Failed::from(format!("{test_name} did not finish within {}s", CASE_DEADLINE.as_secs())))
 }

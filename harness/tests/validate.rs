@@ -3,15 +3,18 @@
 //! cluster lacks (ServiceMonitor) is reported as "needs CRD", then validated after a minimal
 //! CRD is installed; a typo'd field is rejected.
 
+use common::values_files;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, PostParams};
 use lily_e2e::cluster::local::Local;
 use lily_e2e::cluster::{ClusterProvider, ClusterSpec};
 use lily_e2e::helm::validate::{dry_run_apply, CrdPolicy, MinimalCrd, Outcome};
-use lily_e2e::helm::{values_files, ChartSource, Helm, Values, FIXTURE_VERSIONS};
+use lily_e2e::helm::{ChartSource, Helm, Values, FIXTURE_VERSIONS};
 use lily_e2e::run::Run;
 use lily_e2e::snapshot::RenderRequest;
 use lily_e2e::tools::Tools;
+
+mod common;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_rendered_manifest_is_accepted_by_a_real_api_server() {
@@ -23,8 +26,8 @@ async fn every_rendered_manifest_is_accepted_by_a_real_api_server() {
     let mut problems = Vec::new();
     let mut needed_crd = false;
     for version in FIXTURE_VERSIONS {
-        for values in values_files().unwrap() {
-            let source = ChartSource::parse(&format!("{}@{version}", lily_e2e::helm::fixture_chart_dir().display())).unwrap();
+        for values in values_files() {
+            let source = ChartSource::parse(&format!("{}@{version}", common::fixture_chart_dir().display())).unwrap();
             let req = RenderRequest::new(source).values(Values::files([values.clone()]));
             let text = lily_e2e::snapshot::render_raw(&helm, &req).await.unwrap();
             let docs = lily_e2e::yaml::documents(&text).unwrap();

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use lily_e2e::cluster::{self, ClusterSpec};
 use lily_e2e::run::Run;
@@ -46,8 +46,14 @@ enum Command {
     },
     /// List the scenarios, one line each.
     List {
-        #[arg(long, default_value_os_t = lily_e2e::scenario::scenarios_dir())]
-        scenarios: PathBuf,
+        #[command(flatten)]
+        scenarios: ScenariosArg,
+    },
+    /// Compile every scenario file (steps, durations, regexes, variables, runbooks, values
+    /// files) and report every mistake, in milliseconds, without starting anything.
+    Check {
+        #[command(flatten)]
+        scenarios: ScenariosArg,
     },
     /// Run the whole conformance suite.
     Suite {
@@ -89,20 +95,11 @@ enum Command {
     },
     /// Print the JSON schema of scenario files.
     Schema,
-    /// Measure the local cluster: cold start to all nodes Ready, teardown, peak RSS
-    /// (min/median/max over N runs); or, with `--postgres`, PostgreSQL providers' start to
-    /// ready. `ci/bench.sh` also times the suite.
+    /// Measure the local cluster (`bench cluster`) or PostgreSQL providers (`bench postgres`),
+    /// min/median/max over N runs. `ci/bench.sh` also times the suite.
     Bench {
-        #[arg(long, default_value_t = 5)]
-        runs: usize,
-        #[arg(long, default_value_t = 3)]
-        nodes: usize,
-        #[arg(long, default_value_t = 2)]
-        zones: usize,
-        /// Measure these PostgreSQL providers instead (comma-separated: local,container),
-        /// runs interleaved.
-        #[arg(long, value_delimiter = ',')]
-        postgres: Vec<String>,
+        #[command(subcommand)]
+        command: BenchCommand,
     },
     /// Remove what earlier, killed runs left behind (processes, temporary directories,
     /// containers labelled with their run id).
@@ -110,6 +107,28 @@ enum Command {
         /// Also clean runs whose owning process still runs.
         #[arg(long)]
         force: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// Cold start to all nodes Ready, teardown, and peak RSS of the local cluster.
+    Cluster {
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+        runs: u64,
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        #[arg(long, default_value_t = 2)]
+        zones: usize,
+    },
+    /// Start to ready (a TLS session accepted) and teardown of PostgreSQL providers, runs
+    /// interleaved.
+    Postgres {
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+        runs: u64,
+        /// The providers to measure.
+        #[arg(long, value_enum, value_delimiter = ',', default_values_t = [PostgresArg::Local, PostgresArg::Container])]
+        providers: Vec<PostgresArg>,
     },
 }
 
@@ -140,11 +159,78 @@ enum ClusterCommand {
     },
 }
 
+/// The cluster provider.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderArg {
+    /// The embedded control plane (child processes on 127.0.0.1, kwok nodes).
+    Local,
+    /// A cluster you already have (`--kubeconfig`, `--context`).
+    Existing,
+}
+
+impl From<ProviderArg> for lily_e2e::scenario::env::ProviderKind {
+    fn from(p: ProviderArg) -> Self {
+        match p {
+            ProviderArg::Local => Self::Local,
+            ProviderArg::Existing => Self::Existing,
+        }
+    }
+}
+
+/// The PostgreSQL provider.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PostgresArg {
+    /// Debian's PostgreSQL binaries, as child processes.
+    Local,
+    /// A container on a Docker engine (testcontainers).
+    Container,
+}
+
+impl From<PostgresArg> for lily_e2e::scenario::env::PostgresKind {
+    fn from(p: PostgresArg) -> Self {
+        match p {
+            PostgresArg::Local => Self::Local,
+            PostgresArg::Container => Self::Container,
+        }
+    }
+}
+
+/// Where scenarios come from.
+#[derive(Args, Debug, Clone)]
+pub struct ScenariosArg {
+    /// A scenario directory (scenario files, values/, runbooks/, charts/lily) that replaces
+    /// the built-in scenarios wholesale. Default: the scenarios built into this binary.
+    #[arg(long, value_name = "DIR", env = "LILY_E2E_SCENARIOS")]
+    pub scenarios: Option<PathBuf>,
+}
+
+impl ScenariosArg {
+    pub fn layout(&self) -> anyhow::Result<lily_e2e::layout::Layout> {
+        Ok(match &self.scenarios {
+            Some(dir) => lily_e2e::layout::Layout::at(dir)?,
+            None => lily_e2e::layout::Layout::embedded()?,
+        })
+    }
+}
+
+/// A report's directory must exist or be creatable, and be writable: checked before anything
+/// starts, so a long run does not end in an unwritable path.
+pub fn check_writable_parent(path: &std::path::Path, flag: &str) -> anyhow::Result<()> {
+    let abs = std::path::absolute(path).unwrap_or(path.to_path_buf());
+    let dir = abs.parent().unwrap_or(std::path::Path::new("/"));
+    std::fs::create_dir_all(dir).with_context(|| format!("{flag} {}: cannot create its directory {}", path.display(), dir.display()))?;
+    let probe = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("{flag} {}: directory {} is not writable", path.display(), dir.display()))?;
+    drop(probe);
+    anyhow::ensure!(!abs.is_dir(), "{flag} {} is a directory; give a file path", path.display());
+    Ok(())
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct ClusterArgs {
-    /// Cluster provider: `local` (embedded control plane, the default) or `existing`.
-    #[arg(long, default_value = "local", env = "LILY_E2E_PROVIDER")]
-    pub provider: String,
+    /// Cluster provider.
+    #[arg(long, value_enum, default_value_t = ProviderArg::Local, env = "LILY_E2E_PROVIDER")]
+    pub provider: ProviderArg,
     /// Simulated nodes (local provider).
     #[arg(long, default_value_t = 3)]
     pub nodes: usize,
@@ -155,7 +241,7 @@ pub struct ClusterArgs {
     #[arg(long)]
     pub apiserver_port: Option<u16>,
     /// Kubeconfig of an existing cluster (existing provider).
-    #[arg(long)]
+    #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
     /// Context in that kubeconfig (existing provider).
     #[arg(long)]
@@ -166,26 +252,29 @@ impl ClusterArgs {
     pub fn spec(&self) -> ClusterSpec {
         ClusterSpec { nodes: self.nodes, zones: self.zones, apiserver_port: self.apiserver_port, ..Default::default() }
     }
-    pub fn provider(&self) -> lily_e2e::Result<Box<dyn cluster::ClusterProvider>> {
-        cluster::provider(
-            &self.provider,
-            cluster::existing::Existing { kubeconfig: self.kubeconfig.clone(), context: self.context.clone() },
-        )
+    pub fn provider(&self) -> Box<dyn cluster::ClusterProvider> {
+        match self.provider {
+            ProviderArg::Local => Box::new(cluster::local::Local::new(Tools::new())),
+            ProviderArg::Existing => {
+                Box::new(cluster::existing::Existing { kubeconfig: self.kubeconfig.clone(), context: self.context.clone() })
+            }
+        }
     }
 }
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "lily_e2e=info".into()))
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+    let filter = match tracing_subscriber::EnvFilter::try_new(&cli.log) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: --log (or LILY_E2E_LOG) `{}` is not a log filter: {e}; use e.g. `lily_e2e=debug` or `info`", cli.log);
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");
-    match rt.block_on(async {
-        listen_for_interrupts();
-        dispatch(cli.command).await
-    }) {
+    lily_e2e::interrupt::install(rt.handle());
+    match rt.block_on(dispatch(cli.command)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -222,9 +311,15 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Cluster { command: ClusterCommand::Exec { cluster, keep, cmd } } => cluster_exec(cluster, keep, cmd).await,
         Command::List { scenarios } => scenarios::list(&scenarios),
+        Command::Check { scenarios } => scenarios::check(&scenarios),
         Command::Schema => scenarios::schema(),
-        Command::Bench { runs, postgres, .. } if !postgres.is_empty() => bench::postgres(runs.max(1), &postgres).await,
-        Command::Bench { runs, nodes, zones, .. } => bench::cluster(runs.max(1), ClusterSpec { nodes, zones, ..Default::default() }).await,
+        Command::Bench { command: BenchCommand::Cluster { runs, nodes, zones } } => {
+            bench::cluster(runs as usize, ClusterSpec { nodes, zones, ..Default::default() }).await
+        }
+        Command::Bench { command: BenchCommand::Postgres { runs, providers } } => {
+            let names: Vec<String> = providers.iter().map(|p| lily_e2e::scenario::env::PostgresKind::from(*p).name().to_string()).collect();
+            bench::postgres(runs as usize, &names).await
+        }
         Command::Suite { args } => scenarios::suite(args, Vec::new(), false).await,
         Command::Run { args, keep, names } => scenarios::suite(args, names, keep).await,
         Command::Reproduce { args, case, name } => scenarios::reproduce(args, name, case).await,
@@ -252,45 +347,23 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-static INTERRUPT: std::sync::OnceLock<tokio::sync::watch::Receiver<bool>> = std::sync::OnceLock::new();
-
-/// Listens for Ctrl-C and SIGTERM from the start of the program, so a signal that arrives
-/// between two waits is not lost (tokio keeps the handler installed but only tells
-/// listeners that exist when the signal comes).
-fn listen_for_interrupts() {
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("a SIGTERM handler");
-    let int = tokio::signal::ctrl_c();
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = int => {},
-            _ = term.recv() => {},
-        }
-        let _ = tx.send(true);
-        // Keep the sender alive so receivers see `true`, not a closed channel.
-        std::future::pending::<()>().await;
-    });
-    let _ = INTERRUPT.set(rx);
-}
-
 /// Resolves once Ctrl-C or SIGTERM has arrived (at any time since the program started).
 pub async fn interrupted() {
-    match INTERRUPT.get() {
-        Some(rx) => {
-            let mut rx = rx.clone();
-            let _ = rx.wait_for(|v| *v).await;
-        }
-        None => std::future::pending().await,
-    }
+    lily_e2e::interrupt::token().cancelled().await
+}
+
+/// The exit status after an interrupt: 130 for SIGINT, 143 for SIGTERM.
+fn interrupted_status() -> ExitCode {
+    ExitCode::from(lily_e2e::interrupt::exit_status().unwrap_or(130))
 }
 
 async fn cluster_exec(args: ClusterArgs, keep: bool, cmd: Vec<OsString>) -> anyhow::Result<ExitCode> {
-    let provider = args.provider()?;
+    let provider = args.provider();
     let mut run = Run::create(false)?;
     let spec = args.spec();
     let started = tokio::select! {
         c = provider.start(&spec, &run) => c,
-        _ = interrupted() => { eprintln!("interrupted; stopping"); return Ok(ExitCode::from(130)); }
+        _ = interrupted() => { eprintln!("interrupted; stopping"); return Ok(interrupted_status()); }
     };
     let cluster = match started {
         Ok(c) => c,
@@ -337,7 +410,7 @@ async fn cluster_exec(args: ClusterArgs, keep: bool, cmd: Vec<OsString>) -> anyh
     cluster.teardown().await.context("teardown failed")?;
     drop(run);
     Ok(match status {
-        None => ExitCode::from(130),
+        None => interrupted_status(),
         Some(s) => ExitCode::from(s.code().unwrap_or(1).clamp(0, 255) as u8),
     })
 }

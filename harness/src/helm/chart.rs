@@ -29,41 +29,12 @@ pub const FIXTURE_VERSIONS: [&str; 3] = ["0.1.0", "0.2.0", "0.3.0"];
 /// What to write after a bad chart argument.
 const SYNTAX_HINT: &str = "pass a chart directory, a .tgz, DIR@X.Y.Z, or https://REPO_URL#CHART[@X.Y.Z]";
 
-/// The repository root (the directory that holds `harness/` and `scenarios/`).
-pub fn repo_root() -> PathBuf {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest.parent().unwrap_or(manifest).to_path_buf()
-}
-
-/// `<repo>/scenarios/charts/lily`.
-pub fn fixture_chart_dir() -> PathBuf {
-    repo_root().join("scenarios").join("charts").join("lily")
-}
-
-/// `<repo>/scenarios/values`.
-pub fn values_dir() -> PathBuf {
-    repo_root().join("scenarios").join("values")
-}
-
-/// The fixture chart at every version in [`FIXTURE_VERSIONS`].
-pub fn default_sources() -> Vec<ChartSource> {
-    FIXTURE_VERSIONS
+/// A fixture chart directory packaged at each of `versions`.
+pub fn fixture_sources(dir: &Path, versions: &[&str]) -> Vec<ChartSource> {
+    versions
         .iter()
-        .map(|v| ChartSource::Dir { path: fixture_chart_dir(), version: Some(parse_version(v).expect("fixture versions are semver")) })
+        .map(|v| ChartSource::Dir { path: dir.to_path_buf(), version: Some(parse_version(v).expect("fixture versions are semver")) })
         .collect()
-}
-
-/// The values files in `<repo>/scenarios/values`, sorted by name.
-pub fn values_files() -> Result<Vec<PathBuf>> {
-    let dir = values_dir();
-    let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .map_err(Error::io(format!("list {}", dir.display())))?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
-        .collect();
-    v.sort();
-    Ok(v)
 }
 
 /// Parses a chart version (helm accepts a leading `v`).
@@ -267,8 +238,11 @@ mod tests {
     }
 
     #[test]
-    fn fixture_is_found_from_the_repo_root() {
-        assert!(fixture_chart_dir().ends_with("scenarios/charts/lily"));
-        assert_eq!(default_sources().len(), FIXTURE_VERSIONS.len());
+    fn fixture_sources_are_one_directory_at_each_version() {
+        let s = fixture_sources(Path::new("/x/lily"), &FIXTURE_VERSIONS);
+        assert_eq!(s.len(), FIXTURE_VERSIONS.len());
+        assert!(
+            matches!(&s[0], ChartSource::Dir { path, version: Some(v) } if path.ends_with("lily") && v.to_string() == FIXTURE_VERSIONS[0])
+        );
     }
 }

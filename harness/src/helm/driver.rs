@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::HelmError;
 use crate::error::{Error, Result};
 
 /// How long a helm command that does not wait for a cluster may take.
@@ -438,14 +439,14 @@ impl Helm {
         tracing::debug!(cmd = %cmd.shown(), "helm");
         let out = crate::process::run_command(&self.bin, &args, &self.env(), None, timeout)
             .await
-            .map_err(|e| Error::Helm { what: format!("cannot run `{}`", cmd.shown()), source: Some(Box::new(e)) })?;
+            .map_err(|source| HelmError::Run { command: cmd.shown(), source })?;
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         if !out.status.success() {
             // Only stderr: stdout may hold rendered manifests, secrets included.
             let said = stderr.trim();
             let said = if said.is_empty() { "(helm printed nothing on stderr)" } else { said };
-            return Err(Error::Helm { what: format!("`{}` failed ({}):\n{}", cmd.shown(), out.status, said), source: None });
+            return Err(HelmError::Failed { command: cmd.shown(), status: out.status.to_string(), stderr: said.to_string() }.into());
         }
         if !stderr.trim().is_empty() {
             tracing::debug!(cmd = %cmd.shown(), stderr = %stderr.trim(), "helm warnings");
@@ -511,10 +512,7 @@ impl Helm {
         let new: Vec<PathBuf> = tgz_files(dest).into_iter().filter(|p| !before.contains(p)).collect();
         match new.as_slice() {
             [one] => Ok(one.clone()),
-            _ => Err(Error::Helm {
-                what: format!("`{}` did not leave exactly one new .tgz in {}", cmd.shown(), dest.display()),
-                source: None,
-            }),
+            _ => Err(HelmError::Unexpected(format!("`{}` did not leave exactly one new .tgz in {}", cmd.shown(), dest.display())).into()),
         }
     }
 
@@ -535,7 +533,7 @@ impl Helm {
             .rev()
             .find_map(|l| l.split_once("saved it to:").map(|(_, p)| PathBuf::from(p.trim())))
             .filter(|p| p.is_file())
-            .ok_or_else(|| Error::Helm { what: format!("`{}` did not say where it saved the chart", cmd.shown()), source: None })?;
+            .ok_or_else(|| HelmError::Unexpected(format!("`{}` did not say where it saved the chart", cmd.shown())))?;
         Ok(path)
     }
 
@@ -555,7 +553,7 @@ impl Helm {
         }
         let out = crate::process::run_command(&self.bin, &args, &self.env(), None, self.timeout)
             .await
-            .map_err(|e| Error::Helm { what: format!("cannot run `{}`", cmd.shown()), source: Some(Box::new(e)) })?;
+            .map_err(|source| HelmError::Run { command: cmd.shown(), source })?;
         let stdout = String::from_utf8_lossy(&out.stdout);
         let report = LintReport::parse(&stdout);
         if !out.status.success() {
@@ -569,7 +567,7 @@ impl Helm {
             if !stderr.trim().is_empty() {
                 said.push(stderr.trim().to_string());
             }
-            return Err(Error::Helm { what: format!("`{}` failed ({}):\n{}", cmd.shown(), out.status, said.join("\n")), source: None });
+            return Err(HelmError::Failed { command: cmd.shown(), status: out.status.to_string(), stderr: said.join("\n") }.into());
         }
         Ok(report)
     }
@@ -688,25 +686,20 @@ impl Helm {
         let (Some(version), ChartRef::Repo { repo, chart: name }) = (version, chart) else {
             return Err(err);
         };
-        let Error::Helm { what, source } = err else {
+        let Error::Helm(helm) = err else {
             return Err(err);
         };
-        if !(what.contains("no chart version found") || what.contains("not found in")) {
-            return Err(Error::Helm { what, source });
+        let said = helm.to_string();
+        if !(said.contains("no chart version found") || said.contains("not found in")) {
+            return Err(helm.into());
         }
         let query = format!("{repo}/{name}");
         let mut known: Vec<String> = match self.search_repo_versions(&query, true).await {
             Ok(hits) => hits.into_iter().filter(|h| h.name == query).map(|h| h.version).collect(),
-            Err(_) => return Err(Error::Helm { what, source }),
+            Err(_) => return Err(helm.into()),
         };
         known.sort_by_cached_key(|v| semver::Version::parse(v.trim_start_matches('v')).ok());
-        Err(Error::Helm {
-            what: format!(
-                "chart {query} has no version {version}; the repository has {}\n{what}",
-                if known.is_empty() { "no versions".to_string() } else { known.join(", ") }
-            ),
-            source,
-        })
+        Err(HelmError::NoSuchVersion { chart: query, version: version.to_string(), known, helm: Box::new(helm) }.into())
     }
 }
 

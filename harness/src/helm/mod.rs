@@ -10,14 +10,14 @@
 
 pub mod chart;
 pub mod driver;
+pub mod error;
 pub mod repo;
 pub mod validate;
 
-pub use chart::{
-    default_sources, fixture_chart_dir, repo_root, values_dir, values_files, ChartMeta, ChartSource, Version, FIXTURE_VERSIONS,
-};
+pub use chart::{fixture_sources, ChartMeta, ChartSource, Version, FIXTURE_VERSIONS};
 pub use driver::{
     ChartRef, Helm, HelmOutput, HistoryEntry, InstallOpts, LintReport, ReleaseOpts, ReleaseState, ReleaseStatus, SearchHit, TemplateOpts,
     Values,
 };
+pub use error::HelmError;
 pub use repo::{ChartRepo, DEFAULT_REPO_NAME};

@@ -62,7 +62,7 @@ impl ChartRepo {
         let (chart_name, archives) = packaged?;
 
         let server = tiny_http::Server::http("127.0.0.1:0")
-            .map_err(|e| Error::Helm { what: "cannot start the local chart repository server on 127.0.0.1".into(), source: Some(e) })?;
+            .map_err(|e| Error::Tool { what: "cannot start the local chart repository server on 127.0.0.1".into(), source: Some(e) })?;
         let addr = server.server_addr().to_ip().expect("a TCP listener has an IP address");
         let url = format!("http://{addr}");
         let server = Arc::new(server);
@@ -111,11 +111,12 @@ impl ChartRepo {
     pub fn version(&self, v: &str) -> Result<&Version> {
         let want = super::chart::parse_version(v)?;
         self.versions.iter().find(|x| **x == want).ok_or_else(|| {
-            Error::Invalid(format!(
-                "chart {} has no version {v} in the local repository; it has {}",
-                self.chart_name,
-                self.versions.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
-            ))
+            super::HelmError::UnknownVersion {
+                chart: self.chart_name.clone(),
+                version: v.to_string(),
+                known: self.versions.iter().map(ToString::to_string).collect(),
+            }
+            .into()
         })
     }
     /// The packaged chart of a version.

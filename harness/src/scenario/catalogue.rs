@@ -74,6 +74,11 @@ pub fn matching(entry: &str, version: &str, message: &str) -> Option<Wording> {
     ws.into_iter().find(|w| Regex::new(w.pattern).map(|r| r.is_match(message)).unwrap_or(false))
 }
 
+/// The event reason of a catalogue entry, if there is such an entry.
+pub fn reason(entry: &str) -> Option<&'static str> {
+    CATALOGUE.iter().find(|(n, _, _)| *n == entry).map(|(_, r, _)| *r)
+}
+
 pub fn names() -> Vec<&'static str> {
     CATALOGUE.iter().map(|(n, _, _)| *n).collect()
 }

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use crate::cluster::{self, Cluster, ClusterSpec};
 use crate::error::Result;
 use crate::helm::{ChartRepo, ChartSource, Helm};
+use crate::layout::Layout;
 use crate::postgres::{self, Postgres, PostgresSpec};
 use crate::run::Run;
 use crate::tools::Tools;
@@ -18,43 +19,78 @@ use crate::tools::Tools;
 /// by the `fixture-only` scenario that expects its upgrade to fail.
 pub const SUITE_FIXTURE_VERSIONS: [&str; 2] = ["0.1.0", "0.2.0"];
 
-pub fn suite_sources() -> Vec<ChartSource> {
-    SUITE_FIXTURE_VERSIONS
-        .iter()
-        .map(|v| ChartSource::Dir {
-            path: crate::helm::fixture_chart_dir(),
-            version: Some(crate::helm::chart::parse_version(v).expect("fixture versions are semver")),
-        })
-        .collect()
+/// The layout's fixture chart at [`SUITE_FIXTURE_VERSIONS`].
+pub fn suite_sources(layout: &Layout) -> Vec<ChartSource> {
+    crate::helm::chart::fixture_sources(&layout.fixture_chart(), &SUITE_FIXTURE_VERSIONS)
 }
 
-/// How to build an environment.
+/// The cluster provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProviderKind {
+    /// The embedded control plane with simulated nodes.
+    #[default]
+    Local,
+    /// A cluster given by kubeconfig and context.
+    Existing,
+}
+
+/// The PostgreSQL provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PostgresKind {
+    /// Debian's PostgreSQL binaries, as child processes.
+    #[default]
+    Local,
+    /// A container, through testcontainers.
+    Container,
+}
+
+impl PostgresKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            PostgresKind::Local => "local",
+            PostgresKind::Container => "container",
+        }
+    }
+}
+
+/// How to build an environment: every setting, resolved.
 #[derive(Debug, Clone)]
 pub struct EnvOptions {
-    /// `local` or `existing`.
-    pub provider: String,
+    pub layout: Layout,
+    pub provider: ProviderKind,
     pub existing: cluster::existing::Existing,
     pub cluster: ClusterSpec,
-    /// Chart sources; empty means the fixture chart at its fixture versions.
+    /// Chart sources; empty means the layout's fixture chart at its suite versions.
     pub charts: Vec<ChartSource>,
-    /// `local` or `container`.
-    pub postgres: String,
+    pub postgres: PostgresKind,
     /// Where failure artifacts go.
     pub artifacts: PathBuf,
     /// Keep everything after the run (until the process exits or Ctrl-C).
     pub keep: bool,
 }
 
-impl Default for EnvOptions {
-    fn default() -> Self {
+impl EnvOptions {
+    /// The defaults: local cluster, local PostgreSQL, the layout's fixture chart, artifacts
+    /// under the system temp dir.
+    pub fn new(layout: Layout) -> EnvOptions {
         EnvOptions {
-            provider: "local".into(),
+            layout,
+            provider: ProviderKind::Local,
             existing: Default::default(),
             cluster: ClusterSpec::default(),
             charts: Vec::new(),
-            postgres: std::env::var("LILY_E2E_POSTGRES").unwrap_or_else(|_| "local".into()),
-            artifacts: crate::helm::repo_root().join("target/lily-e2e/artifacts"),
+            postgres: PostgresKind::Local,
+            artifacts: std::env::temp_dir().join("lily-e2e-artifacts"),
             keep: false,
+        }
+    }
+
+    /// The chart sources the environment serves.
+    pub fn chart_sources(&self) -> Vec<ChartSource> {
+        if self.charts.is_empty() {
+            suite_sources(&self.layout)
+        } else {
+            self.charts.clone()
         }
     }
 }
@@ -79,12 +115,15 @@ impl Env {
         // Fail fast, before starting anything, on what the user can fix.
         tools.path("helm")?;
         tools.path("kubectl")?;
-        let charts = if opts.charts.is_empty() { suite_sources() } else { opts.charts.clone() };
+        let charts = opts.chart_sources();
         for c in &charts {
             c.check()?;
         }
-        let provider = cluster::provider(&opts.provider, opts.existing.clone())?;
-        let pg_provider = postgres::provider(&opts.postgres)?;
+        let provider: Box<dyn cluster::ClusterProvider> = match opts.provider {
+            ProviderKind::Local => Box::new(cluster::local::Local::new(tools.clone())),
+            ProviderKind::Existing => Box::new(opts.existing.clone()),
+        };
+        let pg_provider = postgres::provider(opts.postgres.name())?;
         let mut run = Run::create(opts.keep)?;
         let helm = Helm::new(run.subdir("helm-repo")?)?;
         let repo_dir = run.subdir("chart-repo")?;

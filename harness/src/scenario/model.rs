@@ -10,9 +10,6 @@
 //! (`<instance>-0`), `claim` (its datastore claim), `chart.latest`, `chart.previous`,
 //! `chart.oldest`, `zone-a`/`zone-b` (simulated zones), and names saved by earlier steps.
 
-use std::collections::BTreeMap;
-use std::path::Path;
-
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -374,25 +371,6 @@ impl Step {
 }
 
 impl Scenario {
-    pub fn load(path: &Path) -> Result<Scenario> {
-        let s: Scenario = crate::yaml::from_file(path)?;
-        s.validate().map_err(|e| Error::Invalid(format!("scenario {}: {e}", path.display())))?;
-        Ok(s)
-    }
-
-    fn validate(&self) -> std::result::Result<(), String> {
-        if self.steps.is_empty() == self.cases.is_empty() {
-            return Err("give either `try` steps or `cases`, not both or neither".into());
-        }
-        let mut seen = BTreeMap::new();
-        for c in &self.cases {
-            if seen.insert(c.name.clone(), ()).is_some() {
-                return Err(format!("case `{}` appears twice", c.name));
-            }
-        }
-        Ok(())
-    }
-
     /// The test cases: `(test name, steps)`.
     pub fn cases(&self) -> Vec<(String, Option<String>, &[Step])> {
         if self.cases.is_empty() {
@@ -401,20 +379,6 @@ impl Scenario {
             self.cases.iter().map(|c| (format!("{}/{}", self.name, c.name), Some(c.name.clone()), &c.steps[..])).collect()
         }
     }
-}
-
-/// Every scenario file in `dir`, sorted by name.
-pub fn discover(dir: &Path) -> Result<Vec<(std::path::PathBuf, Scenario)>> {
-    let mut out = Vec::new();
-    let rd = std::fs::read_dir(dir).map_err(Error::io(format!("read scenario directory {}", dir.display())))?;
-    for e in rd.flatten() {
-        let p = e.path();
-        if p.extension().and_then(|x| x.to_str()) == Some("yaml") && p.is_file() {
-            out.push((p.clone(), Scenario::load(&p)?));
-        }
-    }
-    out.sort_by(|a, b| a.1.name.cmp(&b.1.name));
-    Ok(out)
 }
 
 /// The JSON schema of scenario files.
@@ -467,9 +431,13 @@ mod tests {
         assert!(duration("5h").is_err());
     }
 
+    fn repo_root() -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    }
+
     #[test]
     fn the_committed_schema_is_current() {
-        let path = crate::helm::repo_root().join("scenarios/scenario.schema.json");
+        let path = repo_root().join("scenarios/scenario.schema.json");
         let committed = std::fs::read_to_string(&path).unwrap_or_default();
         let generated = serde_json::to_string_pretty(&schema()).unwrap() + "\n";
         assert!(committed == generated, "{} is stale: run `lily-e2e schema > scenarios/scenario.schema.json`", path.display());
@@ -477,7 +445,8 @@ mod tests {
 
     #[test]
     fn every_shipped_scenario_loads() {
-        let all = discover(&crate::helm::repo_root().join("scenarios")).unwrap();
+        let layout = crate::layout::Layout::at(repo_root().join("scenarios")).unwrap();
+        let all = crate::scenario::compile::discover(&layout).unwrap();
         assert!(all.len() >= 7, "{} scenarios", all.len());
     }
 

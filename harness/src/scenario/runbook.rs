@@ -90,7 +90,7 @@ mod tests {
 
     #[test]
     fn the_shipped_runbooks_parse() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/runbooks");
+        let dir = crate::layout::Layout::embedded_in(&tempfile::tempdir().unwrap().keep()).unwrap().runbooks_dir();
         for name in ["volume-node-affinity-conflict", "multi-attach"] {
             let rb = Runbook::load(&dir, name).unwrap();
             assert!(!rb.steps.is_empty());

@@ -46,3 +46,37 @@ pub async fn clean(registry: &Path) -> String {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// The repository root (tests read the source tree; the library never does).
+pub fn repo_root() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("harness/ is inside the repository").to_path_buf()
+}
+
+/// The repository's `scenarios/`, as the binary's `--scenarios` would take it.
+pub fn layout() -> lily_e2e::layout::Layout {
+    lily_e2e::layout::Layout::at(repo_root().join("scenarios")).expect("scenarios/ exists")
+}
+
+pub fn fixture_chart_dir() -> std::path::PathBuf {
+    layout().fixture_chart()
+}
+
+/// The fixture chart at every version in `FIXTURE_VERSIONS`.
+pub fn default_sources() -> Vec<lily_e2e::helm::ChartSource> {
+    lily_e2e::helm::fixture_sources(&fixture_chart_dir(), &lily_e2e::helm::FIXTURE_VERSIONS)
+}
+
+pub fn values_files() -> Vec<std::path::PathBuf> {
+    layout().values_files().expect("scenarios/values lists")
+}
+
+/// Environment options as the CLI resolves them from the environment, for the test binaries:
+/// `LILY_E2E_POSTGRES` picks the PostgreSQL provider.
+pub fn env_options() -> lily_e2e::scenario::env::EnvOptions {
+    let mut o = lily_e2e::scenario::env::EnvOptions::new(layout());
+    o.artifacts = repo_root().join("target/lily-e2e/artifacts");
+    if std::env::var("LILY_E2E_POSTGRES").is_ok_and(|v| v == "container") {
+        o.postgres = lily_e2e::scenario::env::PostgresKind::Container;
+    }
+    o
+}

@@ -1,0 +1,79 @@
+//! JUnit XML for chart CI: one testsuite `lily-e2e`, one testcase per scenario case, with a
+//! stable classname (`lily-e2e.<scenario>`) and name (the case, or the scenario). Failed
+//! cases are `<failure>`, errored ones `<error>`, skipped ones `<skipped>` with the reason.
+
+use std::path::Path;
+
+use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
+
+use super::{CaseOutcome, CaseReport};
+use crate::error::{Error, Result};
+
+pub fn write_junit(path: &Path, results: &[CaseReport]) -> Result<()> {
+    let mut report = Report::new("lily-e2e");
+    let mut suite = TestSuite::new("lily-e2e");
+    for r in results {
+        let (scenario, case) = r.name.split_once('/').unwrap_or((&r.name, &r.name));
+        let status = match &r.outcome {
+            CaseOutcome::Passed => TestCaseStatus::success(),
+            CaseOutcome::Failed { step, message } | CaseOutcome::Errored { step, message } => {
+                let (kind, verb) = match r.outcome {
+                    CaseOutcome::Failed { .. } => (NonSuccessKind::Failure, "failed"),
+                    _ => (NonSuccessKind::Error, "errored"),
+                };
+                let mut s = TestCaseStatus::non_success(kind);
+                s.set_message(format!("step {step} {verb}"));
+                s.set_description(message.clone());
+                s
+            }
+            CaseOutcome::Skipped { reason } => {
+                let mut s = TestCaseStatus::skipped();
+                s.set_message(reason.clone());
+                s
+            }
+        };
+        let mut tc = TestCase::new(case.to_string(), status);
+        tc.set_classname(format!("lily-e2e.{scenario}"));
+        tc.set_time(r.duration);
+        if let Some(a) = &r.artifacts {
+            tc.set_system_out(format!("artifacts: {}", a.display()));
+        }
+        suite.add_test_case(tc);
+    }
+    report.add_test_suite(suite);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(Error::io(format!("create {}", dir.display())))?;
+    }
+    let xml = report.to_string().map_err(|e| Error::Tool { what: "cannot render the junit report".into(), source: Some(Box::new(e)) })?;
+    std::fs::write(path, xml).map_err(Error::io(format!("write {}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn case(name: &str, outcome: CaseOutcome) -> CaseReport {
+        CaseReport { name: name.into(), duration: Duration::from_secs(3), outcome, slowest_step: None, artifacts: None, notes: vec![] }
+    }
+
+    #[test]
+    fn each_outcome_maps_to_its_junit_element() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("j.xml");
+        let results = vec![
+            case("install", CaseOutcome::Passed),
+            case("multi-attach/node-gone", CaseOutcome::Failed { step: "expect-event".into(), message: "timed out".into() }),
+            case("upgrade", CaseOutcome::Errored { step: "set-up".into(), message: "etcd exited".into() }),
+            case("upgrade-forbidden-vct", CaseOutcome::Skipped { reason: "it needs the fixture chart".into() }),
+        ];
+        write_junit(&p, &results).unwrap();
+        let xml = std::fs::read_to_string(&p).unwrap();
+        assert!(xml.contains(r#"classname="lily-e2e.install""#), "{xml}");
+        assert!(xml.contains(r#"name="node-gone""#) && xml.contains(r#"classname="lily-e2e.multi-attach""#), "{xml}");
+        assert!(xml.contains("step expect-event failed") && xml.contains("<failure"), "{xml}");
+        assert!(xml.contains("step set-up errored") && xml.contains("<error"), "{xml}");
+        assert!(xml.contains("<skipped") && xml.contains("it needs the fixture chart"), "{xml}");
+        assert!(xml.contains(r#"tests="4""#) && xml.contains(r#"failures="1""#) && xml.contains(r#"errors="1""#), "{xml}");
+    }
+}

@@ -1,0 +1,144 @@
+//! Event steps: `expect-event` and `expect-no-event`, matched against a catalogued wording
+//! (for the running Kubernetes version) or a regex.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use k8s_openapi::api::core::v1::Event;
+use kube::api::Api;
+use kube::runtime::watcher;
+use regex::Regex;
+
+use super::{object_ref, CaseCx, Cx, Operation, StepError, StepResult, Tpl, DEFAULT_WAIT};
+use crate::error::Error;
+use crate::scenario::catalogue;
+use crate::scenario::compile::LoadError;
+use crate::scenario::model;
+
+#[derive(Debug)]
+enum Match {
+    /// A catalogue entry: its wording for the cluster's version.
+    Catalogue(String),
+    Regex(Regex),
+    Any,
+}
+
+#[derive(Debug)]
+pub struct ExpectEvent {
+    kind: String,
+    name: Tpl,
+    reason: String,
+    matcher: Match,
+    timeout: Duration,
+    timeout_text: Option<String>,
+    /// `expect-no-event`: no such event may arrive within the timeout.
+    absent: bool,
+}
+
+impl ExpectEvent {
+    pub fn compile(s: &model::ExpectEvent, absent: bool, cx: &mut Cx<'_>) -> Result<Box<dyn Operation>, LoadError> {
+        let (kind, name) = object_ref(&s.object)
+            .ok_or_else(|| cx.site.error("object", format!("`{}` is not an object reference like Pod/NAME", s.object)))?;
+        let matcher = match (&s.catalogue, &s.message) {
+            (Some(entry), _) => {
+                let reason = catalogue::reason(entry).ok_or_else(|| {
+                    cx.site.error("catalogue", format!("no catalogue entry `{entry}` (known: {})", catalogue::names().join(", ")))
+                })?;
+                if reason != s.reason {
+                    return Err(cx.site.error("reason", format!("catalogue entry {entry} is a {reason} event, not {}", s.reason)));
+                }
+                Match::Catalogue(entry.clone())
+            }
+            (None, Some(re)) => Match::Regex(cx.regex("message", re)?),
+            (None, None) => Match::Any,
+        };
+        Ok(Box::new(ExpectEvent {
+            kind,
+            name: cx.tpl("object", &name)?,
+            reason: s.reason.clone(),
+            matcher,
+            timeout: cx.duration("timeout", &s.timeout, DEFAULT_WAIT)?,
+            timeout_text: s.timeout.clone(),
+            absent,
+        }))
+    }
+
+    /// Which wording (if any) a message matches.
+    fn wording(&self, version: &str, message: &str) -> Option<String> {
+        match &self.matcher {
+            Match::Catalogue(entry) => catalogue::matching(entry, version, message).map(|w| w.source.to_string()),
+            Match::Regex(r) => r.is_match(message).then(|| "regex".to_string()),
+            Match::Any => Some("any".to_string()),
+        }
+    }
+
+    async fn check(&self, cx: &mut CaseCx<'_>) -> StepResult {
+        let (kind, name) = (&self.kind, self.name.fill(&cx.vars)?);
+        let version = cx.env.cluster.version.clone();
+        let catalogue = match &self.matcher {
+            Match::Catalogue(entry) => {
+                let (_, ws) = catalogue::wordings(entry, &version).unwrap_or_default();
+                if ws.is_empty() {
+                    return Err(StepError::Errored(Error::Invalid(format!(
+                        "catalogue entry {entry} has no wording for Kubernetes {version}"
+                    ))));
+                }
+                Some(entry.clone())
+            }
+            _ => None,
+        };
+        let api = Api::<Event>::namespaced(cx.client(), &cx.namespace);
+        let cfg = watcher::Config::default().fields(&format!("involvedObject.kind={kind},involvedObject.name={name}"));
+        let what = format!(
+            "a {} event on {kind}/{name}{}",
+            self.reason,
+            catalogue.as_ref().map(|c| format!(" worded as catalogue entry {c} for Kubernetes {version}")).unwrap_or_default()
+        );
+        let reason = self.reason.clone();
+        let hit = |e: &Event| e.reason.as_deref() == Some(&reason) && self.wording(&version, e.message.as_deref().unwrap_or("")).is_some();
+        let found = crate::wait::until_list(&api, cfg, &what, self.timeout, |evs: &[Arc<Event>]| evs.iter().any(|e| hit(e))).await;
+        match (self.absent, found) {
+            (false, Ok(evs)) => {
+                let e = evs.iter().find(|e| hit(e)).expect("the condition found one");
+                let msg = e.message.clone().unwrap_or_default();
+                let source = self.wording(&version, &msg);
+                let mut norm = msg.clone();
+                let vol_re = Regex::new(r#"volume "(pvc-[0-9a-f-]+)""#).expect("static regex");
+                if let Some(c) = vol_re.captures(&msg) {
+                    let p = cx.outcome.generated("volume", &c[1]);
+                    norm = norm.replace(&c[1], &p);
+                }
+                cx.outcome.record(
+                    "event",
+                    serde_json::json!({"object": format!("{kind}/{name}"), "reason": self.reason, "catalogue": catalogue, "wording": source, "message": norm}),
+                );
+                Ok(())
+            }
+            (false, Err(Error::Timeout { what, after, last_seen })) if catalogue.is_some() => Err(StepError::failed(format!(
+                "the fault did not reproduce: no {what} within {}s (events seen on the object: {last_seen})",
+                after.as_secs()
+            ))),
+            (false, Err(e)) => Err(e.into()),
+            (true, Ok(evs)) => {
+                let e = evs.iter().find(|e| e.reason.as_deref() == Some(&self.reason)).map(|e| e.message.clone().unwrap_or_default());
+                Err(StepError::failed(format!("did not expect {what}, but saw: {}", e.unwrap_or_default())))
+            }
+            (true, Err(Error::Timeout { .. })) => {
+                cx.outcome.record(
+                    "no-event",
+                    serde_json::json!({"object": format!("{kind}/{name}"), "reason": self.reason, "within": self.timeout_text}),
+                );
+                Ok(())
+            }
+            (true, Err(e)) => Err(e.into()),
+        }
+    }
+}
+
+impl Operation for ExpectEvent {
+    fn run<'a, 'e>(&'a self, cx: &'a mut CaseCx<'e>) -> BoxFuture<'a, StepResult> {
+        self.check(cx).boxed()
+    }
+}

@@ -1,0 +1,204 @@
+//! Fault steps and node actions: `lose-zone`, `stop-heartbeat`, `cordon`, `drain`,
+//! `unmount-delay`, `out-of-service`.
+
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, DeleteParams, EvictParams, ListParams, Patch, PatchParams};
+use kube::ResourceExt;
+
+use super::{CaseCx, Cx, Operation, StepError, StepResult, Tpl, DEFAULT_WAIT};
+use crate::cluster::nodes::KWOK_LABEL;
+use crate::error::Error;
+use crate::scenario::compile::LoadError;
+use crate::scenario::model;
+
+async fn patch_node(cx: &CaseCx<'_>, node: &str, patch: serde_json::Value, what: &str) -> Result<(), Error> {
+    Api::<Node>::all(cx.client())
+        .patch(node, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .map_err(Error::kube(format!("{what} {node}")))?;
+    Ok(())
+}
+
+/// The patch that makes kwok stop managing (heartbeating) a node.
+fn stop_heartbeat_patch() -> serde_json::Value {
+    serde_json::json!({"metadata": {"labels": {KWOK_LABEL.0: null}}})
+}
+
+#[derive(Debug)]
+pub struct LoseZone {
+    zone: Tpl,
+}
+
+impl LoseZone {
+    pub fn compile(s: &model::ZoneRef, cx: &mut Cx<'_>) -> Result<Box<dyn Operation>, LoadError> {
+        Ok(Box::new(LoseZone { zone: cx.tpl("zone", &s.zone)? }))
+    }
+
+    async fn apply(&self, cx: &mut CaseCx<'_>) -> StepResult {
+        let zone = self.zone.fill(&cx.vars)?;
+        let nodes: Vec<String> = cx.zones.iter().filter(|(_, z)| **z == zone).map(|(n, _)| n.clone()).collect();
+        if nodes.is_empty() {
+            return Err(StepError::Errored(Error::Invalid(format!("no node in zone {zone}"))));
+        }
+        let api = Api::<Node>::all(cx.client());
+        for n in &nodes {
+            patch_node(cx, n, stop_heartbeat_patch(), "stop node").await?;
+            api.delete(n, &DeleteParams::default()).await.map_err(Error::kube(format!("delete node {n}")))?;
+        }
+        for n in &nodes {
+            crate::wait::until(&api, n, &format!("node {n} to be gone"), DEFAULT_WAIT, |x: Option<&Node>| x.is_none()).await?;
+        }
+        cx.outcome.record("lose-zone", serde_json::json!({"zone": zone, "nodes": nodes}));
+        Ok(())
+    }
+}
+
+impl Operation for LoseZone {
+    fn run<'a, 'e>(&'a self, cx: &'a mut CaseCx<'e>) -> BoxFuture<'a, StepResult> {
+        self.apply(cx).boxed()
+    }
+}
+
+#[derive(Debug)]
+pub struct StopHeartbeat {
+    node: Tpl,
+}
+
+impl StopHeartbeat {
+    pub fn compile(s: &model::NodeRef, cx: &mut Cx<'_>) -> Result<Box<dyn Operation>, LoadError> {
+        Ok(Box::new(StopHeartbeat { node: cx.tpl("node", &s.node)? }))
+    }
+}
+
+impl Operation for StopHeartbeat {
+    fn run<'a, 'e>(&'a self, cx: &'a mut CaseCx<'e>) -> BoxFuture<'a, StepResult> {
+        async move {
+            let node = self.node.fill(&cx.vars)?;
+            patch_node(cx, &node, stop_heartbeat_patch(), "stop the heartbeat of node").await?;
+            cx.outcome.record("stop-heartbeat", serde_json::json!({"node": node}));
+            Ok(())
+        }
+        .boxed()
+    }
+}
+
+#[derive(Debug)]
+pub struct Cordon {
+    node: Tpl,
+}
+
+impl Cordon {
+    pub fn compile(s: &model::NodeRef, cx: &mut Cx<'_>) -> Result<Box<dyn Operation>, LoadError> {
+        Ok(Box::new(Cordon { node: cx.tpl("node", &s.node)? }))
+    }
+}
+
+async fn cordon(cx: &mut CaseCx<'_>, node: &str) -> Result<(), Error> {
+    patch_node(cx, node, serde_json::json!({"spec": {"unschedulable": true}}), "cordon node").await?;
+    cx.outcome.record("cordon", serde_json::json!({"node": node}));
+    Ok(())
+}
+
+impl Operation for Cordon {
+    fn run<'a, 'e>(&'a self, cx: &'a mut CaseCx<'e>) -> BoxFuture<'a, StepResult> {
+        async move {
+            let node = self.node.fill(&cx.vars)?;
+            Ok(cordon(cx, &node).await?)
+        }
+        .boxed()
+    }
+}
+
+#[derive(Debug)]
+pub struct Drain {
+    node: Tpl,
+}
+
+impl Drain {
+    pub fn compile(s: &model::NodeRef, cx: &mut Cx<'_>) -> Result<Box<dyn Operation>, LoadError> {
+        Ok(Box::new(Drain { node: cx.tpl("node", &s.node)? }))
+    }
+}
+
+impl Operation for Drain {
+    fn run<'a, 'e>(&'a self, cx: &'a mut CaseCx<'e>) -> BoxFuture<'a, StepResult> {
+        async move {
+            let node = self.node.fill(&cx.vars)?;
+            cordon(cx, &node).await?;
+            let api = Api::<Pod>::namespaced(cx.client(), &cx.namespace);
+            let pods = api.list(&ListParams::default().fields(&format!("spec.nodeName={node}"))).await.map_err(Error::kube("list pods"))?;
+            let mut evicted = Vec::new();
+            for p in pods.items {
+                api.evict(&p.name_any(), &EvictParams::default()).await.map_err(Error::kube(format!("evict pod {}", p.name_any())))?;
+                evicted.push(p.name_any());
+            }
+            cx.outcome.record("drain", serde_json::json!({"node": node, "evicted": evicted}));
+            Ok(())
+        }
+        .boxed()
+    }
+}
+
+#[derive(Debug)]
+pub struct UnmountDelay {
+    node: Tpl,
+    delay: Duration,
+    delay_text: Option<String>,
+    stuck: bool,
+}
+
+impl UnmountDelay {
+    pub fn compile(s: &model::UnmountDelay, cx: &mut Cx<'_>) -> Result<Box<dyn Operation>, LoadError> {
+        Ok(Box::new(UnmountDelay {
+            node: cx.tpl("node", &s.node)?,
+            delay: cx.duration("delay", &s.delay, Duration::ZERO)?,
+            delay_text: s.delay.clone(),
+            stuck: s.stuck,
+        }))
+    }
+}
+
+impl Operation for UnmountDelay {
+    fn run<'a, 'e>(&'a self, cx: &'a mut CaseCx<'e>) -> BoxFuture<'a, StepResult> {
+        async move {
+            let node = self.node.fill(&cx.vars)?;
+            let sim =
+                cx.env.cluster.sim().ok_or_else(|| {
+                    StepError::Errored(Error::Invalid("unmount-delay needs the local provider's simulated kubelets".into()))
+                })?;
+            sim.set_unmount_delay(&node, self.delay);
+            sim.set_unmount_stuck(&node, self.stuck);
+            cx.outcome.record("unmount-delay", serde_json::json!({"node": node, "delay": self.delay_text, "stuck": self.stuck}));
+            Ok(())
+        }
+        .boxed()
+    }
+}
+
+#[derive(Debug)]
+pub struct OutOfService {
+    node: Tpl,
+}
+
+impl OutOfService {
+    pub fn compile(s: &model::NodeRef, cx: &mut Cx<'_>) -> Result<Box<dyn Operation>, LoadError> {
+        Ok(Box::new(OutOfService { node: cx.tpl("node", &s.node)? }))
+    }
+}
+
+impl Operation for OutOfService {
+    fn run<'a, 'e>(&'a self, cx: &'a mut CaseCx<'e>) -> BoxFuture<'a, StepResult> {
+        async move {
+            let node = self.node.fill(&cx.vars)?;
+            let taint = serde_json::json!({"spec": {"taints": [{"key": "node.kubernetes.io/out-of-service", "value": "nodeshutdown", "effect": "NoExecute"}]}});
+            patch_node(cx, &node, taint, "taint out-of-service node").await?;
+            cx.outcome.record("out-of-service", serde_json::json!({"node": node}));
+            Ok(())
+        }
+        .boxed()
+    }
+}

@@ -1,0 +1,399 @@
+//! helm steps: `helm-repo-add`, `helm-upgrade`, `helm-rollback`, `helm-uninstall`,
+//! `expect-release`, `wait-rollout`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use kube::api::{Api, ListParams};
+use kube::ResourceExt;
+use regex::Regex;
+
+use super::{CaseCx, Cx, Operation, StepError, StepResult, Tpl, DEFAULT_WAIT};
+use crate::error::Error;
+use crate::helm::{ChartRef, ChartSource, Helm, InstallOpts, ReleaseOpts, Values};
+use crate::scenario::compile::LoadError;
+use crate::scenario::model;
+
+/// The case's helm: its own home, and the repository name once added.
+pub struct Session {
+    pub helm: Helm,
+    pub repo: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct RepoAdd {
+    name: String,
+}
+
+impl RepoAdd {
+    pub fn compile(s: &model::HelmRepoAdd, cx: &mut Cx<'_>) -> Result<Box<dyn Operation>, LoadError> {
+        cx.scope.repo_added = true;
+        Ok(Box::new(RepoAdd { name: s.name.clone() }))
+    }
+}
+
+impl Operation for RepoAdd {
+    fn run<'a, 'e>(&'a self, cx: &'a mut CaseCx<'e>) -> BoxFuture<'a, StepResult> {
+        async move {
+            cx.helm.helm.repo_add(&self.name, cx.env.repo.url()).await?;
+            cx.helm.helm.repo_update(&[self.name.as_str()]).await?;
+            cx.helm.repo = Some(self.name.clone());
+            let versions: Vec<String> = cx.env.repo.versions().iter().map(|v| v.to_string()).collect();
+            cx.outcome.record("helm-repo-add", serde_json::json!({"repo": self.name, "versions": versions}));
+            Ok(())
+        }
+        .boxed()
+    }
+}
+
+/// Where a `helm-upgrade` takes its chart from.
+#[derive(Debug)]
+enum Chart {
+    /// The added repository, at `--version` (or the newest).
+    Repo { version: Option<Tpl> },
+    /// `fixture@X.Y.Z`: the layout's fixture chart packaged as that version.
+    Fixture { path: PathBuf, version: crate::helm::Version },
+    /// A chart directory or .tgz.
+    Source(ChartSource),
+}
+
+#[derive(Debug)]
+pub struct Upgrade {
+    chart: Chart,
+    /// The version as written, for the outcome.
+    version: Option<String>,
+    values: Vec<PathBuf>,
+    set: Option<serde_json::Value>,
+    wait: Option<Duration>,
+    expect_failure: Option<Regex>,
+}
+
+impl Upgrade {
+    pub fn compile(s: &model::HelmUpgrade, cx: &mut Cx<'_>) -> Result<Box<dyn Operation>, LoadError> {
+        let chart = match &s.chart {
+            Some(src) => match src.strip_prefix("fixture@") {
+                Some(v) => Chart::Fixture {
+                    path: cx.layout.fixture_chart(),
+                    version: crate::helm::chart::parse_version(v).map_err(|e| cx.site.error("chart", e.to_string()))?,
+                },
+                None => {
+                    let source = ChartSource::parse(src).map_err(|e| cx.site.error("chart", e.to_string()))?;
+                    if matches!(source, ChartSource::Remote { .. }) {
+                        return Err(cx.site.error("chart", format!("`{src}`: use a chart directory or .tgz")));
+                    }
+                    source.check().map_err(|e| cx.site.error("chart", e.to_string()))?;
+                    Chart::Source(source)
+                }
+            },
+            None => {
+                if !cx.scope.repo_added {
+                    return Err(cx.site.error("chart", "helm-upgrade from the repository needs a helm-repo-add step before it"));
+                }
+                Chart::Repo { version: cx.opt_tpl("version", &s.version)? }
+            }
+        };
+        let mut values = Vec::new();
+        for f in &s.values {
+            let p = cx.layout.values_file(f);
+            if !p.is_file() {
+                return Err(cx.site.error("values", format!("values file {} does not exist", p.display())));
+            }
+            values.push(p);
+        }
+        let expect_failure = s.expect_failure.as_deref().map(|re| cx.regex("expect-failure", re)).transpose()?;
+        if expect_failure.is_none() {
+            // The release's StatefulSet defines these once installed.
+            cx.scope.define_all(["instance", "pod", "claim"]);
+        }
+        Ok(Box::new(Upgrade {
+            chart,
+            version: s.version.clone(),
+            values,
+            set: s.set.clone(),
+            wait: if s.wait { Some(cx.duration("timeout", &s.timeout, DEFAULT_WAIT)?) } else { None },
+            expect_failure,
+        }))
+    }
+
+    async fn apply(&self, cx: &mut CaseCx<'_>) -> StepResult {
+        let mut values = Values::files(cx.values.iter().chain(&self.values).cloned());
+        if let Some(inline) = &self.set {
+            let p = cx.dir.join(format!("inline-values-{}.yaml", cx.vars.len()));
+            std::fs::write(&p, crate::yaml::to_string(inline).map_err(Error::from)?)
+                .map_err(Error::io(format!("write {}", p.display())))?;
+            values = values.file(p);
+        }
+        let (chart, version) = match &self.chart {
+            Chart::Repo { version } => {
+                let repo = cx.helm.repo.clone().ok_or_else(|| StepError::failed("helm-upgrade needs a helm-repo-add step before it"))?;
+                (ChartRef::Repo { repo, chart: cx.env.repo.chart_name().to_string() }, cx.fill_opt(version)?)
+            }
+            Chart::Fixture { path, version } => {
+                (ChartRef::Path(cx.helm.helm.package(path, Some(&version.to_string()), &cx.dir).await?), None)
+            }
+            Chart::Source(ChartSource::Dir { path, version }) => {
+                let v = version.as_ref().map(|v| v.to_string());
+                (ChartRef::Path(cx.helm.helm.package(path, v.as_deref(), &cx.dir).await?), None)
+            }
+            Chart::Source(ChartSource::Archive { path }) => (ChartRef::Path(path.clone()), None),
+            Chart::Source(ChartSource::Remote { .. }) => unreachable!("refused at compile time"),
+        };
+        let opts = InstallOpts {
+            namespace: cx.namespace.clone(),
+            version: version.clone(),
+            values,
+            wait: self.wait,
+            create_namespace: false,
+            reset_values: false,
+        };
+        // An unknown version fails before helm runs, listing the versions that exist.
+        let known = match (&self.chart, &version) {
+            (Chart::Repo { .. }, Some(v)) => cx.env.repo.version(v).map(|_| ()),
+            _ => Ok(()),
+        };
+        let r = match known {
+            Ok(()) => cx.helm.helm.upgrade_install(&cx.release, &chart, &opts).await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        match (&self.expect_failure, r) {
+            (None, Ok(())) => {}
+            (None, Err(e)) => return Err(e.into()),
+            (Some(re), Ok(())) => return Err(StepError::failed(format!("the upgrade was expected to fail with /{re}/ but succeeded"))),
+            (Some(re), Err(Error::Helm(h))) if h.is_chart_failure() => {
+                let msg = h.to_string();
+                let m = re.find(&msg).ok_or_else(|| StepError::failed(format!("the upgrade failed, but not with /{re}/: {msg}")))?;
+                let st = cx.helm.helm.status(&cx.release, &cx.namespace).await.ok();
+                cx.outcome.record(
+                    "helm-upgrade",
+                    serde_json::json!({
+                        "version": self.version,
+                        "failed": true,
+                        "reason": m.as_str(),
+                        "revision": st.as_ref().map(|s| s.revision),
+                        "status": st.as_ref().map(|s| s.status.as_str().to_string()),
+                    }),
+                );
+                return Ok(());
+            }
+            // Not helm refusing the chart: the harness broke.
+            (Some(_), Err(e)) => return Err(StepError::Errored(e)),
+        }
+        let st = cx.helm.helm.status(&cx.release, &cx.namespace).await?;
+        discover_instance(cx).await?;
+        cx.outcome.record(
+            "helm-upgrade",
+            serde_json::json!({"version": self.version.clone().unwrap_or_else(|| "(latest)".into()), "revision": st.revision, "chart": st.chart, "status": st.status.as_str()}),
+        );
+        Ok(())
+    }
+}
+
+impl Operation for Upgrade {
+    fn run<'a, 'e>(&'a self, cx: &'a mut CaseCx<'e>) -> BoxFuture<'a, StepResult> {
+        self.apply(cx).boxed()
+    }
+}
+
+/// Finds the StatefulSet the release created (by helm's release annotations, so any chart
+/// works), and sets `instance`, `pod` and `claim`.
+async fn discover_instance(cx: &mut CaseCx<'_>) -> Result<(), Error> {
+    let sts = Api::<StatefulSet>::namespaced(cx.client(), &cx.namespace)
+        .list(&ListParams::default())
+        .await
+        .map_err(Error::kube("list statefulsets"))?;
+    let mut mine: Vec<StatefulSet> =
+        sts.items.into_iter().filter(|s| s.annotations().get("meta.helm.sh/release-name") == Some(&cx.release)).collect();
+    mine.sort_by_key(|s| (!s.name_any().ends_with("-daemon"), s.name_any()));
+    if let Some(s) = mine.first() {
+        let name = s.name_any();
+        let pod = format!("{name}-0");
+        cx.vars.insert("instance".into(), name.clone());
+        if let Some(vct) = s.spec.as_ref().and_then(|sp| sp.volume_claim_templates.as_ref()).and_then(|v| v.first()) {
+            cx.vars.insert("claim".into(), format!("{}-{pod}", vct.name_any()));
+        }
+        cx.vars.insert("pod".into(), pod);
+    }
+    Ok(())
+}
+
+#[derive(Debug)]
+pub struct Rollback {
+    revision: u32,
+}
+
+impl Rollback {
+    pub fn compile(s: &model::HelmRollback, _cx: &mut Cx<'_>) -> Result<Box<dyn Operation>, LoadError> {
+        Ok(Box::new(Rollback { revision: s.revision }))
+    }
+}
+
+impl Operation for Rollback {
+    fn run<'a, 'e>(&'a self, cx: &'a mut CaseCx<'e>) -> BoxFuture<'a, StepResult> {
+        async move {
+            let opts = ReleaseOpts { namespace: cx.namespace.clone(), wait: None };
+            cx.helm.helm.rollback(&cx.release, Some(self.revision), &opts).await?;
+            let st = cx.helm.helm.status(&cx.release, &cx.namespace).await?;
+            cx.outcome.record("helm-rollback", serde_json::json!({"to": self.revision, "revision": st.revision, "chart": st.chart}));
+            Ok(())
+        }
+        .boxed()
+    }
+}
+
+#[derive(Debug)]
+pub struct Uninstall;
+
+impl Operation for Uninstall {
+    fn run<'a, 'e>(&'a self, cx: &'a mut CaseCx<'e>) -> BoxFuture<'a, StepResult> {
+        async move {
+            let opts = ReleaseOpts { namespace: cx.namespace.clone(), wait: None };
+            cx.helm.helm.uninstall(&cx.release, &opts).await?;
+            let l = Api::<PersistentVolumeClaim>::namespaced(cx.client(), &cx.namespace)
+                .list(&ListParams::default())
+                .await
+                .map_err(Error::kube("list claims"))?;
+            let mut claims: Vec<String> = l.items.iter().map(|c| c.name_any()).collect();
+            claims.sort();
+            cx.outcome.record("helm-uninstall", serde_json::json!({"claims-left": claims}));
+            Ok(())
+        }
+        .boxed()
+    }
+}
+
+#[derive(Debug)]
+pub struct ExpectRelease {
+    revision: Option<u32>,
+    chart_version: Option<Tpl>,
+    status: Option<String>,
+}
+
+impl ExpectRelease {
+    pub fn compile(s: &model::ExpectRelease, cx: &mut Cx<'_>) -> Result<Box<dyn Operation>, LoadError> {
+        Ok(Box::new(ExpectRelease {
+            revision: s.revision,
+            chart_version: cx.opt_tpl("chart-version", &s.chart_version)?,
+            status: s.status.clone(),
+        }))
+    }
+
+    async fn check(&self, cx: &mut CaseCx<'_>) -> StepResult {
+        let st = cx.helm.helm.status(&cx.release, &cx.namespace).await?;
+        let hist = cx.helm.helm.history(&cx.release, &cx.namespace).await?;
+        let mut problems = Vec::new();
+        if let Some(r) = self.revision {
+            if st.revision != r {
+                problems.push(format!("revision {} (expected {r})", st.revision));
+            }
+        }
+        if let Some(v) = cx.fill_opt(&self.chart_version)? {
+            if st.chart_version != v {
+                problems.push(format!("chart version {} (expected {v})", st.chart_version));
+            }
+        }
+        if let Some(want) = &self.status {
+            if st.status.as_str() != want {
+                problems.push(format!("status {} (expected {want})", st.status.as_str()));
+            }
+        }
+        if !problems.is_empty() {
+            return Err(StepError::failed(format!("release {}: {}", cx.release, problems.join(", "))));
+        }
+        // The chart label on the StatefulSet agrees with a deployed release (a failed upgrade
+        // leaves the objects of the revision before it).
+        if let (Ok(inst), true) = (cx.var("instance"), st.status.as_str() == "deployed") {
+            if let Ok(sts) = Api::<StatefulSet>::namespaced(cx.client(), &cx.namespace).get(&inst).await {
+                if let Some(label) = sts.labels().get("helm.sh/chart") {
+                    if label != &st.chart {
+                        return Err(StepError::failed(format!(
+                            "statefulset {inst} has helm.sh/chart={label}, helm status says {}",
+                            st.chart
+                        )));
+                    }
+                }
+            }
+        }
+        let history: Vec<serde_json::Value> =
+            hist.iter().map(|h| serde_json::json!({"revision": h.revision, "chart": h.chart, "status": h.status.as_str()})).collect();
+        cx.outcome.record(
+            "release",
+            serde_json::json!({"revision": st.revision, "chart": st.chart, "status": st.status.as_str(), "history": history}),
+        );
+        Ok(())
+    }
+}
+
+impl Operation for ExpectRelease {
+    fn run<'a, 'e>(&'a self, cx: &'a mut CaseCx<'e>) -> BoxFuture<'a, StepResult> {
+        self.check(cx).boxed()
+    }
+}
+
+#[derive(Debug)]
+pub struct WaitRollout {
+    timeout: Duration,
+}
+
+impl WaitRollout {
+    pub fn compile(s: &model::WaitRollout, cx: &mut Cx<'_>) -> Result<Box<dyn Operation>, LoadError> {
+        cx.scope.require("instance", &cx.site, "statefulset")?;
+        Ok(Box::new(WaitRollout { timeout: cx.duration("timeout", &s.timeout, DEFAULT_WAIT)? }))
+    }
+}
+
+impl Operation for WaitRollout {
+    fn run<'a, 'e>(&'a self, cx: &'a mut CaseCx<'e>) -> BoxFuture<'a, StepResult> {
+        async move {
+            let inst = cx.var("instance")?;
+            let api = Api::<StatefulSet>::namespaced(cx.client(), &cx.namespace);
+            let sts = crate::wait::until(&api, &inst, &format!("statefulset {inst} to roll out"), self.timeout, |s: Option<&StatefulSet>| {
+                s.is_some_and(rolled_out)
+            })
+            .await?
+            .expect("condition needs the object");
+            let st = sts.status.unwrap_or_default();
+            cx.outcome.record(
+                "rollout",
+                serde_json::json!({"statefulset": inst, "replicas": st.replicas, "ready": st.ready_replicas, "updated": st.updated_replicas}),
+            );
+            Ok(())
+        }
+        .boxed()
+    }
+}
+
+/// Whether a StatefulSet has fully rolled out its current spec.
+pub fn rolled_out(s: &StatefulSet) -> bool {
+    let want = s.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let Some(st) = &s.status else { return false };
+    st.observed_generation.unwrap_or(0) >= s.metadata.generation.unwrap_or(0)
+        && st.replicas == want
+        && st.ready_replicas.unwrap_or(0) == want
+        && st.updated_replicas.unwrap_or(0) == want
+        && st.current_revision.is_some()
+        && st.current_revision == st.update_revision
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rollout_needs_current_equal_update_revision() {
+        let mut s: StatefulSet = serde_json::from_value(serde_json::json!({
+            "metadata": {"generation": 2},
+            "spec": {"replicas": 1, "selector": {}, "serviceName": "x", "template": {}},
+            "status": {"observedGeneration": 2, "replicas": 1, "readyReplicas": 1, "updatedReplicas": 1, "currentRevision": "a", "updateRevision": "b"}
+        }))
+        .unwrap();
+        assert!(!rolled_out(&s));
+        s.status.as_mut().unwrap().current_revision = Some("b".into());
+        assert!(rolled_out(&s));
+        s.status.as_mut().unwrap().observed_generation = Some(1);
+        assert!(!rolled_out(&s));
+    }
+}

@@ -1,0 +1,278 @@
+//! Step kinds, one family per file; each step is compiled from the scenario file before
+//! anything starts, then run against a case's [`CaseCx`].
+//!
+//! To add a step kind: a variant in [`crate::scenario::model::Step`], a struct implementing
+//! [`Operation`] in the family file it belongs to, and one arm in [`compile`].
+//!
+//! - [`helm`]: repo add, upgrade/install, rollback, uninstall, release and rollout checks;
+//! - [`objects`]: pods, claims, attachments, deletes, saved node names;
+//! - [`events`]: expected (and unexpected) events, matched against the catalogue;
+//! - [`faults`]: the simulated cloud's faults (zones, heartbeats, unmounts) and node actions;
+//! - [`runbook`]: the guide's runbooks, run with the pinned kubectl;
+//! - [`postgres`]: the storage Secret and the database contract check;
+//! - [`snapshot`]: recording the normalised outcome.
+
+pub mod events;
+pub mod faults;
+pub mod helm;
+pub mod objects;
+pub mod postgres;
+pub mod runbook;
+pub mod snapshot;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+
+use super::compile::{Scope, StepSite};
+use super::env::Env;
+use super::model::Step;
+use super::outcome::Outcome;
+use crate::error::Error;
+use crate::layout::Layout;
+
+/// The default deadline of a step that waits.
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(120);
+
+/// Why a step did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    /// The chart or the cluster did not do what the scenario expects.
+    #[error("{0}")]
+    Failed(String),
+    /// The harness or its infrastructure broke (a tool, a port, a process, the API).
+    #[error(transparent)]
+    Errored(Error),
+}
+
+impl StepError {
+    pub fn failed(msg: impl Into<String>) -> StepError {
+        StepError::Failed(msg.into())
+    }
+}
+
+impl From<Error> for StepError {
+    /// A wait that ran out and a helm command the chart made fail are the chart's or the
+    /// cluster's doing; everything else is the harness's.
+    fn from(e: Error) -> StepError {
+        match e {
+            Error::Timeout { .. } => StepError::Failed(crate::error::chain(&e)),
+            Error::Helm(ref h) if h.is_chart_failure() => StepError::Failed(crate::error::chain(&e)),
+            e => StepError::Errored(e),
+        }
+    }
+}
+
+pub type StepResult = Result<(), StepError>;
+
+/// One compiled step.
+pub trait Operation: Send + Sync + std::fmt::Debug {
+    fn run<'a, 'e>(&'a self, cx: &'a mut CaseCx<'e>) -> BoxFuture<'a, StepResult>;
+
+    /// The runbook a `runbook` step runs (for `reproduce` to print its commands).
+    fn runbook(&self) -> Option<&super::runbook::Runbook> {
+        None
+    }
+}
+
+/// A step, ready to run.
+#[derive(Debug)]
+pub struct CompiledStep {
+    /// From 1, as shown to users.
+    pub index: usize,
+    /// The step's kind as written in the file (`helm-upgrade`).
+    pub kind: String,
+    pub op: Box<dyn Operation>,
+}
+
+impl CompiledStep {
+    pub fn label(&self) -> String {
+        format!("{} ({})", self.index, self.kind)
+    }
+}
+
+/// A string that may hold `${var}` placeholders, checked at compile time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tpl(String);
+
+impl Tpl {
+    /// The raw text (before substitution).
+    pub fn raw(&self) -> &str {
+        &self.0
+    }
+
+    /// Fills the placeholders from the case's variables.
+    pub fn fill(&self, vars: &BTreeMap<String, String>) -> Result<String, StepError> {
+        let mut out = String::new();
+        let mut rest = self.0.as_str();
+        while let Some(start) = rest.find("${") {
+            let Some(len) = rest[start..].find('}') else { break };
+            let name = &rest[start + 2..start + len];
+            out.push_str(&rest[..start]);
+            match vars.get(name) {
+                Some(v) => out.push_str(v),
+                // The chart did not create what defines it (e.g. no StatefulSet: no `pod`).
+                None => {
+                    return Err(StepError::failed(format!(
+                        "`${{{name}}}` is not known at this step (known: {})",
+                        vars.keys().cloned().collect::<Vec<_>>().join(", ")
+                    )))
+                }
+            }
+            rest = &rest[start + len + 1..];
+        }
+        out.push_str(rest);
+        Ok(out)
+    }
+}
+
+/// The names a string refers to with `${name}`.
+pub fn refs(s: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = s;
+    while let Some(start) = rest.find("${") {
+        let Some(len) = rest[start..].find('}') else { break };
+        out.push(&rest[start + 2..start + len]);
+        rest = &rest[start + len + 1..];
+    }
+    out
+}
+
+/// What compiling a step can see and check.
+pub struct Cx<'a> {
+    pub layout: &'a Layout,
+    pub scope: &'a mut Scope,
+    pub site: StepSite<'a>,
+}
+
+impl Cx<'_> {
+    /// A template field: every `${var}` must be defined by the scenario or an earlier step.
+    pub fn tpl(&self, field: &str, s: &str) -> Result<Tpl, super::compile::LoadError> {
+        for name in refs(s) {
+            if !self.scope.has(name) {
+                return Err(self
+                    .site
+                    .error(field, format!("`${{{name}}}` is not defined here (defined: {})", self.scope.names().join(", "))));
+            }
+        }
+        Ok(Tpl(s.to_string()))
+    }
+
+    pub fn opt_tpl(&self, field: &str, s: &Option<String>) -> Result<Option<Tpl>, super::compile::LoadError> {
+        s.as_deref().map(|s| self.tpl(field, s)).transpose()
+    }
+
+    /// A duration field (`90s`, `2m`, `500ms`), or the default.
+    pub fn duration(&self, field: &str, s: &Option<String>, default: Duration) -> Result<Duration, super::compile::LoadError> {
+        match s {
+            None => Ok(default),
+            Some(s) => super::model::duration(s).map_err(|e| self.site.error(field, e.to_string())),
+        }
+    }
+
+    pub fn regex(&self, field: &str, s: &str) -> Result<regex::Regex, super::compile::LoadError> {
+        regex::Regex::new(s).map_err(|e| self.site.error(field, format!("not a valid regex: {e}")))
+    }
+}
+
+/// Compiles one step of the scenario file.
+pub fn compile(step: &Step, cx: &mut Cx<'_>) -> Result<Box<dyn Operation>, super::compile::LoadError> {
+    Ok(match step {
+        Step::Postgres(s) => postgres::CreateStorage::compile(s, cx)?,
+        Step::ContractCheck(s) => postgres::ContractCheck::compile(s, cx)?,
+        Step::HelmRepoAdd(s) => helm::RepoAdd::compile(s, cx)?,
+        Step::HelmUpgrade(s) => helm::Upgrade::compile(s, cx)?,
+        Step::HelmRollback(s) => helm::Rollback::compile(s, cx)?,
+        Step::HelmUninstall(_) => Box::new(helm::Uninstall),
+        Step::ExpectRelease(s) => helm::ExpectRelease::compile(s, cx)?,
+        Step::WaitRollout(s) => helm::WaitRollout::compile(s, cx)?,
+        Step::ExpectPod(s) => objects::ExpectPod::compile(s, cx)?,
+        Step::ExpectClaim(s) => objects::ExpectClaim::compile(s, cx)?,
+        Step::ExpectAttachment(s) => objects::ExpectAttachment::compile(s, cx)?,
+        Step::Delete(s) => objects::Delete::compile(s, cx)?,
+        Step::SaveNode(s) => objects::SaveNode::compile(s, cx)?,
+        Step::ExpectEvent(s) => events::ExpectEvent::compile(s, false, cx)?,
+        Step::ExpectNoEvent(s) => events::ExpectEvent::compile(s, true, cx)?,
+        Step::Runbook(s) => runbook::RunRunbook::compile(s, cx)?,
+        Step::Snapshot(_) => Box::new(snapshot::Snapshot),
+        Step::LoseZone(s) => faults::LoseZone::compile(s, cx)?,
+        Step::StopHeartbeat(s) => faults::StopHeartbeat::compile(s, cx)?,
+        Step::Cordon(s) => faults::Cordon::compile(s, cx)?,
+        Step::Drain(s) => faults::Drain::compile(s, cx)?,
+        Step::UnmountDelay(s) => faults::UnmountDelay::compile(s, cx)?,
+        Step::OutOfService(s) => faults::OutOfService::compile(s, cx)?,
+    })
+}
+
+/// The state of one running case, shared by its steps.
+pub struct CaseCx<'e> {
+    pub env: &'e Env,
+    pub release: String,
+    pub namespace: String,
+    /// The case's own directory (helm home, packaged charts, inline values).
+    pub dir: PathBuf,
+    /// The scenario's values files, given to every install/upgrade before the step's own.
+    pub values: Vec<PathBuf>,
+    /// `${var}` values: built-in names, names the release's objects define, saved names.
+    pub vars: BTreeMap<String, String>,
+    pub outcome: Outcome,
+    /// Facts for the summary that vary run to run (timings): never in the snapshot.
+    pub notes: Vec<String>,
+    /// Whether a `snapshot` step ran.
+    pub snapshot: bool,
+    pub helm: helm::Session,
+    pub db: Option<crate::postgres::Database>,
+    /// node -> zone, as the case started.
+    pub zones: BTreeMap<String, String>,
+    /// The last runbook run and when, for time-to-recovery notes and findings.
+    pub last_runbook: Option<(String, Instant)>,
+}
+
+impl CaseCx<'_> {
+    pub fn client(&self) -> kube::Client {
+        self.env.cluster.client.clone()
+    }
+
+    pub fn var(&self, name: &str) -> Result<String, StepError> {
+        Tpl(format!("${{{name}}}")).fill(&self.vars)
+    }
+
+    /// A template, or the default variable.
+    pub fn fill_or(&self, t: &Option<Tpl>, default_var: &str) -> Result<String, StepError> {
+        match t {
+            Some(t) => t.fill(&self.vars),
+            None => self.var(default_var),
+        }
+    }
+
+    pub fn fill_opt(&self, t: &Option<Tpl>) -> Result<Option<String>, StepError> {
+        t.as_ref().map(|t| t.fill(&self.vars)).transpose()
+    }
+}
+
+/// The variables every case starts with; helm-upgrade adds `instance`, `pod`, `claim`.
+pub fn builtin_vars() -> BTreeSet<&'static str> {
+    ["release", "namespace", "chart.latest", "chart.oldest", "chart.previous"].into_iter().collect()
+}
+
+/// `Kind/name` -> (kind, name).
+pub fn object_ref(s: &str) -> Option<(String, String)> {
+    s.split_once('/').map(|(k, n)| (k.to_string(), n.to_string())).filter(|(k, n)| !k.is_empty() && !n.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_fill_known_names_and_name_the_unknown() {
+        let vars: BTreeMap<String, String> = [("pod".to_string(), "lily-0".to_string())].into();
+        assert_eq!(Tpl("Pod/${pod}".into()).fill(&vars).unwrap(), "Pod/lily-0");
+        assert_eq!(Tpl("plain".into()).fill(&vars).unwrap(), "plain");
+        let e = Tpl("${claim}".into()).fill(&vars).unwrap_err().to_string();
+        assert!(e.contains("`${claim}` is not known") && e.contains("pod"), "{e}");
+        assert_eq!(refs("${a}-${b.c} ${"), vec!["a", "b.c"]);
+    }
+}

@@ -1,0 +1,341 @@
+//! The suite engine: a plan of cases, a pool of environments, and a run that reports every
+//! step of it as [`Event`]s to a [`Reporter`].
+//!
+//! Cases of non-exclusive scenarios share one environment and run concurrently, each in its
+//! own namespace; an exclusive scenario's case (it breaks nodes or zones) gets an
+//! environment of its own. At most [`Suite::parallel`] environments run at once. One
+//! [`CancellationToken`] stops everything (Ctrl-C, SIGTERM, a deadline): running cases end
+//! as errors naming the step they were in, cases not started as errors saying so.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::chain;
+use crate::report::{CaseOutcome, CaseReport, Event, Reporter};
+use crate::scenario::case::{self, CaseRun, Until};
+use crate::scenario::compile::{CasePlan, ScenarioPlan};
+use crate::scenario::env::{Env, EnvOptions};
+
+/// One case of the plan.
+#[derive(Debug, Clone)]
+pub struct PlannedCase {
+    pub scenario: Arc<ScenarioPlan>,
+    /// Index into `scenario.cases`.
+    pub index: usize,
+    /// Set when the case cannot apply here.
+    pub skip: Option<String>,
+}
+
+impl PlannedCase {
+    pub fn case(&self) -> &CasePlan {
+        &self.scenario.cases[self.index]
+    }
+    pub fn name(&self) -> &str {
+        &self.case().name
+    }
+}
+
+/// A name given on the command line that matches no scenario or case.
+#[derive(Debug, thiserror::Error)]
+pub enum SelectError {
+    #[error("no scenario named `{name}` (known: {})", .known.join(", "))]
+    NoScenario { name: String, known: Vec<String> },
+    #[error("scenario {scenario} has no case `{case}` (its cases: {})", .known.join(", "))]
+    NoCase { scenario: String, case: String, known: Vec<String> },
+}
+
+/// What to run, in order.
+#[derive(Debug, Clone, Default)]
+pub struct SuitePlan {
+    pub cases: Vec<PlannedCase>,
+}
+
+impl SuitePlan {
+    /// The cases of `scenarios` named by `names` (`NAME` or `NAME/CASE`; none: all).
+    /// `fixture-only` scenarios are skipped when the charts are not the fixture's, and cases
+    /// that use `${chart.previous}` when only one chart version is served.
+    pub fn select(
+        scenarios: &[Arc<ScenarioPlan>],
+        names: &[String],
+        custom_charts: bool,
+        versions: usize,
+    ) -> Result<SuitePlan, SelectError> {
+        for n in names {
+            let (scen, case) = n.split_once('/').map(|(s, c)| (s, Some(c))).unwrap_or((n.as_str(), None));
+            let Some(sc) = scenarios.iter().find(|s| s.name == scen) else {
+                return Err(SelectError::NoScenario { name: scen.to_string(), known: scenarios.iter().map(|s| s.name.clone()).collect() });
+            };
+            if let Some(c) = case {
+                if !sc.cases.iter().any(|x| x.name == *n) {
+                    let known = sc.cases.iter().map(|x| x.name.rsplit('/').next().unwrap_or(&x.name).to_string()).collect();
+                    return Err(SelectError::NoCase { scenario: scen.to_string(), case: c.to_string(), known });
+                }
+            }
+        }
+        let mut cases = Vec::new();
+        for sc in scenarios {
+            for (index, c) in sc.cases.iter().enumerate() {
+                let wanted = names.is_empty() || names.iter().any(|n| *n == c.name || *n == sc.name);
+                if !wanted {
+                    continue;
+                }
+                let skip = if sc.fixture_only && custom_charts {
+                    Some("it needs the fixture chart's versions (fixture-only); the suite runs other charts".to_string())
+                } else if c.uses.contains("chart.previous") && versions < 2 {
+                    Some("needs a previous version: add --chart OLD".to_string())
+                } else {
+                    None
+                };
+                cases.push(PlannedCase { scenario: sc.clone(), index, skip });
+            }
+        }
+        Ok(SuitePlan { cases })
+    }
+
+    /// Groups of cases that share an environment: all shared cases together, then each
+    /// exclusive case alone. Skipped cases are in no group.
+    pub fn batches(&self) -> Vec<Vec<PlannedCase>> {
+        let runnable = self.cases.iter().filter(|c| c.skip.is_none()).cloned();
+        let (exclusive, shared): (Vec<_>, Vec<_>) = runnable.partition(|c| c.scenario.exclusive);
+        let mut out = Vec::new();
+        if !shared.is_empty() {
+            out.push(shared);
+        }
+        out.extend(exclusive.into_iter().map(|c| vec![c]));
+        out
+    }
+}
+
+/// Environments: one shared (started on first use), and one per exclusive case.
+pub struct EnvPool {
+    opts: EnvOptions,
+    shared: tokio::sync::Mutex<Option<Result<Arc<Env>, String>>>,
+    next: AtomicUsize,
+}
+
+/// An environment lent to cases.
+pub enum Lease {
+    Shared(Arc<Env>),
+    Own(Env),
+}
+
+impl std::ops::Deref for Lease {
+    type Target = Env;
+    fn deref(&self) -> &Env {
+        match self {
+            Lease::Shared(e) => e,
+            Lease::Own(e) => e,
+        }
+    }
+}
+
+impl EnvPool {
+    pub fn new(opts: EnvOptions) -> EnvPool {
+        EnvPool { opts, shared: tokio::sync::Mutex::new(None), next: AtomicUsize::new(1) }
+    }
+
+    pub fn options(&self) -> &EnvOptions {
+        &self.opts
+    }
+
+    async fn start(&self, cases: &[String], reporter: &dyn Reporter) -> Result<Env, String> {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        reporter.on(&Event::EnvStarting { env: id, cases });
+        let env = Env::start(&self.opts).await.map_err(|e| format!("cannot start the environment: {}", chain(&e)))?;
+        reporter.on(&Event::EnvUp { env: id, run_id: env.run.id().as_str(), kubeconfig: env.cluster.kubeconfig() });
+        Ok(env)
+    }
+
+    /// An environment for `cases`: the shared one (started by the first caller), or a new one.
+    pub async fn lease(&self, exclusive: bool, cases: &[String], reporter: &dyn Reporter) -> Result<Lease, String> {
+        if exclusive {
+            return self.start(cases, reporter).await.map(Lease::Own);
+        }
+        let mut slot = self.shared.lock().await;
+        if slot.is_none() {
+            *slot = Some(self.start(cases, reporter).await.map(Arc::new));
+        }
+        slot.as_ref().expect("just set").clone().map(Lease::Shared)
+    }
+
+    /// Gives an environment back: an own one is torn down (unless kept).
+    pub async fn give_back(&self, lease: Lease) -> Option<Env> {
+        match lease {
+            Lease::Shared(_) => None,
+            Lease::Own(env) => self.finish(env).await,
+        }
+    }
+
+    /// Tears down the shared environment (or hands it back, when kept).
+    pub async fn release_shared(&self) -> Option<Env> {
+        let taken = self.shared.lock().await.take();
+        match taken {
+            Some(Ok(arc)) => match Arc::try_unwrap(arc) {
+                Ok(env) => self.finish(env).await,
+                Err(_) => {
+                    tracing::warn!("the shared environment is still in use; it stops when its last user drops it");
+                    None
+                }
+            },
+            _ => None,
+        }
+    }
+
+    async fn finish(&self, env: Env) -> Option<Env> {
+        if self.opts.keep {
+            return Some(env);
+        }
+        if let Err(e) = env.teardown().await {
+            tracing::warn!("teardown failed: {}", chain(&e));
+        }
+        None
+    }
+}
+
+/// What a suite run leaves.
+pub struct SuiteRun {
+    /// Every planned case, sorted by name.
+    pub reports: Vec<CaseReport>,
+    /// Per case run: (case, namespace, kubeconfig), for `--keep`.
+    pub namespaces: Vec<(String, String, String)>,
+    /// Environments kept (`--keep`); tear them down when done.
+    pub kept: Vec<Env>,
+    pub wall: Duration,
+}
+
+/// The engine.
+pub struct Suite {
+    pub pool: EnvPool,
+    pub cancel: CancellationToken,
+    /// Environments at a time (the machine this was made for has 2 cores).
+    pub parallel: usize,
+    /// A case that runs longer ends as an error naming where it was.
+    pub case_deadline: Duration,
+}
+
+impl Suite {
+    pub fn new(opts: EnvOptions, cancel: CancellationToken) -> Suite {
+        Suite { pool: EnvPool::new(opts), cancel, parallel: 2, case_deadline: Duration::from_secs(600) }
+    }
+
+    /// Runs one case on an environment it is lent, reporting its start, steps and end.
+    pub async fn run_case_on(&self, env: &Env, case: &PlannedCase, until: Until, reporter: &dyn Reporter) -> CaseRun {
+        let name = case.name().to_string();
+        reporter.on(&Event::CaseStarted { case: &name });
+        let started = Instant::now();
+        let run =
+            tokio::time::timeout(self.case_deadline, case::run_case(env, &case.scenario, case.case(), until, reporter, &self.cancel)).await;
+        let run = run.unwrap_or_else(|_| CaseRun {
+            report: CaseReport::errored(
+                &name,
+                "deadline",
+                format!("{name} did not finish within {}s", self.case_deadline.as_secs()),
+                started.elapsed(),
+            ),
+            observed: String::new(),
+            vars: Default::default(),
+            snapshot: None,
+            namespace: String::new(),
+        });
+        reporter.on(&Event::CaseFinished { report: &run.report });
+        run
+    }
+
+    /// Runs one case with an environment from the pool (the libtest adapter's entry).
+    pub async fn run_one(&self, case: &PlannedCase, reporter: &dyn Reporter) -> CaseRun {
+        if let Some(reason) = &case.skip {
+            let report = CaseReport::skipped(case.name(), reason.clone());
+            reporter.on(&Event::CaseFinished { report: &report });
+            return CaseRun { report, observed: String::new(), vars: Default::default(), snapshot: None, namespace: String::new() };
+        }
+        let names = [case.name().to_string()];
+        let lease = tokio::select! {
+            l = self.pool.lease(case.scenario.exclusive, &names, reporter) => l,
+            _ = self.cancel.cancelled() => Err("interrupted before the environment was up".to_string()),
+        };
+        match lease {
+            Err(e) => {
+                let report = CaseReport::errored(case.name(), "set-up", e, Duration::ZERO);
+                reporter.on(&Event::CaseFinished { report: &report });
+                CaseRun { report, observed: String::new(), vars: Default::default(), snapshot: None, namespace: String::new() }
+            }
+            Ok(lease) => {
+                let run = self.run_case_on(&lease, case, Until::End, reporter).await;
+                if let Some(kept) = self.pool.give_back(lease).await {
+                    // Only with --keep; a test run never keeps.
+                    drop(kept);
+                }
+                run
+            }
+        }
+    }
+
+    /// Runs the whole plan.
+    pub async fn run(&self, plan: &SuitePlan, reporter: &dyn Reporter) -> SuiteRun {
+        let started = Instant::now();
+        let mut reports: Vec<CaseReport> = Vec::new();
+        for c in plan.cases.iter().filter(|c| c.skip.is_some()) {
+            let report = CaseReport::skipped(c.name(), c.skip.clone().unwrap_or_default());
+            reporter.on(&Event::CaseFinished { report: &report });
+            reports.push(report);
+        }
+        let run_batch = |batch: Vec<PlannedCase>| async move {
+            let names: Vec<String> = batch.iter().map(|c| c.name().to_string()).collect();
+            let exclusive = batch.iter().any(|c| c.scenario.exclusive);
+            if self.cancel.is_cancelled() {
+                return (not_started(&batch, "interrupted before it started", reporter), None, Vec::new());
+            }
+            let lease = tokio::select! {
+                l = self.pool.lease(exclusive, &names, reporter) => l,
+                _ = self.cancel.cancelled() => Err("interrupted while the environment started".to_string()),
+            };
+            let lease = match lease {
+                Ok(l) => l,
+                Err(e) => return (not_started(&batch, &e, reporter), None, Vec::new()),
+            };
+            let runs = futures::future::join_all(batch.iter().map(|c| self.run_case_on(&lease, c, Until::End, reporter))).await;
+            let kubeconfig = lease.cluster.kubeconfig().display().to_string();
+            let namespaces = runs.iter().map(|r| (r.report.name.clone(), r.namespace.clone(), kubeconfig.clone())).collect();
+            let kept = match lease {
+                Lease::Own(_) => self.pool.give_back(lease).await,
+                Lease::Shared(_) => {
+                    drop(lease);
+                    self.pool.release_shared().await
+                }
+            };
+            (runs.into_iter().map(|r| r.report).collect::<Vec<_>>(), kept, namespaces)
+        };
+        let mut batches = futures::stream::iter(plan.batches().into_iter().map(run_batch)).buffer_unordered(self.parallel.max(1));
+        let mut kept = Vec::new();
+        let mut namespaces = Vec::new();
+        while let Some((done, env, ns)) = batches.next().await {
+            reports.extend(done);
+            kept.extend(env);
+            namespaces.extend(ns);
+        }
+        drop(batches);
+        // Batches finish in any order; reports list cases by name.
+        reports.sort_by(|a, b| a.name.cmp(&b.name));
+        SuiteRun { reports, namespaces, kept, wall: started.elapsed() }
+    }
+}
+
+fn not_started(batch: &[PlannedCase], why: &str, reporter: &dyn Reporter) -> Vec<CaseReport> {
+    batch
+        .iter()
+        .map(|c| {
+            let report = CaseReport::errored(c.name(), "set-up", why, Duration::ZERO);
+            reporter.on(&Event::CaseFinished { report: &report });
+            report
+        })
+        .collect()
+}
+
+/// Whether a run succeeded (nothing failed, nothing errored).
+pub fn succeeded(reports: &[CaseReport]) -> bool {
+    reports.iter().all(|r| matches!(r.outcome, CaseOutcome::Passed | CaseOutcome::Skipped { .. }))
+}
