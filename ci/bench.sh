@@ -10,13 +10,13 @@ cd "$(dirname "$0")/.."
 ./ci/setup.sh
 bin=./target/debug/lily-e2e
 echo "== local cluster, 5 runs"
-"$bin" bench --runs 5
+"$bin" bench cluster --runs 5
 if ./ci/docker.sh && ./ci/postgres-image.sh; then
   echo "== postgres providers, 5 runs each"
-  LILY_E2E_POSTGRES_IMAGE="${LILY_E2E_POSTGRES_IMAGE:-lily-e2e/postgres:15-bookworm}" "$bin" bench --postgres local,container --runs 5
+  LILY_E2E_POSTGRES_IMAGE="${LILY_E2E_POSTGRES_IMAGE:-lily-e2e/postgres:15-bookworm}" "$bin" bench postgres --providers local,container --runs 5
 else
   echo "== postgres provider (local only: no docker engine), 5 runs"
-  "$bin" bench --postgres local --runs 5
+  "$bin" bench postgres --providers local --runs 5
 fi
 echo "== suite wall time, 3 runs"
 times=()
@@ -27,6 +27,6 @@ for i in 1 2 3; do
   t=$(awk -v a="$s" -v b="$e" 'BEGIN{printf "%.1f", b-a}')
   times+=("$t")
   echo "run $i: ${t}s"
-  grep -E '^(PASS|FAIL) ' "target/lily-e2e/bench-suite-$i.log" | sed 's/^/  /'
+  grep -E '^(PASS|FAIL|ERROR|SKIP) ' "target/lily-e2e/bench-suite-$i.log" | sed 's/^/  /'
 done
 printf '%s\n' "${times[@]}" | sort -n | awk '{a[NR]=$1} END {printf "suite wall time: min %.1fs median %.1fs max %.1fs\n", a[1], a[int((NR+1)/2)], a[NR]}'

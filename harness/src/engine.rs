@@ -39,10 +39,11 @@ pub enum Engine {
 }
 
 impl Engine {
-    /// `DOCKER_HOST`, or the default socket.
-    pub fn from_env() -> Self {
-        match std::env::var("DOCKER_HOST") {
-            Ok(h) if !h.is_empty() => Engine::parse(&h),
+    /// The configured engine (`DOCKER_HOST`, resolved by the command line), or the default
+    /// socket; an empty value counts as unset, as the docker CLI treats it.
+    pub fn configured() -> Self {
+        match crate::settings::get().docker_host.as_deref().map(str::trim) {
+            Some(h) if !h.is_empty() => Engine::parse(h),
             _ => Engine::Unix(PathBuf::from(DEFAULT_SOCKET)),
         }
     }
@@ -142,7 +143,7 @@ impl Engine {
 /// task, a destructor, plain sync code): on a thread of its own with its own runtime, under
 /// a deadline. Does nothing, quickly, when no engine answers. Returns what it removed.
 pub fn remove_containers_blocking(which: impl Fn(&RunContainer) -> bool + Send + 'static) -> Vec<RunContainer> {
-    let engine = Engine::from_env();
+    let engine = Engine::configured();
     if engine.check().is_err() {
         return Vec::new();
     }

@@ -15,6 +15,7 @@
 //! - [`layout`]: where scenarios, values, runbooks and the fixture chart come from (built in,
 //!   or `--scenarios DIR`); [`interrupt`]: the one cancellation mechanism;
 //! - [`snapshot`]: normalisation of rendered manifests;
+//! - [`settings`]: what the command line resolved (cache, registry, engine, PostgreSQL);
 //! - [`pki`], [`wait`], [`yaml`]: shared plumbing.
 
 pub mod cluster;
@@ -29,6 +30,7 @@ pub mod process;
 pub mod report;
 pub mod run;
 pub mod scenario;
+pub mod settings;
 pub mod sim;
 pub mod snapshot;
 pub mod suite;

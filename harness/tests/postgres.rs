@@ -28,6 +28,7 @@ const PROVIDERS_ENV: &str = "LILY_E2E_TEST_POSTGRES";
 
 /// The provider, when [`PROVIDERS_ENV`] names it; otherwise `None`, after saying why.
 fn under_test(name: &str) -> Option<Box<dyn PostgresProvider>> {
+    common::install_settings();
     let wanted = std::env::var(PROVIDERS_ENV).unwrap_or_else(|_| "local".into());
     if !wanted.split(',').any(|w| w.trim() == name) {
         eprintln!(
@@ -41,7 +42,8 @@ fn under_test(name: &str) -> Option<Box<dyn PostgresProvider>> {
 
 /// The containers of a run in the Docker engine.
 async fn containers_of(run: &Run) -> Vec<String> {
-    Engine::from_env()
+    common::install_settings();
+    Engine::configured()
         .run_containers()
         .await
         .expect("the docker engine lists containers")
@@ -362,7 +364,7 @@ async fn container_image_starts_like_the_official_image() {
     if under_test("container").is_none() {
         return;
     }
-    let c = container::Container::from_env().unwrap();
+    let c = container::Container::configured().unwrap();
     let run = Run::create(false).unwrap();
     let node = Module::default()
         .with_user("lily")
@@ -510,7 +512,8 @@ async fn kept_container_run(runs: &std::path::Path) -> Option<(tokio::process::C
 const CHILD_TIMEOUT: Duration = Duration::from_secs(180);
 
 async fn run_containers_of(id: &run::RunId) -> Vec<String> {
-    Engine::from_env().run_containers().await.unwrap().into_iter().filter(|c| c.run == id.as_str()).map(|c| c.id).collect()
+    common::install_settings();
+    Engine::configured().run_containers().await.unwrap().into_iter().filter(|c| c.run == id.as_str()).map(|c| c.id).collect()
 }
 
 /// Ctrl-C to a kept run (`lily-e2e run install --postgres container --keep`) removes the

@@ -28,6 +28,8 @@ struct Cli {
     /// Log filter (tracing's EnvFilter syntax), e.g. `lily_e2e=debug`.
     #[arg(long, global = true, env = "LILY_E2E_LOG", default_value = "lily_e2e=info")]
     log: String,
+    #[command(flatten)]
+    settings: SettingsArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -159,6 +161,48 @@ enum ClusterCommand {
     },
 }
 
+/// Settings the library reads, each from a flag or its environment variable.
+#[derive(Args, Debug, Clone)]
+struct SettingsArgs {
+    /// Tool cache and run registry root. Default: ~/.cache/lily-e2e.
+    #[arg(long, global = true, value_name = "DIR", env = "LILY_E2E_CACHE", hide_short_help = true)]
+    cache_dir: Option<PathBuf>,
+    /// The run registry `clean` reads. Default: <cache>/runs.
+    #[arg(long, global = true, value_name = "DIR", env = "LILY_E2E_RUNS", hide_short_help = true)]
+    runs_dir: Option<PathBuf>,
+    /// The Docker engine for the container provider (unix:///PATH or tcp://HOST:PORT); empty
+    /// means the default socket, as for the docker CLI.
+    #[arg(long, global = true, value_name = "URL", env = "DOCKER_HOST", hide_short_help = true)]
+    docker_host: Option<String>,
+    /// The directory holding PostgreSQL's initdb and postgres. Default: the newest installed.
+    #[arg(long, global = true, value_name = "DIR", env = "LILY_E2E_POSTGRES_BIN", hide_short_help = true)]
+    postgres_bin: Option<PathBuf>,
+    /// The container provider's image, name:tag. Default: postgres:15-alpine.
+    #[arg(long, global = true, value_name = "IMAGE", env = "LILY_E2E_POSTGRES_IMAGE", hide_short_help = true)]
+    postgres_image: Option<String>,
+    /// testcontainers' switch: `keep` leaves the PostgreSQL container after the run.
+    #[arg(long, global = true, value_name = "keep", env = "TESTCONTAINERS_COMMAND", hide = true)]
+    testcontainers_command: Option<String>,
+}
+
+impl SettingsArgs {
+    fn resolve(self) -> anyhow::Result<lily_e2e::settings::Settings> {
+        let nonempty = |s: Option<String>| s.filter(|v| !v.trim().is_empty());
+        let image = nonempty(self.postgres_image);
+        if let Some(i) = &image {
+            lily_e2e::postgres::container::parse_image(i.trim())?;
+        }
+        Ok(lily_e2e::settings::Settings {
+            cache: self.cache_dir,
+            runs: self.runs_dir,
+            docker_host: nonempty(self.docker_host),
+            postgres_bin: self.postgres_bin,
+            postgres_image: image,
+            keep_containers: self.testcontainers_command.as_deref() == Some("keep"),
+        })
+    }
+}
+
 /// The cluster provider.
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProviderArg {
@@ -272,6 +316,15 @@ pub fn main() -> ExitCode {
         }
     };
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    match cli.settings.resolve() {
+        Ok(s) => {
+            lily_e2e::settings::install(s);
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");
     lily_e2e::interrupt::install(rt.handle());
     match rt.block_on(dispatch(cli.command)) {

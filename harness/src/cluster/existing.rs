@@ -26,7 +26,6 @@ impl ClusterProvider for Existing {
             let path = self
                 .kubeconfig
                 .clone()
-                .or_else(|| std::env::var_os("KUBECONFIG").map(PathBuf::from))
                 .or_else(|| dirs::home_dir().map(|h| h.join(".kube/config")))
                 .ok_or_else(|| Error::Invalid("no kubeconfig: pass --kubeconfig or set KUBECONFIG".into()))?;
             if !path.is_file() {

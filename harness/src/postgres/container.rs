@@ -52,15 +52,15 @@ pub struct Container {
 
 impl Default for Container {
     fn default() -> Self {
-        Container { image: DEFAULT_IMAGE.0.into(), tag: DEFAULT_IMAGE.1.into(), engine: Engine::from_env() }
+        Container { image: DEFAULT_IMAGE.0.into(), tag: DEFAULT_IMAGE.1.into(), engine: Engine::configured() }
     }
 }
 
 impl Container {
-    /// The default image, or the one `LILY_E2E_POSTGRES_IMAGE` names.
-    pub fn from_env() -> Result<Self> {
-        match std::env::var(IMAGE_ENV) {
-            Ok(v) if !v.trim().is_empty() => {
+    /// The default image, or the configured one (`LILY_E2E_POSTGRES_IMAGE`).
+    pub fn configured() -> Result<Self> {
+        match crate::settings::get().postgres_image.as_deref() {
+            Some(v) if !v.trim().is_empty() => {
                 let (image, tag) = parse_image(v.trim())?;
                 Ok(Container { image, tag, ..Container::default() })
             }
@@ -73,7 +73,7 @@ impl Container {
 pub const KEEP_ENV: &str = "TESTCONTAINERS_COMMAND";
 
 fn keep_requested() -> bool {
-    std::env::var(KEEP_ENV).is_ok_and(|v| v == "keep")
+    crate::settings::get().keep_containers
 }
 
 /// `name:tag` (the name may carry a registry with a port: the tag is after the last `:`

@@ -45,7 +45,7 @@ pub struct Local {
 
 impl Local {
     pub fn new() -> Self {
-        Local { bin_dir: std::env::var_os(BIN_ENV).map(PathBuf::from) }
+        Local { bin_dir: crate::settings::get().postgres_bin.clone() }
     }
 
     pub fn with_bin_dir(dir: impl Into<PathBuf>) -> Self {

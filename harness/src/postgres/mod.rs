@@ -294,7 +294,7 @@ impl Database {
 pub fn provider(name: &str) -> Result<Box<dyn PostgresProvider>> {
     match name {
         "local" => Ok(Box::new(local::Local::new())),
-        "container" => Ok(Box::new(container::Container::from_env()?)),
+        "container" => Ok(Box::new(container::Container::configured()?)),
         other => Err(Error::Invalid(format!("unknown postgres provider `{other}`; choose local or container"))),
     }
 }

@@ -80,3 +80,17 @@ pub fn env_options() -> lily_e2e::scenario::env::EnvOptions {
     }
     o
 }
+
+/// The settings the command line would resolve from this process's environment, installed
+/// for in-process use (the library itself never reads the environment).
+pub fn install_settings() {
+    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    lily_e2e::settings::install(lily_e2e::settings::Settings {
+        cache: var("LILY_E2E_CACHE").map(Into::into),
+        runs: var("LILY_E2E_RUNS").map(Into::into),
+        docker_host: var("DOCKER_HOST"),
+        postgres_bin: var("LILY_E2E_POSTGRES_BIN").map(Into::into),
+        postgres_image: var("LILY_E2E_POSTGRES_IMAGE"),
+        keep_containers: var("TESTCONTAINERS_COMMAND").is_some_and(|v| v == "keep"),
+    });
+}

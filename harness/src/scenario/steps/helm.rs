@@ -64,8 +64,6 @@ enum Chart {
 #[derive(Debug)]
 pub struct Upgrade {
     chart: Chart,
-    /// The version as written, for the outcome.
-    version: Option<String>,
     values: Vec<PathBuf>,
     set: Option<serde_json::Value>,
     wait: Option<Duration>,
@@ -111,7 +109,6 @@ impl Upgrade {
         }
         Ok(Box::new(Upgrade {
             chart,
-            version: s.version.clone(),
             values,
             set: s.set.clone(),
             wait: if s.wait { Some(cx.duration("timeout", &s.timeout, DEFAULT_WAIT)?) } else { None },
@@ -170,7 +167,7 @@ impl Upgrade {
                 cx.outcome.record(
                     "helm-upgrade",
                     serde_json::json!({
-                        "version": self.version,
+                        "version": version,
                         "failed": true,
                         "reason": m.as_str(),
                         "revision": st.as_ref().map(|s| s.revision),
@@ -186,7 +183,7 @@ impl Upgrade {
         discover_instance(cx).await?;
         cx.outcome.record(
             "helm-upgrade",
-            serde_json::json!({"version": self.version.clone().unwrap_or_else(|| "(latest)".into()), "revision": st.revision, "chart": st.chart, "status": st.status.as_str()}),
+            serde_json::json!({"version": version.clone().unwrap_or_else(|| "(latest)".into()), "revision": st.revision, "chart": st.chart, "status": st.status.as_str()}),
         );
         Ok(())
     }
