@@ -12,7 +12,12 @@ pub fn summary(results: &[CaseReport]) -> String {
         }
         match &r.outcome {
             CaseOutcome::Failed { step, message } | CaseOutcome::Errored { step, message } => {
-                s.push_str(&format!("      step {step}: {}\n", message.lines().next().unwrap_or("")));
+                // The first line says what failed; a tool's own words (helm's stderr) end the message.
+                let mut lines = message.lines().filter(|l| !l.trim().is_empty());
+                s.push_str(&format!("      step {step}: {}\n", lines.next().unwrap_or("")));
+                if let Some(last) = lines.last() {
+                    s.push_str(&format!("        {}\n", last.trim()));
+                }
                 if let Some(a) = &r.artifacts {
                     s.push_str(&format!("      artifacts: {}\n", a.display()));
                 }
@@ -48,7 +53,7 @@ mod tests {
             mk("y", CaseOutcome::Skipped { reason: "needs the fixture".into() }),
         ]);
         assert!(s.ends_with("1 passed, 1 failed, 1 errored, 1 skipped\n"), "{s}");
-        assert!(s.contains("FAIL  upgrade") && s.contains("step 3 (expect-claim): timed out\n"), "{s}");
+        assert!(s.contains("FAIL  upgrade") && s.contains("step 3 (expect-claim): timed out\n        more\n"), "{s}");
         assert!(s.contains("SKIP  y") && s.contains("needs the fixture"), "{s}");
     }
 }
