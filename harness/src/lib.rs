@@ -2,7 +2,9 @@
 //!
 //! The crate is built from small pieces:
 //! - [`tools`]: the pinned external tools and `tools install`;
-//! - [`process`] and [`run`]: process supervision and the run registry;
+//! - [`run`]: run ids, labels, run directories and the run registry (a leaf);
+//! - [`process`]: process supervision;
+//! - [`reap`]: stopping what runs left behind (on a signal, and `lily-e2e clean`);
 //! - [`cluster`]: cluster providers (the local control plane, an existing cluster);
 //! - [`helm`]: the helm driver, chart sources and the local chart repository;
 //! - [`engine`]: the Docker engine the container providers use, and the containers of a run;
@@ -19,6 +21,7 @@ pub mod helm;
 pub mod pki;
 pub mod postgres;
 pub mod process;
+pub mod reap;
 pub mod report;
 pub mod run;
 pub mod scenario;

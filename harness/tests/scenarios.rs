@@ -19,7 +19,7 @@ type Shared = Arc<tokio::sync::OnceCell<Result<Env, String>>>;
 fn main() {
     let args = Arguments::from_args();
     let rt = Arc::new(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a runtime"));
-    lily_e2e::run::cleanup_on_signal(rt.handle());
+    lily_e2e::reap::cleanup_on_signal(rt.handle());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(std::env::var("LILY_E2E_LOG").unwrap_or_else(|_| "lily_e2e=warn".into()))
         .with_test_writer()
