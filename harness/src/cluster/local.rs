@@ -130,6 +130,7 @@ impl ControlPlane {
     ) -> Result<(Client, PathBuf)> {
         let t = &provider.timings;
         let dir = run.subdir("cluster")?;
+        let logs = run.dir().join("logs");
         let apiserver_port = port(spec.apiserver_port, "kube-apiserver --secure-port")?;
         let etcd_client = port(None, "etcd client")?;
         let etcd_peer = port(None, "etcd peer")?;
@@ -172,7 +173,8 @@ impl ControlPlane {
                 "--unsafe-no-fsync=true".into(),
                 "--log-level=warn".into(),
             ]),
-            run,
+            run.id(),
+            &logs,
         )?);
         // The API server's graceful shutdown drains requests a throwaway cluster does not
         // need drained: a short grace before KILL keeps teardown fast.
@@ -199,7 +201,8 @@ impl ControlPlane {
                 format!("--default-not-ready-toleration-seconds={}", t.not_ready_toleration_seconds),
                 format!("--default-unreachable-toleration-seconds={}", t.unreachable_toleration_seconds),
             ]),
-            run,
+            run.id(),
+            &logs,
         )?);
 
         let client = kubeconfig::client(&kcfg, None).await?;
@@ -223,9 +226,10 @@ impl ControlPlane {
                 "--allocate-node-cidrs=false".to_string(),
                 "--profiling=false".to_string(),
             ]),
-            run,
+            run.id(),
+            &logs,
         )?);
-        self.children.push(Supervised::spawn(common("kube-scheduler", &bins.scheduler).arg("--profiling=false"), run)?);
+        self.children.push(Supervised::spawn(common("kube-scheduler", &bins.scheduler).arg("--profiling=false"), run.id(), &logs)?);
         let kwok_cfg = dir.join("kwok.yaml");
         kubeconfig::write_private(&kwok_cfg, crate::sim::kwok_config().as_bytes())?;
         self.children.push(Supervised::spawn(
@@ -239,7 +243,8 @@ impl ControlPlane {
                 "--node-ip=10.0.0.1".to_string(),
                 format!("--server-address=127.0.0.1:{kwok_port}"),
             ]),
-            run,
+            run.id(),
+            &logs,
         )?);
 
         plan.create(&client, run.id(), provider.tools.kubernetes_version()).await?;

@@ -162,7 +162,7 @@ impl PostgresProvider for Local {
                 if let Some((uid, gid)) = owner {
                     child = child.user(uid, gid);
                 }
-                let mut server = Supervised::spawn(child, run)?;
+                let mut server = Supervised::spawn(child, run.id(), &run.subdir("logs")?)?;
                 let endpoint = Endpoint {
                     host: "127.0.0.1".into(),
                     port,
