@@ -9,6 +9,7 @@
 //! - [`helm`]: the helm driver, chart sources and the local chart repository;
 //! - [`engine`]: the Docker engine the container providers use, and the containers of a run;
 //! - [`postgres`]: PostgreSQL providers, the storage Secret and the database contract check;
+//! - [`labels`]: the labels of simulated nodes, shared by [`cluster`] and [`sim`];
 //! - [`sim`]: the simulated cloud (zonal block storage) and kubelet volume state;
 //! - [`scenario`]: the scenario model, runner, runbooks and outcomes; [`report`]: JUnit and summaries;
 //! - [`snapshot`]: normalisation of rendered manifests;
@@ -18,6 +19,7 @@ pub mod cluster;
 pub mod engine;
 pub mod error;
 pub mod helm;
+pub mod labels;
 pub mod pki;
 pub mod postgres;
 pub mod process;

@@ -15,9 +15,10 @@ use kube::api::Api;
 use kube::runtime::watcher;
 use kube::Client;
 
-use super::nodes::{self, NodePlan, SimNode, KWOK_LABEL};
+use super::nodes::{self, NodePlan, SimNode};
 use super::{kubeconfig, Cluster, ClusterProvider, ClusterSpec, Running};
 use crate::error::{Error, Result};
+use crate::labels::KWOK_LABEL;
 use crate::pki::{self, Usage};
 use crate::process::{ChildSpec, Supervised};
 use crate::run::Run;

@@ -32,10 +32,8 @@ use tokio::time::Instant;
 use super::log::DecisionLog;
 use super::world::{rv_of, stale, World};
 use super::{csi_unique_name, Knobs, NodeKnobs, MOUNTED_ANNOTATION, UNMOUNTED_ANNOTATION};
-use crate::cluster::nodes::KWOK_LABEL;
+use crate::labels::{KWOK_LABEL, SIMULATED_NODE_ANNOTATION as SIMULATED_NODE};
 
-/// Set on every Node the harness simulates (see `cluster::nodes`).
-const SIMULATED_NODE: (&str, &str) = ("kwok.x-k8s.io/node", "fake");
 const RETRY: Duration = Duration::from_secs(1);
 
 /// A node as the sim kubelet sees it.
