@@ -13,11 +13,12 @@
 //! - [`sim`]: the simulated cloud (zonal block storage) and kubelet volume state;
 //! - [`scenario`]: the scenario model, runner, runbooks and outcomes; [`report`]: JUnit and summaries;
 //! - [`snapshot`]: normalisation of rendered manifests;
-//! - [`pki`], [`wait`], [`yaml`]: shared plumbing.
+//! - [`pki`], [`wait`], [`yaml`], [`fsutil`]: shared plumbing.
 
 pub mod cluster;
 pub mod engine;
 pub mod error;
+pub mod fsutil;
 pub mod helm;
 pub mod labels;
 pub mod pki;

@@ -18,6 +18,7 @@ use kube::Client;
 use super::nodes::{self, NodePlan, SimNode};
 use super::{kubeconfig, Cluster, ClusterProvider, ClusterSpec, Running};
 use crate::error::{Error, Result};
+use crate::fsutil::write_private;
 use crate::labels::KWOK_LABEL;
 use crate::pki::{self, Usage};
 use crate::process::{ChildSpec, Supervised};
@@ -148,7 +149,7 @@ impl ControlPlane {
         let admin = ca.issue("lily-e2e-admin", &["system:masters"], &[], Usage::Client)?;
         let write = |name: &str, data: &str| -> Result<PathBuf> {
             let p = dir.join(name);
-            kubeconfig::write_private(&p, data.as_bytes())?;
+            write_private(&p, data.as_bytes())?;
             Ok(p)
         };
         let ca_crt = write("ca.crt", &ca.cert_pem())?;
@@ -232,7 +233,7 @@ impl ControlPlane {
         )?);
         self.children.push(Supervised::spawn(common("kube-scheduler", &bins.scheduler).arg("--profiling=false"), run.id(), &logs)?);
         let kwok_cfg = dir.join("kwok.yaml");
-        kubeconfig::write_private(&kwok_cfg, crate::sim::kwok_config().as_bytes())?;
+        write_private(&kwok_cfg, crate::sim::kwok_config().as_bytes())?;
         self.children.push(Supervised::spawn(
             ChildSpec::new("kwok", &bins.kwok).args([
                 format!("--kubeconfig={}", p(&kcfg)),
