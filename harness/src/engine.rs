@@ -2,8 +2,8 @@
 //! the containers a run left in it.
 //!
 //! Every container the harness starts carries the [`RUN_LABEL`] label, so that a run's
-//! containers can be found and removed like its processes: by [`crate::run::clean`] after a
-//! crash, and by [`crate::run::cleanup_live_runs`] on a signal.
+//! containers can be found and removed like its processes: by [`crate::reap::clean`] after a
+//! crash, and by [`crate::reap::cleanup_live_runs`] where no destructor runs.
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -12,7 +12,7 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
 use crate::error::{Error, Result};
-use crate::run::{Run, RUN_ENV};
+use crate::run::{RunId, RUN_ENV};
 
 /// The default grace period between TERM and KILL.
 pub const GRACE: Duration = Duration::from_secs(5);
@@ -87,10 +87,11 @@ pub struct Supervised {
 
 impl Supervised {
     /// Starts `spec` in a new process group, stdout and stderr appended to
-    /// `<run dir>/logs/<name>.log`, with the run id in its environment.
-    pub fn spawn(spec: ChildSpec, run: &Run) -> Result<Self> {
-        let logs = run.subdir("logs")?;
-        let log = logs.join(format!("{}.log", spec.name));
+    /// `<log_dir>/<name>.log` (the directory created if need be), with `run_id` in its
+    /// environment ([`RUN_ENV`]). Callers pass their run's id and `<run dir>/logs`.
+    pub fn spawn(spec: ChildSpec, run_id: &RunId, log_dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(log_dir).map_err(Error::io(format!("create {}", log_dir.display())))?;
+        let log = log_dir.join(format!("{}.log", spec.name));
         let out = std::fs::OpenOptions::new().create(true).append(true).open(&log).map_err(Error::io(format!("open {}", log.display())))?;
         let err = out.try_clone().map_err(Error::io("duplicate a log file handle"))?;
         if let Some((uid, gid)) = spec.user {
@@ -99,7 +100,7 @@ impl Supervised {
         let mut cmd = tokio::process::Command::new(&spec.program);
         cmd.args(&spec.args)
             .envs(spec.env.iter().map(|(k, v)| (k, v)))
-            .env(RUN_ENV, run.id().as_str())
+            .env(RUN_ENV, run_id.as_str())
             .stdin(Stdio::null())
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err))
@@ -314,5 +315,23 @@ impl Drop for GroupGuard {
         if let Some(p) = self.0 {
             let _ = killpg(p, Signal::SIGKILL);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_child_logs_to_its_file_with_the_run_id_in_its_environment() {
+        let tmp = tempfile::tempdir().unwrap();
+        let logs = tmp.path().join("logs");
+        let id = RunId::new();
+        let spec = ChildSpec::new("echo", "/bin/sh").args(["-c", "echo \"run=$LILY_E2E_RUN_ID\""]);
+        let mut child = Supervised::spawn(spec, &id, &logs).unwrap();
+        assert_eq!(child.log(), logs.join("echo.log"));
+        let Error::ChildExited { status, .. } = child.exited().await else { panic!("not an exit") };
+        assert!(status.contains("exit status: 0"), "{status}");
+        assert_eq!(std::fs::read_to_string(logs.join("echo.log")).unwrap(), format!("run={id}\n"));
     }
 }

@@ -11,9 +11,10 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use kube::ResourceExt;
 use lily_e2e::cluster::local::Local;
-use lily_e2e::cluster::nodes::{KWOK_LABEL, ZONE_LABEL};
 use lily_e2e::cluster::{ClusterProvider, ClusterSpec};
-use lily_e2e::run::{processes_of, Run};
+use lily_e2e::labels::{KWOK_LABEL, ZONE_LABEL};
+use lily_e2e::reap::processes_of;
+use lily_e2e::run::Run;
 use lily_e2e::tools::Tools;
 
 mod common;

@@ -18,6 +18,7 @@ use lily_e2e::engine::Engine;
 use lily_e2e::postgres::contract::{self, ContractSummary, Expect, PodCheck, SecretRef};
 use lily_e2e::postgres::secret::{self, StorageBinding};
 use lily_e2e::postgres::{container, DbUrl, HostKind, Password, Postgres, PostgresProvider, PostgresSpec, SslMode};
+use lily_e2e::reap;
 use lily_e2e::run::{self, Run};
 use rstest::rstest;
 
@@ -55,7 +56,7 @@ async fn containers_of(run: &Run) -> Vec<String> {
 
 /// Nothing of the run is left: no process, no container.
 async fn assert_nothing_left(provider: &str, run: &Run) {
-    assert_eq!(run::processes_of(run.id()), Vec::<i32>::new());
+    assert_eq!(reap::processes_of(run.id()), Vec::<i32>::new());
     if provider == "container" {
         assert_eq!(containers_of(run).await, Vec::<String>::new());
     }
@@ -135,7 +136,7 @@ async fn server_serves_the_contract_over_tls_and_tears_down_clean(#[case] provid
 /// The local server runs as `nobody` when we are root; its key is its own and private; the
 /// superuser's password file is gone.
 fn local_server_runs_unprivileged(run: &Run) {
-    let pids = run::processes_of(run.id());
+    let pids = reap::processes_of(run.id());
     assert!(!pids.is_empty(), "the server's processes carry the run id");
     let data = run.dir().join("postgres/data");
     let key = std::fs::metadata(data.join("server.key")).unwrap();
@@ -325,7 +326,7 @@ async fn dropping_a_server_without_teardown_still_stops_it(#[case] provider: &st
     let run = Run::create(false).unwrap();
     let pg = start(provider.as_ref(), &run, true).await;
     if provider.name() == "local" {
-        assert!(!run::processes_of(run.id()).is_empty());
+        assert!(!reap::processes_of(run.id()).is_empty());
     } else {
         assert_eq!(containers_of(&run).await.len(), 1);
     }
@@ -491,7 +492,7 @@ async fn contract_check_follows_the_chart_pod_to_its_secret(#[case] provider: &s
 
     pg.teardown().await.unwrap();
     cluster.teardown().await.unwrap();
-    assert!(run::processes_of(run.id()).is_empty());
+    assert!(reap::processes_of(run.id()).is_empty());
 }
 
 /// Starts `lily-e2e run install --postgres container --keep` with its own run registry;
@@ -526,7 +527,7 @@ async fn sigint_to_a_kept_run_removes_its_postgres_container() {
     let status = tokio::time::timeout(CHILD_TIMEOUT, child.wait()).await.expect("the harness exits after SIGINT").unwrap();
     assert!(status.code().is_some(), "{status:?}");
     assert_eq!(run_containers_of(&id).await, Vec::<String>::new(), "the container survived SIGINT");
-    assert!(run::processes_of(&id).is_empty(), "a process survived SIGINT");
+    assert!(reap::processes_of(&id).is_empty(), "a process survived SIGINT");
 }
 
 /// After SIGKILL (no teardown at all), `lily-e2e clean` finds the container by its labels
@@ -541,7 +542,7 @@ async fn after_sigkill_clean_removes_the_postgres_container() {
     let text = common::clean(runs.path()).await;
     assert!(text.contains(&format!("{id}: stopped")) && text.contains("1 container(s)"), "{text}");
     assert_eq!(run_containers_of(&id).await, Vec::<String>::new(), "clean left the container");
-    assert!(run::processes_of(&id).is_empty(), "clean left processes");
+    assert!(reap::processes_of(&id).is_empty(), "clean left processes");
 }
 
 /// An image the engine does not have and cannot pull is bad input: the error says how to do

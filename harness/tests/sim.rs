@@ -24,8 +24,8 @@ use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams, Precon
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use lily_e2e::cluster::local::Local;
-use lily_e2e::cluster::nodes::{POOL_LABEL, ZONE_LABEL};
 use lily_e2e::cluster::{Cluster, ClusterProvider, ClusterSpec};
+use lily_e2e::labels::{POOL_LABEL, ZONE_LABEL};
 use lily_e2e::run::{Run, RUN_LABEL};
 use lily_e2e::sim::{self, SimCloud};
 use lily_e2e::tools::Tools;

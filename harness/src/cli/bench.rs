@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use lily_e2e::cluster::{self, ClusterSpec};
-use lily_e2e::run::{processes_of, Run};
+use lily_e2e::reap::processes_of;
+use lily_e2e::run::Run;
 
 /// Peak resident memory (VmHWM) of a process, in KiB.
 fn peak_rss_kib(pid: i32) -> u64 {

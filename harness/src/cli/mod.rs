@@ -378,7 +378,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Reproduce { args, case, name } => scenarios::reproduce(args, name, case).await,
         Command::Render { chart, version, values, release } => scenarios::render(chart, version, values, release).await,
         Command::Clean { force } => {
-            let cleaned = lily_e2e::run::clean(force, lily_e2e::process::GRACE)?;
+            let cleaned = lily_e2e::reap::clean(force, lily_e2e::process::GRACE)?;
             if cleaned.is_empty() {
                 println!("nothing to clean");
             }

@@ -7,6 +7,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
 use crate::error::{Error, Result};
+use crate::fsutil::write_private;
 
 /// Writes a kubeconfig for `server` with client-certificate credentials, readable by the
 /// owner only.
@@ -22,20 +23,6 @@ pub fn write(path: &Path, cluster: &str, server: &str, ca_pem: &str, cert_pem: &
     });
     let text = crate::yaml::to_string(&doc)?;
     write_private(path, text.as_bytes())
-}
-
-/// Writes a file only its owner can read (keys, kubeconfigs, passwords).
-pub fn write_private(path: &Path, data: &[u8]) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(Error::io(format!("write {}", path.display())))?;
-    f.write_all(data).map_err(Error::io(format!("write {}", path.display())))
 }
 
 /// A client for the kubeconfig at `path`, with `context` (or its current context).

@@ -4,8 +4,9 @@
 //! binaries; kwok simulates the nodes' kubelets. Authentication is by client certificate
 //! from a per-run CA (no anonymous access); everything listens on 127.0.0.1 only.
 
+use std::ffi::OsString;
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,12 +16,14 @@ use kube::api::Api;
 use kube::runtime::watcher;
 use kube::Client;
 
-use super::nodes::{self, NodePlan, SimNode, KWOK_LABEL};
+use super::nodes::{self, NodePlan, SimNode};
 use super::{kubeconfig, Cluster, ClusterProvider, ClusterSpec, Running};
 use crate::error::{Error, Result};
+use crate::fsutil::write_private;
+use crate::labels::KWOK_LABEL;
 use crate::pki::{self, Usage};
 use crate::process::{ChildSpec, Supervised};
-use crate::run::Run;
+use crate::run::{Run, RunId, RUN_LABEL};
 use crate::tools::Tools;
 
 /// How long the control plane may take to become ready before start fails.
@@ -111,6 +114,180 @@ fn port(requested: Option<u16>, what: &str) -> Result<u16> {
     }
 }
 
+/// The loopback ports of one control plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Ports {
+    apiserver: u16,
+    etcd_client: u16,
+    etcd_peer: u16,
+    kwok: u16,
+}
+
+impl Ports {
+    /// Free loopback ports; the API server's the requested one, if given (and free).
+    fn allocate(apiserver: Option<u16>) -> Result<Self> {
+        Ok(Ports {
+            apiserver: port(apiserver, "kube-apiserver --secure-port")?,
+            etcd_client: port(None, "etcd client")?,
+            etcd_peer: port(None, "etcd peer")?,
+            kwok: port(None, "kwok server")?,
+        })
+    }
+}
+
+/// Where the control plane's files live in the run's `cluster` directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Layout {
+    etcd_data: PathBuf,
+    apiserver_certs: PathBuf,
+    ca_crt: PathBuf,
+    tls_crt: PathBuf,
+    tls_key: PathBuf,
+    sa_key: PathBuf,
+    sa_pub: PathBuf,
+    kubeconfig: PathBuf,
+    kwok_config: PathBuf,
+}
+
+impl Layout {
+    fn new(dir: &Path) -> Self {
+        Layout {
+            etcd_data: dir.join("etcd"),
+            apiserver_certs: dir.join("apiserver-certs"),
+            ca_crt: dir.join("ca.crt"),
+            tls_crt: dir.join("apiserver.crt"),
+            tls_key: dir.join("apiserver.key"),
+            sa_key: dir.join("sa.key"),
+            sa_pub: dir.join("sa.pub"),
+            kubeconfig: dir.join("kubeconfig"),
+            kwok_config: dir.join("kwok.yaml"),
+        }
+    }
+
+    /// Writes the PKI: a CA, the API server's serving certificate, service-account keys,
+    /// and a kubeconfig for `server` with one admin client certificate.
+    fn write_pki(&self, cluster: &str, server: &str) -> Result<()> {
+        let ca = pki::Ca::new("lily-e2e-ca")?;
+        let serving = ca.issue(
+            "kube-apiserver",
+            &[],
+            &["127.0.0.1", "localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "10.96.0.1"],
+            Usage::Server,
+        )?;
+        let admin = ca.issue("lily-e2e-admin", &["system:masters"], &[], Usage::Client)?;
+        write_private(&self.ca_crt, ca.cert_pem().as_bytes())?;
+        write_private(&self.tls_crt, serving.cert_pem.as_bytes())?;
+        write_private(&self.tls_key, serving.key_pem.as_bytes())?;
+        let (sa_private, sa_public) = pki::key_pair_pem()?;
+        write_private(&self.sa_key, sa_private.as_bytes())?;
+        write_private(&self.sa_pub, sa_public.as_bytes())?;
+        kubeconfig::write(&self.kubeconfig, cluster, server, &ca.cert_pem(), &admin.cert_pem, &admin.key_pem)
+    }
+}
+
+fn args(v: Vec<String>) -> Vec<OsString> {
+    v.into_iter().map(OsString::from).collect()
+}
+
+fn p(path: &Path) -> String {
+    path.display().to_string()
+}
+
+/// The API server's URL.
+fn server_url(ports: &Ports) -> String {
+    format!("https://127.0.0.1:{}", ports.apiserver)
+}
+
+/// etcd: one member on loopback, no fsync (a throwaway cluster).
+fn etcd_args(l: &Layout, ports: &Ports) -> Vec<OsString> {
+    let (client, peer) = (ports.etcd_client, ports.etcd_peer);
+    args(vec![
+        "--name=lily-e2e".to_string(),
+        format!("--data-dir={}", p(&l.etcd_data)),
+        format!("--listen-client-urls=http://127.0.0.1:{client}"),
+        format!("--advertise-client-urls=http://127.0.0.1:{client}"),
+        format!("--listen-peer-urls=http://127.0.0.1:{peer}"),
+        format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"),
+        format!("--initial-cluster=lily-e2e=http://127.0.0.1:{peer}"),
+        "--unsafe-no-fsync=true".into(),
+        "--log-level=warn".into(),
+    ])
+}
+
+/// kube-apiserver: loopback only, client certificates from the run's CA, no anonymous
+/// access, RBAC, and the short node-failure tolerations of `t`.
+fn apiserver_args(l: &Layout, ports: &Ports, t: &Timings) -> Vec<OsString> {
+    args(vec![
+        format!("--etcd-servers=http://127.0.0.1:{}", ports.etcd_client),
+        "--bind-address=127.0.0.1".into(),
+        "--advertise-address=127.0.0.1".into(),
+        format!("--secure-port={}", ports.apiserver),
+        format!("--cert-dir={}", p(&l.apiserver_certs)),
+        format!("--tls-cert-file={}", p(&l.tls_crt)),
+        format!("--tls-private-key-file={}", p(&l.tls_key)),
+        format!("--client-ca-file={}", p(&l.ca_crt)),
+        format!("--service-account-key-file={}", p(&l.sa_pub)),
+        format!("--service-account-signing-key-file={}", p(&l.sa_key)),
+        "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
+        "--service-cluster-ip-range=10.96.0.0/16".into(),
+        "--authorization-mode=RBAC".into(),
+        "--anonymous-auth=false".into(),
+        "--enable-priority-and-fairness=false".into(),
+        "--endpoint-reconciler-type=none".into(),
+        "--allow-privileged=true".into(),
+        "--profiling=false".into(),
+        format!("--default-not-ready-toleration-seconds={}", t.not_ready_toleration_seconds),
+        format!("--default-unreachable-toleration-seconds={}", t.unreachable_toleration_seconds),
+    ])
+}
+
+/// What the controller manager and the scheduler share: the admin kubeconfig, no leader
+/// election, no serving port.
+fn component_args(l: &Layout) -> Vec<String> {
+    vec![
+        format!("--kubeconfig={}", p(&l.kubeconfig)),
+        "--leader-elect=false".to_string(),
+        "--bind-address=127.0.0.1".to_string(),
+        "--secure-port=0".to_string(),
+    ]
+}
+
+/// kube-controller-manager: signs service-account tokens, and notices dead nodes within
+/// the periods of `t`.
+fn controller_manager_args(l: &Layout, t: &Timings) -> Vec<OsString> {
+    let mut v = component_args(l);
+    v.extend([
+        format!("--service-account-private-key-file={}", p(&l.sa_key)),
+        format!("--root-ca-file={}", p(&l.ca_crt)),
+        "--use-service-account-credentials=false".to_string(),
+        format!("--node-monitor-period={}", t.node_monitor_period),
+        format!("--node-monitor-grace-period={}", t.node_monitor_grace_period),
+        "--allocate-node-cidrs=false".to_string(),
+        "--profiling=false".to_string(),
+    ]);
+    args(v)
+}
+
+fn scheduler_args(l: &Layout) -> Vec<OsString> {
+    let mut v = component_args(l);
+    v.push("--profiling=false".to_string());
+    args(v)
+}
+
+/// kwok: manages only the nodes carrying [`KWOK_LABEL`], with the lease of `t`.
+fn kwok_args(l: &Layout, ports: &Ports, t: &Timings) -> Vec<OsString> {
+    args(vec![
+        format!("--kubeconfig={}", p(&l.kubeconfig)),
+        format!("--config={}", p(&l.kwok_config)),
+        "--manage-all-nodes=false".to_string(),
+        format!("--manage-nodes-with-label-selector={}={}", KWOK_LABEL.0, KWOK_LABEL.1),
+        format!("--node-lease-duration-seconds={}", t.node_lease_seconds),
+        "--cidr=10.244.0.1/16".to_string(),
+        "--node-ip=10.0.0.1".to_string(),
+        format!("--server-address=127.0.0.1:{}", ports.kwok),
+    ])
+}
+
 struct ControlPlane {
     /// In start order; stopped in reverse.
     children: Vec<Supervised>,
@@ -129,127 +306,41 @@ impl ControlPlane {
         plan: &NodePlan,
     ) -> Result<(Client, PathBuf)> {
         let t = &provider.timings;
-        let dir = run.subdir("cluster")?;
-        let apiserver_port = port(spec.apiserver_port, "kube-apiserver --secure-port")?;
-        let etcd_client = port(None, "etcd client")?;
-        let etcd_peer = port(None, "etcd peer")?;
-        let kwok_port = port(None, "kwok server")?;
+        let layout = Layout::new(&run.subdir("cluster")?);
+        let logs = run.dir().join("logs");
+        let ports = Ports::allocate(spec.apiserver_port)?;
+        layout.write_pki(&format!("lily-e2e-{}", run.id()), &server_url(&ports))?;
+        let spawn = |child: ChildSpec| Supervised::spawn(child, run.id(), &logs);
 
-        // PKI: a CA, the API server's serving certificate, one admin client certificate.
-        let ca = pki::Ca::new("lily-e2e-ca")?;
-        let serving = ca.issue(
-            "kube-apiserver",
-            &[],
-            &["127.0.0.1", "localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "10.96.0.1"],
-            Usage::Server,
-        )?;
-        let admin = ca.issue("lily-e2e-admin", &["system:masters"], &[], Usage::Client)?;
-        let write = |name: &str, data: &str| -> Result<PathBuf> {
-            let p = dir.join(name);
-            kubeconfig::write_private(&p, data.as_bytes())?;
-            Ok(p)
-        };
-        let ca_crt = write("ca.crt", &ca.cert_pem())?;
-        let tls_crt = write("apiserver.crt", &serving.cert_pem)?;
-        let tls_key = write("apiserver.key", &serving.key_pem)?;
-        let (sa_private, sa_public) = pki::key_pair_pem()?;
-        let sa_key = write("sa.key", &sa_private)?;
-        let sa_pub = write("sa.pub", &sa_public)?;
-        let server = format!("https://127.0.0.1:{apiserver_port}");
-        let kcfg = dir.join("kubeconfig");
-        kubeconfig::write(&kcfg, &format!("lily-e2e-{}", run.id()), &server, &ca.cert_pem(), &admin.cert_pem, &admin.key_pem)?;
-
-        let p = |p: &PathBuf| p.display().to_string();
-        self.children.push(Supervised::spawn(
-            ChildSpec::new("etcd", &bins.etcd).args([
-                "--name=lily-e2e".to_string(),
-                format!("--data-dir={}", dir.join("etcd").display()),
-                format!("--listen-client-urls=http://127.0.0.1:{etcd_client}"),
-                format!("--advertise-client-urls=http://127.0.0.1:{etcd_client}"),
-                format!("--listen-peer-urls=http://127.0.0.1:{etcd_peer}"),
-                format!("--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer}"),
-                format!("--initial-cluster=lily-e2e=http://127.0.0.1:{etcd_peer}"),
-                "--unsafe-no-fsync=true".into(),
-                "--log-level=warn".into(),
-            ]),
-            run,
-        )?);
+        self.children.push(spawn(ChildSpec::new("etcd", &bins.etcd).args(etcd_args(&layout, &ports)))?);
         // The API server's graceful shutdown drains requests a throwaway cluster does not
         // need drained: a short grace before KILL keeps teardown fast.
-        self.children.push(Supervised::spawn(
-            ChildSpec::new("kube-apiserver", &bins.apiserver).grace(Duration::from_secs(2)).args([
-                format!("--etcd-servers=http://127.0.0.1:{etcd_client}"),
-                "--bind-address=127.0.0.1".into(),
-                "--advertise-address=127.0.0.1".into(),
-                format!("--secure-port={apiserver_port}"),
-                format!("--cert-dir={}", dir.join("apiserver-certs").display()),
-                format!("--tls-cert-file={}", p(&tls_crt)),
-                format!("--tls-private-key-file={}", p(&tls_key)),
-                format!("--client-ca-file={}", p(&ca_crt)),
-                format!("--service-account-key-file={}", p(&sa_pub)),
-                format!("--service-account-signing-key-file={}", p(&sa_key)),
-                "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
-                "--service-cluster-ip-range=10.96.0.0/16".into(),
-                "--authorization-mode=RBAC".into(),
-                "--anonymous-auth=false".into(),
-                "--enable-priority-and-fairness=false".into(),
-                "--endpoint-reconciler-type=none".into(),
-                "--allow-privileged=true".into(),
-                "--profiling=false".into(),
-                format!("--default-not-ready-toleration-seconds={}", t.not_ready_toleration_seconds),
-                format!("--default-unreachable-toleration-seconds={}", t.unreachable_toleration_seconds),
-            ]),
-            run,
+        self.children.push(spawn(
+            ChildSpec::new("kube-apiserver", &bins.apiserver).grace(Duration::from_secs(2)).args(apiserver_args(&layout, &ports, t)),
         )?);
+        let client = kubeconfig::client(&layout.kubeconfig, None).await?;
+        self.ready(&client, START_TIMEOUT, ports.etcd_client, ports.apiserver).await?;
 
-        let client = kubeconfig::client(&kcfg, None).await?;
-        self.ready(&client, START_TIMEOUT, etcd_client, apiserver_port).await?;
-
-        let common = |name: &str, bin: &PathBuf| {
-            ChildSpec::new(name, bin).args([
-                format!("--kubeconfig={}", p(&kcfg)),
-                "--leader-elect=false".to_string(),
-                "--bind-address=127.0.0.1".to_string(),
-                "--secure-port=0".to_string(),
-            ])
-        };
-        self.children.push(Supervised::spawn(
-            common("kube-controller-manager", &bins.controller_manager).args([
-                format!("--service-account-private-key-file={}", p(&sa_key)),
-                format!("--root-ca-file={}", p(&ca_crt)),
-                "--use-service-account-credentials=false".to_string(),
-                format!("--node-monitor-period={}", t.node_monitor_period),
-                format!("--node-monitor-grace-period={}", t.node_monitor_grace_period),
-                "--allocate-node-cidrs=false".to_string(),
-                "--profiling=false".to_string(),
-            ]),
-            run,
-        )?);
-        self.children.push(Supervised::spawn(common("kube-scheduler", &bins.scheduler).arg("--profiling=false"), run)?);
-        let kwok_cfg = dir.join("kwok.yaml");
-        kubeconfig::write_private(&kwok_cfg, crate::sim::kwok_config().as_bytes())?;
-        self.children.push(Supervised::spawn(
-            ChildSpec::new("kwok", &bins.kwok).args([
-                format!("--kubeconfig={}", p(&kcfg)),
-                format!("--config={}", p(&kwok_cfg)),
-                "--manage-all-nodes=false".to_string(),
-                format!("--manage-nodes-with-label-selector={}={}", KWOK_LABEL.0, KWOK_LABEL.1),
-                format!("--node-lease-duration-seconds={}", t.node_lease_seconds),
-                "--cidr=10.244.0.1/16".to_string(),
-                "--node-ip=10.0.0.1".to_string(),
-                format!("--server-address=127.0.0.1:{kwok_port}"),
-            ]),
-            run,
-        )?);
+        self.children
+            .push(spawn(ChildSpec::new("kube-controller-manager", &bins.controller_manager).args(controller_manager_args(&layout, t)))?);
+        self.children.push(spawn(ChildSpec::new("kube-scheduler", &bins.scheduler).args(scheduler_args(&layout)))?);
+        write_private(&layout.kwok_config, crate::sim::kwok_config().as_bytes())?;
+        self.children.push(spawn(ChildSpec::new("kwok", &bins.kwok).args(kwok_args(&layout, &ports, t)))?);
 
         plan.create(&client, run.id(), provider.tools.kubernetes_version()).await?;
+        self.settled(&client, run.id(), plan.nodes.len()).await?;
+        let sim = self.race(crate::sim::SimCloud::start(&client, run, crate::sim::SimOptions::default())).await?;
+        self.sim = Some(sim);
+        Ok((client, layout.kubeconfig))
+    }
 
-        // The `default` ServiceAccount appears once the controller manager runs; pods cannot
-        // be created in `default` before it.
+    /// Waits for the `default` ServiceAccount (it appears once the controller manager runs;
+    /// pods cannot be created in `default` before it) and for the run's `want` simulated
+    /// nodes to be Ready, failing early if a child exits.
+    async fn settled(&mut self, client: &Client, run: &RunId, want: usize) -> Result<()> {
         let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
-        let want = plan.nodes.len();
         let nodes: Api<Node> = Api::all(client.clone());
-        let node_sel = watcher::Config::default().labels(&format!("{}={}", crate::run::RUN_LABEL, run.id()));
+        let node_sel = watcher::Config::default().labels(&format!("{RUN_LABEL}={run}"));
         let waits = async {
             crate::wait::until(&sas, "default", "the `default` ServiceAccount in namespace default", START_TIMEOUT, |sa| sa.is_some())
                 .await?;
@@ -263,10 +354,7 @@ impl ControlPlane {
             .await?;
             Ok::<_, Error>(())
         };
-        self.race(waits).await?;
-        let sim = self.race(crate::sim::SimCloud::start(&client, run, crate::sim::SimOptions::default())).await?;
-        self.sim = Some(sim);
-        Ok((client, kcfg))
+        self.race(waits).await
     }
 
     /// Runs `fut`, failing early if any child exits meanwhile.
@@ -360,5 +448,114 @@ impl Drop for ControlPlane {
         for c in self.stop_order() {
             drop(c);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PORTS: Ports = Ports { apiserver: 6443, etcd_client: 2379, etcd_peer: 2380, kwok: 10247 };
+
+    fn layout() -> Layout {
+        Layout::new(Path::new("/tmp/lily-e2e-r0/cluster"))
+    }
+
+    fn strings(v: Vec<OsString>) -> Vec<String> {
+        v.into_iter().map(|a| a.into_string().unwrap()).collect()
+    }
+
+    /// The value of `--flag=value`, asserting the flag is given exactly once.
+    fn flag<'a>(args: &'a [String], name: &str) -> &'a str {
+        let prefix = format!("--{name}=");
+        let found: Vec<&str> = args.iter().filter_map(|a| a.strip_prefix(&prefix)).collect();
+        assert_eq!(found.len(), 1, "--{name} in {args:?}");
+        found[0]
+    }
+
+    #[test]
+    fn files_live_in_the_cluster_directory() {
+        let l = layout();
+        assert_eq!(l.ca_crt, Path::new("/tmp/lily-e2e-r0/cluster/ca.crt"));
+        assert_eq!(l.kubeconfig, Path::new("/tmp/lily-e2e-r0/cluster/kubeconfig"));
+        assert_eq!(l.etcd_data, Path::new("/tmp/lily-e2e-r0/cluster/etcd"));
+        assert_eq!(server_url(&PORTS), "https://127.0.0.1:6443");
+    }
+
+    #[test]
+    fn etcd_is_one_loopback_member_without_fsync() {
+        let a = strings(etcd_args(&layout(), &PORTS));
+        assert_eq!(flag(&a, "data-dir"), "/tmp/lily-e2e-r0/cluster/etcd");
+        assert_eq!(flag(&a, "listen-client-urls"), "http://127.0.0.1:2379");
+        assert_eq!(flag(&a, "advertise-client-urls"), "http://127.0.0.1:2379");
+        assert_eq!(flag(&a, "listen-peer-urls"), "http://127.0.0.1:2380");
+        assert_eq!(flag(&a, "initial-cluster"), "lily-e2e=http://127.0.0.1:2380");
+        assert_eq!(flag(&a, "unsafe-no-fsync"), "true");
+    }
+
+    #[test]
+    fn the_apiserver_is_loopback_only_with_client_certificates_and_no_anonymous_access() {
+        let t = Timings::default();
+        let a = strings(apiserver_args(&layout(), &PORTS, &t));
+        assert_eq!(flag(&a, "etcd-servers"), "http://127.0.0.1:2379");
+        assert_eq!(flag(&a, "bind-address"), "127.0.0.1");
+        assert_eq!(flag(&a, "advertise-address"), "127.0.0.1");
+        assert_eq!(flag(&a, "secure-port"), "6443");
+        assert_eq!(flag(&a, "anonymous-auth"), "false");
+        assert_eq!(flag(&a, "authorization-mode"), "RBAC");
+        assert_eq!(flag(&a, "client-ca-file"), "/tmp/lily-e2e-r0/cluster/ca.crt");
+        assert_eq!(flag(&a, "tls-cert-file"), "/tmp/lily-e2e-r0/cluster/apiserver.crt");
+        assert_eq!(flag(&a, "tls-private-key-file"), "/tmp/lily-e2e-r0/cluster/apiserver.key");
+        assert_eq!(flag(&a, "service-account-key-file"), "/tmp/lily-e2e-r0/cluster/sa.pub");
+        assert_eq!(flag(&a, "service-account-signing-key-file"), "/tmp/lily-e2e-r0/cluster/sa.key");
+        assert_eq!(flag(&a, "default-not-ready-toleration-seconds"), t.not_ready_toleration_seconds.to_string());
+        assert_eq!(flag(&a, "default-unreachable-toleration-seconds"), t.unreachable_toleration_seconds.to_string());
+    }
+
+    #[test]
+    fn the_controller_manager_gets_its_flags_in_order() {
+        let t = Timings { node_monitor_period: "2s", node_monitor_grace_period: "9s", ..Timings::default() };
+        assert_eq!(
+            strings(controller_manager_args(&layout(), &t)),
+            [
+                "--kubeconfig=/tmp/lily-e2e-r0/cluster/kubeconfig",
+                "--leader-elect=false",
+                "--bind-address=127.0.0.1",
+                "--secure-port=0",
+                "--service-account-private-key-file=/tmp/lily-e2e-r0/cluster/sa.key",
+                "--root-ca-file=/tmp/lily-e2e-r0/cluster/ca.crt",
+                "--use-service-account-credentials=false",
+                "--node-monitor-period=2s",
+                "--node-monitor-grace-period=9s",
+                "--allocate-node-cidrs=false",
+                "--profiling=false",
+            ]
+        );
+    }
+
+    #[test]
+    fn the_scheduler_shares_the_component_flags() {
+        assert_eq!(
+            strings(scheduler_args(&layout())),
+            [
+                "--kubeconfig=/tmp/lily-e2e-r0/cluster/kubeconfig",
+                "--leader-elect=false",
+                "--bind-address=127.0.0.1",
+                "--secure-port=0",
+                "--profiling=false"
+            ]
+        );
+    }
+
+    #[test]
+    fn kwok_manages_only_labelled_nodes() {
+        let t = Timings { node_lease_seconds: 11, ..Timings::default() };
+        let a = strings(kwok_args(&layout(), &PORTS, &t));
+        assert_eq!(flag(&a, "kubeconfig"), "/tmp/lily-e2e-r0/cluster/kubeconfig");
+        assert_eq!(flag(&a, "config"), "/tmp/lily-e2e-r0/cluster/kwok.yaml");
+        assert_eq!(flag(&a, "manage-all-nodes"), "false");
+        assert_eq!(flag(&a, "manage-nodes-with-label-selector"), format!("{}={}", KWOK_LABEL.0, KWOK_LABEL.1));
+        assert_eq!(flag(&a, "node-lease-duration-seconds"), "11");
+        assert_eq!(flag(&a, "server-address"), "127.0.0.1:10247");
     }
 }

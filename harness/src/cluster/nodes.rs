@@ -9,15 +9,11 @@ use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
 
 use crate::error::{Error, Result};
+use crate::labels::SIMULATED_NODE_ANNOTATION;
 use crate::run::{RunId, RUN_LABEL};
 
-pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
-pub const REGION_LABEL: &str = "topology.kubernetes.io/region";
-pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
-pub const POOL_LABEL: &str = "lily-e2e.io/node-pool";
-/// kwok manages (heartbeats) nodes carrying this label; removing it stops one node's
-/// heartbeat, as if its kubelet died.
-pub const KWOK_LABEL: (&str, &str) = ("lily-e2e.io/kwok", "managed");
+/// The node labels, defined in [`crate::labels`] (shared with `sim`); re-exported here.
+pub use crate::labels::{HOSTNAME_LABEL, KWOK_LABEL, POOL_LABEL, REGION_LABEL, ZONE_LABEL};
 
 /// One planned simulated node.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -71,7 +67,7 @@ impl NodePlan {
         .collect();
         let annotations: BTreeMap<String, String> = [
             ("node.alpha.kubernetes.io/ttl", "0"),
-            ("kwok.x-k8s.io/node", "fake"),
+            SIMULATED_NODE_ANNOTATION,
             ("volumes.kubernetes.io/controller-managed-attach-detach", "true"),
         ]
         .into_iter()

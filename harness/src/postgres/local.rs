@@ -19,8 +19,8 @@ use nix::sys::signal::Signal;
 
 use super::{dsn::DbUrl, free_port, tls, Endpoint, Password, Postgres, PostgresProvider, PostgresSpec, Running};
 use super::{HARNESS_APPLICATION_NAME, START_TIMEOUT};
-use crate::cluster::kubeconfig::write_private;
 use crate::error::{Error, Result};
+use crate::fsutil::write_private;
 use crate::pki::{self, Usage};
 use crate::process::{ChildSpec, Supervised};
 use crate::run::{Run, RUN_ENV};
@@ -162,7 +162,7 @@ impl PostgresProvider for Local {
                 if let Some((uid, gid)) = owner {
                     child = child.user(uid, gid);
                 }
-                let mut server = Supervised::spawn(child, run)?;
+                let mut server = Supervised::spawn(child, run.id(), &run.subdir("logs")?)?;
                 let endpoint = Endpoint {
                     host: "127.0.0.1".into(),
                     port,

@@ -15,9 +15,9 @@ use super::compile::{CasePlan, ScenarioPlan};
 use super::env::Env;
 use super::outcome::Outcome;
 use super::steps::{self, CaseCx, CompiledStep, StepError};
-use crate::cluster::nodes::ZONE_LABEL;
 use crate::error::{chain, Error, Result};
 use crate::helm::Helm;
+use crate::labels::ZONE_LABEL;
 use crate::report::{CaseOutcome, CaseReport, Event, Reporter};
 use crate::run::RUN_LABEL;
 

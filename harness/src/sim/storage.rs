@@ -20,8 +20,8 @@ use tokio::time::Instant;
 use super::log::DecisionLog;
 use super::world::{rv_of, stale, World};
 use super::{SimOptions, ATTACHER_FINALIZER, DRIVER, PROVISIONED_BY};
-use crate::cluster::nodes::ZONE_LABEL;
 use crate::error::{Error, Result};
+use crate::labels::ZONE_LABEL;
 use crate::run::{RunId, RUN_LABEL};
 
 /// Annotations the PV controller (kube-controller-manager) puts on a claim it hands to an

@@ -10,8 +10,8 @@ use kube::api::{Api, DeleteParams, EvictParams, ListParams, Patch, PatchParams};
 use kube::ResourceExt;
 
 use super::{CaseCx, Cx, Operation, StepError, StepResult, Tpl, DEFAULT_WAIT};
-use crate::cluster::nodes::KWOK_LABEL;
 use crate::error::Error;
+use crate::labels::KWOK_LABEL;
 use crate::scenario::compile::LoadError;
 use crate::scenario::model;
 

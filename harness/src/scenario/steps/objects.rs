@@ -12,8 +12,8 @@ use kube::runtime::watcher;
 use kube::ResourceExt;
 
 use super::{object_ref, CaseCx, Cx, Operation, StepError, StepResult, Tpl, DEFAULT_WAIT};
-use crate::cluster::nodes::ZONE_LABEL;
 use crate::error::Error;
+use crate::labels::ZONE_LABEL;
 use crate::scenario::compile::LoadError;
 use crate::scenario::model;
 
