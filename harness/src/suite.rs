@@ -46,6 +46,8 @@ pub enum SelectError {
     NoScenario { name: String, known: Vec<String> },
     #[error("scenario {scenario} has no case `{case}` (its cases: {})", .known.join(", "))]
     NoCase { scenario: String, case: String, known: Vec<String> },
+    #[error("scenario {scenario} has no cases; run it as `{scenario}`")]
+    NoCases { scenario: String },
 }
 
 /// What to run, in order.
@@ -70,6 +72,9 @@ impl SuitePlan {
                 return Err(SelectError::NoScenario { name: scen.to_string(), known: scenarios.iter().map(|s| s.name.clone()).collect() });
             };
             if let Some(c) = case {
+                if sc.cases.len() == 1 && !sc.cases[0].name.contains('/') {
+                    return Err(SelectError::NoCases { scenario: scen.to_string() });
+                }
                 if !sc.cases.iter().any(|x| x.name == *n) {
                     let known = sc.cases.iter().map(|x| x.name.rsplit('/').next().unwrap_or(&x.name).to_string()).collect();
                     return Err(SelectError::NoCase { scenario: scen.to_string(), case: c.to_string(), known });
@@ -96,16 +101,20 @@ impl SuitePlan {
         Ok(SuitePlan { cases })
     }
 
-    /// Groups of cases that share an environment: all shared cases together, then each
-    /// exclusive case alone. Skipped cases are in no group.
+    /// Groups of cases that share an environment: all shared cases together (they run
+    /// concurrently), and each exclusive case alone; the longest first (by the steps'
+    /// estimates), so that the suite is not left waiting for a long case started last.
+    /// Skipped cases are in no group.
     pub fn batches(&self) -> Vec<Vec<PlannedCase>> {
         let runnable = self.cases.iter().filter(|c| c.skip.is_none()).cloned();
         let (exclusive, shared): (Vec<_>, Vec<_>) = runnable.partition(|c| c.scenario.exclusive);
-        let mut out = Vec::new();
+        let mut out: Vec<Vec<PlannedCase>> = exclusive.into_iter().map(|c| vec![c]).collect();
         if !shared.is_empty() {
             out.push(shared);
         }
-        out.extend(exclusive.into_iter().map(|c| vec![c]));
+        let cost = |b: &Vec<PlannedCase>| b.iter().map(|c| c.case().estimate()).max().unwrap_or_default();
+        // Stable: equal estimates keep the plan's (name) order.
+        out.sort_by_key(|b| std::cmp::Reverse(cost(b)));
         out
     }
 }
@@ -338,4 +347,57 @@ fn not_started(batch: &[PlannedCase], why: &str, reporter: &dyn Reporter) -> Vec
 /// Whether a run succeeded (nothing failed, nothing errored).
 pub fn succeeded(reports: &[CaseReport]) -> bool {
     reports.iter().all(|r| matches!(r.outcome, CaseOutcome::Passed | CaseOutcome::Skipped { .. }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::Layout;
+    use crate::scenario::model::Scenario;
+
+    fn plan(layout: &Layout, yaml: &str) -> Arc<ScenarioPlan> {
+        let sc: Scenario = crate::yaml::from_str(yaml).unwrap();
+        Arc::new(ScenarioPlan::compile(&sc, &layout.root().join("t.yaml"), layout).unwrap())
+    }
+
+    fn scenarios() -> (tempfile::TempDir, Vec<Arc<ScenarioPlan>>) {
+        let base = tempfile::tempdir().unwrap();
+        let layout = Layout::embedded_in(base.path()).unwrap();
+        let head = "summary: s\ntry:\n  - helm-repo-add: {}\n  - helm-upgrade: {}\n";
+        let plans = vec![
+            plan(&layout, &format!("name: a-shared\n{head}")),
+            plan(&layout, &format!("name: b-short\nexclusive: true\n{head}")),
+            plan(&layout, &format!("name: c-long\nexclusive: true\n{head}  - expect-pod: {{observe: true, timeout: 90s}}\n")),
+            plan(&layout, &format!("name: d-upgrade\n{head}  - helm-upgrade: {{version: '${{chart.previous}}'}}\n")),
+            plan(&layout, &format!("name: e-fixture\nfixture-only: true\n{head}")),
+        ];
+        (base, plans)
+    }
+
+    #[test]
+    fn the_longest_case_runs_first_and_shared_cases_share_a_batch() {
+        let (_d, plans) = scenarios();
+        let plan = SuitePlan::select(&plans, &[], false, 2).unwrap();
+        let order: Vec<Vec<String>> = plan.batches().iter().map(|b| b.iter().map(|c| c.name().to_string()).collect()).collect();
+        assert_eq!(order[0], ["c-long"], "{order:?}");
+        assert!(order.iter().any(|b| b.len() == 3 && b.contains(&"a-shared".to_string()) && b.contains(&"d-upgrade".to_string())), "{order:?}");
+    }
+
+    #[test]
+    fn cases_that_cannot_apply_are_skipped_with_their_reason() {
+        let (_d, plans) = scenarios();
+        let plan = SuitePlan::select(&plans, &[], true, 1).unwrap();
+        let skip = |n: &str| plan.cases.iter().find(|c| c.name() == n).unwrap().skip.clone();
+        assert_eq!(skip("d-upgrade").as_deref(), Some("needs a previous version: add --chart OLD"));
+        assert!(skip("e-fixture").unwrap().contains("fixture-only"));
+        assert_eq!(skip("a-shared"), None);
+        assert!(plan.batches().iter().flatten().all(|c| c.skip.is_none()));
+    }
+
+    #[test]
+    fn unknown_names_say_what_exists() {
+        let (_d, plans) = scenarios();
+        let e = SuitePlan::select(&plans, &["nope".into()], false, 2).unwrap_err().to_string();
+        assert!(e.contains("no scenario named `nope`") && e.contains("c-long"), "{e}");
+    }
 }

@@ -40,6 +40,11 @@ impl NodePlan {
         if count == 0 {
             return Err(Error::Invalid("--nodes must be at least 1".into()));
         }
+        if zones > count {
+            return Err(Error::Invalid(format!(
+                "--zones {zones} is more than --nodes {count}: every zone needs a node; give --nodes {zones} or more, or fewer zones"
+            )));
+        }
         let nodes = (0..count)
             .map(|i| {
                 let z = (b'a' + (i % zones) as u8) as char;

@@ -88,6 +88,13 @@ impl ChartSource {
                 }
                 return Ok(ChartSource::Dir { path: PathBuf::from(path), version: Some(version) });
             }
+            // DIR@SOMETHING where DIR exists and SOMETHING is no version: the version is wrong,
+            // not the path.
+            if Path::new(path).is_dir() && !Path::new(s).exists() {
+                return Err(Error::Invalid(format!(
+                    "{v:?} in {s} is not a chart version; write {path}@X.Y.Z (e.g. {path}@0.1.0), or the directory alone"
+                )));
+            }
         }
         let path = PathBuf::from(s);
         if is_tgz(&path) {

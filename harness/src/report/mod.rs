@@ -196,8 +196,9 @@ impl Reporter for Log {
             Event::EnvUp { env, run_id, .. } => tracing::info!(env, run_id, "environment up"),
             Event::EnvDown { env } => tracing::debug!(env, "environment down"),
             Event::CaseStarted { case } => tracing::debug!(case, "case started"),
-            Event::StepStarted { case, step } => tracing::info!(case, step, "step"),
-            Event::StepFinished { case, step, took, ok } => tracing::debug!(case, step, ok, took_s = took.as_secs_f64(), "step done"),
+            // Emitted inside the case's span, which names the case.
+            Event::StepStarted { step, .. } => tracing::info!(step, "step"),
+            Event::StepFinished { step, took, ok, .. } => tracing::debug!(step, ok, took_s = took.as_secs_f64(), "step done"),
             Event::CaseFinished { report } => tracing::debug!(case = report.name, outcome = report.outcome.word(), "case done"),
         }
     }

@@ -135,6 +135,13 @@ pub struct CasePlan {
     pub uses: BTreeSet<String>,
 }
 
+impl CasePlan {
+    /// A rough idea of how long the case runs (the sum of its steps' estimates).
+    pub fn estimate(&self) -> std::time::Duration {
+        self.steps.iter().map(|s| s.op.estimate()).sum()
+    }
+}
+
 impl ScenarioPlan {
     /// Reads and compiles a scenario file.
     pub fn load(file: &Path, layout: &Layout) -> Result<ScenarioPlan, LoadError> {

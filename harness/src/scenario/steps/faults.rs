@@ -177,6 +177,10 @@ impl Operation for UnmountDelay {
         }
         .boxed()
     }
+
+    fn estimate(&self) -> Duration {
+        self.delay
+    }
 }
 
 #[derive(Debug)]

@@ -71,6 +71,12 @@ pub type StepResult = Result<(), StepError>;
 pub trait Operation: Send + Sync + std::fmt::Debug {
     fn run<'a, 'e>(&'a self, cx: &'a mut CaseCx<'e>) -> BoxFuture<'a, StepResult>;
 
+    /// A rough idea of how long the step takes, for scheduling the longest cases first:
+    /// a second, unless the step is known to wait (an observation window, an unmount delay).
+    fn estimate(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+
     /// The runbook a `runbook` step runs (for `reproduce` to print its commands).
     fn runbook(&self) -> Option<&super::runbook::Runbook> {
         None

@@ -134,6 +134,15 @@ impl Operation for ExpectPod {
     fn run<'a, 'e>(&'a self, cx: &'a mut CaseCx<'e>) -> BoxFuture<'a, StepResult> {
         self.check(cx).boxed()
     }
+
+    fn estimate(&self) -> Duration {
+        // An observation that expects nothing to happen waits out its window.
+        if self.observe {
+            self.timeout
+        } else {
+            Duration::from_secs(3)
+        }
+    }
 }
 
 #[derive(Debug)]

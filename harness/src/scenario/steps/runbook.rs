@@ -68,7 +68,17 @@ impl RunRunbook {
             let env = [(std::ffi::OsString::from("KUBECONFIG"), cx.env.cluster.kubeconfig().as_os_str().to_owned())];
             let os: Vec<std::ffi::OsString> = args.iter().map(Into::into).collect();
             let shown = format!("kubectl {}", args[..args.len() - 2].join(" "));
-            let out = match crate::process::run_command(&kubectl, &os, &env, None, self.command_timeout).await {
+            let command = crate::process::run_command(&kubectl, &os, &env, None, self.command_timeout);
+            let out = tokio::select! {
+                r = command => r,
+                // A command that waits for what nothing will do is stopped as soon as that is
+                // known, rather than at its timeout.
+                why = cannot_complete(cx, &args, self.command_timeout) => {
+                    commands.push(serde_json::json!({"command": shown, "completed": false, "note": why}));
+                    continue;
+                }
+            };
+            let out = match out {
                 Ok(o) => o,
                 Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
                     commands.push(serde_json::json!({"command": shown, "completed": false, "note": format!("stopped after {}s", self.command_timeout.as_secs())}));
@@ -107,6 +117,40 @@ impl RunRunbook {
         cx.outcome.record("runbook", serde_json::json!({"name": rb.name, "commands": commands}));
         cx.last_runbook = Some((rb.name.clone(), Instant::now()));
         Ok(())
+    }
+}
+
+/// Resolves, with the reason, once `kubectl ARGS` is known never to complete; otherwise
+/// never. `kubectl delete pod P` waits until P is gone, and only P's kubelet (or a force
+/// delete, or pod garbage collection for an out-of-service node) removes a terminating pod:
+/// when P is terminating on a node whose kubelet no longer reports (Ready is not True), the
+/// command cannot complete.
+async fn cannot_complete(cx: &CaseCx<'_>, args: &[String], within: Duration) -> String {
+    use k8s_openapi::api::core::v1::{Node, Pod};
+    let (Some("delete"), Some("pod"), Some(pod)) = (args.first().map(String::as_str), args.get(1).map(String::as_str), args.get(2)) else {
+        return std::future::pending().await;
+    };
+    let pods = kube::Api::<Pod>::namespaced(cx.client(), &cx.namespace);
+    let terminating = crate::wait::until(&pods, pod, &format!("pod {pod} to be terminating"), within, |p: Option<&Pod>| {
+        p.is_some_and(|p| p.metadata.deletion_timestamp.is_some())
+    })
+    .await;
+    let node = match terminating {
+        Ok(Some(p)) => p.spec.and_then(|s| s.node_name),
+        _ => None,
+    };
+    let Some(node) = node else { return std::future::pending().await };
+    let nodes = kube::Api::<Node>::all(cx.client());
+    let gone = crate::wait::until(&nodes, &node, &format!("node {node}'s kubelet to stop reporting"), within, |n: Option<&Node>| {
+        n.is_some_and(|n| {
+            let ready = n.status.as_ref().and_then(|s| s.conditions.as_ref()).and_then(|c| c.iter().find(|c| c.type_ == "Ready"));
+            ready.is_some_and(|r| r.status != "True")
+        })
+    })
+    .await;
+    match gone {
+        Ok(_) => format!("stopped: pod {pod} is terminating on node {node}, whose kubelet does not report (Ready is not True); only it, a force delete or the out-of-service taint can finish the deletion"),
+        Err(_) => std::future::pending().await,
     }
 }
 
