@@ -307,6 +307,11 @@ impl ClusterArgs {
 }
 
 pub fn main() -> ExitCode {
+    // The docker CLI treats an empty DOCKER_HOST as unset; testcontainers does not (it
+    // fails on an empty URL). Unset it while this process is still single-threaded.
+    if std::env::var_os("DOCKER_HOST").is_some_and(|v| v.is_empty()) {
+        std::env::remove_var("DOCKER_HOST");
+    }
     let cli = Cli::parse();
     let filter = match tracing_subscriber::EnvFilter::try_new(&cli.log) {
         Ok(f) => f,

@@ -1,0 +1,65 @@
+//! Bad input gets a clear error naming the input and what to do, before anything starts,
+//! and leaves nothing behind (no run directory, no process).
+
+use rstest::rstest;
+
+mod common;
+
+/// Runs `lily-e2e ARGS` with its own temp dir, run registry and environment; returns
+/// (success, stderr, what was left in the temp dir besides the extracted scenarios).
+fn run(args: &[&str], env: &[(&str, &str)]) -> (bool, String, Vec<String>) {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_lily-e2e"));
+    cmd.args(args).current_dir(tmp.path()).env("TMPDIR", tmp.path()).env("LILY_E2E_RUNS", tmp.path().join("runs"));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    let left: Vec<String> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with("lily-e2e-scenarios-") && n != "runs")
+        .collect();
+    let runs_left = std::fs::read_dir(tmp.path().join("runs")).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(runs_left, 0, "a run was registered for bad input {args:?}");
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned(), left)
+}
+
+fn fixture() -> String {
+    common::fixture_chart_dir().display().to_string()
+}
+
+#[rstest]
+#[case::unknown_case(&["run", "multi-attach/nope"], &[], &["multi-attach has no case `nope`", "slow-unmount", "node-gone"])]
+#[case::case_of_a_single_case_scenario(&["run", "install/nope"], &[], &["install has no cases; run it as `install`"])]
+#[case::unknown_scenario(&["run", "nope"], &[], &["no scenario named `nope`", "install"])]
+#[case::chart_version_not_semver(&["suite", "--chart", "FIXTURE@not-a-semver"], &[], &["\"not-a-semver\"", "is not a chart version", "@X.Y.Z"])]
+#[case::more_zones_than_nodes(&["cluster", "exec", "--zones", "5", "--nodes", "2", "--", "true"], &[], &["--zones 5 is more than --nodes 2"])]
+#[case::missing_values_file(&["suite", "-f", "missing.yaml"], &[], &["missing.yaml", "-f/--values"])]
+#[case::junit_parent_is_a_file(&["suite", "--junit", "FILE/junit.xml"], &[], &["--junit", "cannot create its directory"])]
+#[case::bad_log_filter(&["--log", "lily_e2e=[", "list"], &[], &["is not a log filter"])]
+#[case::unknown_provider(&["suite", "--provider", "sideways"], &[], &["invalid value 'sideways'", "local", "existing"])]
+#[case::bad_postgres_image(&["suite", "--postgres", "container"], &[("LILY_E2E_POSTGRES_IMAGE", "no-tag")], &["`no-tag` is not name:tag"])]
+#[case::missing_scenarios_dir(&["suite", "--scenarios", "/nonexistent/dir"], &[], &["/nonexistent/dir does not exist", "--scenarios"])]
+fn bad_input_is_named_before_anything_starts(#[case] args: &[&str], #[case] env: &[(&str, &str)], #[case] expected: &[&str]) {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let args: Vec<String> =
+        args.iter().map(|a| a.replace("FIXTURE", &fixture()).replace("FILE", &file.path().display().to_string())).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (ok, stderr, left) = run(&args, env);
+    assert!(!ok, "{args:?} succeeded");
+    for e in expected {
+        assert!(stderr.contains(e), "{args:?}: `{e}` missing from:\n{stderr}");
+    }
+    assert!(left.is_empty(), "{args:?} left {left:?}");
+}
+
+#[test]
+fn an_empty_docker_host_means_the_default_socket() {
+    // The docker CLI treats DOCKER_HOST= as unset; so does lily-e2e: the error is about the
+    // engine not answering (or it answers), never about a URL.
+    let (_, stderr, left) = run(&["bench", "postgres", "--providers", "container", "--runs", "1"], &[("DOCKER_HOST", ""), ("LILY_E2E_POSTGRES_IMAGE", "none/such:1")]);
+    assert!(!stderr.contains("relative URL without a base"), "{stderr}");
+    assert!(left.is_empty(), "{left:?}");
+}
