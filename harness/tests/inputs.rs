@@ -56,6 +56,26 @@ fn bad_input_is_named_before_anything_starts(#[case] args: &[&str], #[case] env:
 }
 
 #[test]
+fn a_kubeconfig_whose_server_is_down_names_the_server_and_context() {
+    let dir = tempfile::tempdir().unwrap();
+    // A port nothing listens on: bound, then closed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let kc = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kc,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: down\n  cluster: {{server: 'https://127.0.0.1:{port}', insecure-skip-tls-verify: true}}\nusers:\n- name: u\n  user: {{token: x}}\ncontexts:\n- name: gone\n  context: {{cluster: down, user: u}}\ncurrent-context: gone\n"
+        ),
+    )
+    .unwrap();
+    let (ok, stderr, left) =
+        run(&["cluster", "exec", "--provider", "existing", "--kubeconfig", kc.to_str().unwrap(), "--context", "gone", "--", "true"], &[]);
+    assert!(!ok);
+    assert!(stderr.contains(&format!("127.0.0.1:{port}")) && stderr.contains("context `gone`") && stderr.contains("check that it is up"), "{stderr}");
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
 fn an_empty_docker_host_means_the_default_socket() {
     // The docker CLI treats DOCKER_HOST= as unset; so does lily-e2e: the error is about the
     // engine not answering (or it answers), never about a URL.

@@ -34,8 +34,12 @@ impl ClusterProvider for Existing {
                     path.display()
                 )));
             }
-            let client = kubeconfig::client(&path, self.context.as_deref()).await?;
-            let version = client.apiserver_version().await.map_err(Error::kube("read the server version"))?;
+            let (client, server) = kubeconfig::client_and_server(&path, self.context.as_deref()).await?;
+            let context = self.context.as_deref().map(|c| format!("context `{c}`")).unwrap_or_else(|| "its current context".into());
+            let version = client.apiserver_version().await.map_err(Error::kube(format!(
+                "reach the cluster at {server} ({context} of kubeconfig {}); check that it is up, or pass --kubeconfig/--context for another",
+                path.display()
+            )))?;
             Ok(Cluster::new(client, path, version.git_version, "existing", Box::new(Nothing)))
         })
     }

@@ -27,6 +27,11 @@ pub fn write(path: &Path, cluster: &str, server: &str, ca_pem: &str, cert_pem: &
 
 /// A client for the kubeconfig at `path`, with `context` (or its current context).
 pub async fn client(path: &Path, context: Option<&str>) -> Result<Client> {
+    Ok(client_and_server(path, context).await?.0)
+}
+
+/// A client for a kubeconfig's context, and the server URL that context names.
+pub async fn client_and_server(path: &Path, context: Option<&str>) -> Result<(Client, String)> {
     let kc = Kubeconfig::read_from(path)
         .map_err(|e| Error::Tool { what: format!("cannot read kubeconfig {}", path.display()), source: Some(Box::new(e)) })?;
     let opts = KubeConfigOptions { context: context.map(str::to_string), ..Default::default() };
@@ -34,5 +39,6 @@ pub async fn client(path: &Path, context: Option<&str>) -> Result<Client> {
         what: format!("cannot use kubeconfig {}{}", path.display(), context.map(|c| format!(" with context `{c}`")).unwrap_or_default()),
         source: Some(Box::new(e)),
     })?;
-    Client::try_from(config).map_err(Error::kube("build a client"))
+    let server = config.cluster_url.to_string();
+    Ok((Client::try_from(config).map_err(Error::kube("build a client"))?, server))
 }
