@@ -71,7 +71,10 @@ fn a_kubeconfig_whose_server_is_down_names_the_server_and_context() {
     let (ok, stderr, left) =
         run(&["cluster", "exec", "--provider", "existing", "--kubeconfig", kc.to_str().unwrap(), "--context", "gone", "--", "true"], &[]);
     assert!(!ok);
-    assert!(stderr.contains(&format!("127.0.0.1:{port}")) && stderr.contains("context `gone`") && stderr.contains("check that it is up"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("127.0.0.1:{port}")) && stderr.contains("context `gone`") && stderr.contains("check that it is up"),
+        "{stderr}"
+    );
     assert!(left.is_empty(), "{left:?}");
 }
 
@@ -79,7 +82,29 @@ fn a_kubeconfig_whose_server_is_down_names_the_server_and_context() {
 fn an_empty_docker_host_means_the_default_socket() {
     // The docker CLI treats DOCKER_HOST= as unset; so does lily-e2e: the error is about the
     // engine not answering (or it answers), never about a URL.
-    let (_, stderr, left) = run(&["bench", "postgres", "--providers", "container", "--runs", "1"], &[("DOCKER_HOST", ""), ("LILY_E2E_POSTGRES_IMAGE", "none/such:1")]);
+    let (_, stderr, left) = run(
+        &["bench", "postgres", "--providers", "container", "--runs", "1"],
+        &[("DOCKER_HOST", ""), ("LILY_E2E_POSTGRES_IMAGE", "none/such:1")],
+    );
     assert!(!stderr.contains("relative URL without a base"), "{stderr}");
     assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn values_that_do_not_render_fail_the_case_before_any_cluster_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "daemon: \"not-a-map\"\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lily-e2e"))
+        .args(["run", "install", "-f"])
+        .arg(&bad)
+        .env("LILY_E2E_RUNS", dir.path().join("runs"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(stdout.contains("FAIL  install") && stdout.contains("does not render") && stdout.contains("Error: template:"), "{stdout}");
+    assert!(stdout.contains("0 passed, 1 failed"), "{stdout}");
+    // No environment was started for it: no run was registered, nothing is left running.
+    assert_eq!(std::fs::read_dir(dir.path().join("runs")).map(|d| d.count()).unwrap_or(0), 0);
 }

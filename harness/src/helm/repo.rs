@@ -103,6 +103,11 @@ impl ChartRepo {
     pub fn latest(&self) -> &Version {
         self.versions.last().expect("a repository serves at least one version")
     }
+    /// What helm installs without `--version`: the highest version that is not a
+    /// prerelease (the highest of all when every version is one).
+    pub fn latest_stable(&self) -> &Version {
+        self.versions.iter().rev().find(|v| v.pre.is_empty()).unwrap_or_else(|| self.latest())
+    }
     /// The version just below the highest, if there is one.
     pub fn previous(&self) -> Option<&Version> {
         self.versions.len().checked_sub(2).map(|i| &self.versions[i])

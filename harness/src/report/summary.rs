@@ -15,7 +15,9 @@ pub fn summary(results: &[CaseReport]) -> String {
                 // The first line says what failed; a tool's own words (helm's stderr) end the message.
                 let mut lines = message.lines().filter(|l| !l.trim().is_empty());
                 s.push_str(&format!("      step {step}: {}\n", lines.next().unwrap_or("")));
-                if let Some(last) = lines.last() {
+                let rest: Vec<&str> = lines.collect();
+                // helm's and kubectl's words start with `Error:`; else the last line.
+                if let Some(last) = rest.iter().rev().find(|l| l.trim_start().starts_with("Error:")).or(rest.last()) {
                     s.push_str(&format!("        {}\n", last.trim()));
                 }
                 if let Some(a) = &r.artifacts {

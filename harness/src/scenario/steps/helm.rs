@@ -55,9 +55,7 @@ impl Operation for RepoAdd {
 enum Chart {
     /// The added repository, at `--version` (or the newest).
     Repo { version: Option<Tpl> },
-    /// `fixture@X.Y.Z`: the layout's fixture chart packaged as that version.
-    Fixture { path: PathBuf, version: crate::helm::Version },
-    /// A chart directory or .tgz.
+    /// A chart directory or .tgz (and `fixture@X.Y.Z`, as a directory at that version).
     Source(ChartSource),
 }
 
@@ -74,10 +72,10 @@ impl Upgrade {
     pub fn compile(s: &model::HelmUpgrade, cx: &mut Cx<'_>) -> Result<Box<dyn Operation>, LoadError> {
         let chart = match &s.chart {
             Some(src) => match src.strip_prefix("fixture@") {
-                Some(v) => Chart::Fixture {
+                Some(v) => Chart::Source(ChartSource::Dir {
                     path: cx.layout.fixture_chart(),
-                    version: crate::helm::chart::parse_version(v).map_err(|e| cx.site.error("chart", e.to_string()))?,
-                },
+                    version: Some(crate::helm::chart::parse_version(v).map_err(|e| cx.site.error("chart", e.to_string()))?),
+                }),
                 None => {
                     let source = ChartSource::parse(src).map_err(|e| cx.site.error("chart", e.to_string()))?;
                     if matches!(source, ChartSource::Remote { .. }) {
@@ -128,9 +126,6 @@ impl Upgrade {
             Chart::Repo { version } => {
                 let repo = cx.helm.repo.clone().ok_or_else(|| StepError::failed("helm-upgrade needs a helm-repo-add step before it"))?;
                 (ChartRef::Repo { repo, chart: cx.env.repo.chart_name().to_string() }, cx.fill_opt(version)?)
-            }
-            Chart::Fixture { path, version } => {
-                (ChartRef::Path(cx.helm.helm.package(path, Some(&version.to_string()), &cx.dir).await?), None)
             }
             Chart::Source(ChartSource::Dir { path, version }) => {
                 let v = version.as_ref().map(|v| v.to_string());
@@ -192,6 +187,18 @@ impl Upgrade {
 impl Operation for Upgrade {
     fn run<'a, 'e>(&'a self, cx: &'a mut CaseCx<'e>) -> BoxFuture<'a, StepResult> {
         self.apply(cx).boxed()
+    }
+
+    fn install(&self) -> Option<super::Install<'_>> {
+        // An upgrade expected to fail may well not render.
+        if self.expect_failure.is_some() {
+            return None;
+        }
+        let (source, version) = match &self.chart {
+            Chart::Repo { version } => (None, version.as_ref()),
+            Chart::Source(s) => (Some(s), None),
+        };
+        Some(super::Install { source, version, values: &self.values, set: self.set.as_ref() })
     }
 }
 

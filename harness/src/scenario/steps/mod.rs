@@ -77,10 +77,27 @@ pub trait Operation: Send + Sync + std::fmt::Debug {
         Duration::from_secs(1)
     }
 
+    /// What the step installs, so the suite can render it with helm before anything starts.
+    fn install(&self) -> Option<Install<'_>> {
+        None
+    }
+
     /// The runbook a `runbook` step runs (for `reproduce` to print its commands).
     fn runbook(&self) -> Option<&super::runbook::Runbook> {
         None
     }
+}
+
+/// A chart and values a step installs.
+#[derive(Debug)]
+pub struct Install<'a> {
+    /// `None`: the served repository's chart (at `version`); otherwise a local chart.
+    pub source: Option<&'a crate::helm::ChartSource>,
+    pub version: Option<&'a Tpl>,
+    /// The step's own values files (after the scenario's).
+    pub values: &'a [PathBuf],
+    /// Inline values, applied last.
+    pub set: Option<&'a serde_json::Value>,
 }
 
 /// A step, ready to run.

@@ -7,6 +7,8 @@
 //! [`CancellationToken`] stops everything (Ctrl-C, SIGTERM, a deadline): running cases end
 //! as errors naming the step they were in, cases not started as errors saying so.
 
+pub mod preflight;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -224,11 +226,13 @@ pub struct Suite {
     pub parallel: usize,
     /// A case that runs longer ends as an error naming where it was.
     pub case_deadline: Duration,
+    /// Render every install with helm before any environment starts ([`preflight`]).
+    pub preflight: bool,
 }
 
 impl Suite {
     pub fn new(opts: EnvOptions, cancel: CancellationToken) -> Suite {
-        Suite { pool: EnvPool::new(opts), cancel, parallel: 2, case_deadline: Duration::from_secs(600) }
+        Suite { pool: EnvPool::new(opts), cancel, parallel: 2, case_deadline: Duration::from_secs(600), preflight: true }
     }
 
     /// Runs one case on an environment it is lent, reporting its start, steps and end.
@@ -292,6 +296,33 @@ impl Suite {
             reporter.on(&Event::CaseFinished { report: &report });
             reports.push(report);
         }
+        let mut plan = plan.clone();
+        if self.preflight {
+            let failed = match preflight::render_all(self.pool.options(), &plan).await {
+                Ok(f) => f,
+                Err(e) => {
+                    let why = format!("the pre-flight render could not run: {}", chain(&e));
+                    let runnable: Vec<PlannedCase> = plan.cases.iter().filter(|c| c.skip.is_none()).cloned().collect();
+                    reports.extend(not_started(&runnable, &why, reporter));
+                    reports.sort_by(|a, b| a.name.cmp(&b.name));
+                    return SuiteRun { reports, namespaces: Vec::new(), kept: Vec::new(), wall: started.elapsed() };
+                }
+            };
+            for f in &failed {
+                let report = CaseReport {
+                    name: f.case.clone(),
+                    duration: Duration::ZERO,
+                    outcome: CaseOutcome::Failed { step: f.step.clone(), message: f.message.clone() },
+                    slowest_step: None,
+                    artifacts: None,
+                    notes: Vec::new(),
+                };
+                reporter.on(&Event::CaseFinished { report: &report });
+                reports.push(report);
+            }
+            plan.cases.retain(|c| !failed.iter().any(|f| f.case == c.name()));
+        }
+        let plan = &plan;
         let run_batch = |batch: Vec<PlannedCase>| async move {
             let names: Vec<String> = batch.iter().map(|c| c.name().to_string()).collect();
             let exclusive = batch.iter().any(|c| c.scenario.exclusive);
@@ -380,7 +411,10 @@ mod tests {
         let plan = SuitePlan::select(&plans, &[], false, 2).unwrap();
         let order: Vec<Vec<String>> = plan.batches().iter().map(|b| b.iter().map(|c| c.name().to_string()).collect()).collect();
         assert_eq!(order[0], ["c-long"], "{order:?}");
-        assert!(order.iter().any(|b| b.len() == 3 && b.contains(&"a-shared".to_string()) && b.contains(&"d-upgrade".to_string())), "{order:?}");
+        assert!(
+            order.iter().any(|b| b.len() == 3 && b.contains(&"a-shared".to_string()) && b.contains(&"d-upgrade".to_string())),
+            "{order:?}"
+        );
     }
 
     #[test]
