@@ -6,6 +6,7 @@
 //! the `.complete` marker written after every binary built and reported its version, so an
 //! install that fails part-way leaves nothing a later run would use.
 
+use futures::StreamExt;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -137,30 +138,43 @@ pub async fn install(only: &[String], progress: &indicatif::MultiProgress) -> Re
         Error::Invalid("the Go toolchain (`go`) is not on PATH; install Go 1.24 or newer, then run `lily-e2e tools install` again".into())
     })?;
     let lock = Lock::load();
+    // Two builds at a time: a build spends much of its time downloading modules and linking,
+    // which leave cores free for the other's compiles; the longest (kubernetes) starts first.
+    let mut tools: Vec<&ToolPin> = lock.tool.iter().filter(|t| only.is_empty() || only.contains(&t.name)).collect();
+    tools.sort_by_key(|t| std::cmp::Reverse(t.binaries.len()));
+    let builds = tools.into_iter().map(|tool| {
+        let go = go.clone();
+        async move {
+            let bar = progress.add(indicatif::ProgressBar::new_spinner());
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{spinner} {prefix:>12} {wide_msg} [{elapsed}]").expect("static template"),
+            );
+            bar.set_prefix(tool.name.clone());
+            bar.enable_steady_tick(Duration::from_millis(200));
+            let start = Instant::now();
+            if tool.is_installed() {
+                bar.finish_with_message(format!("{} already installed", tool.version));
+                return Ok(Installed { name: tool.name.clone(), version: tool.version.clone(), built: false, seconds: 0.0 });
+            }
+            match build_tool(&go, tool, &bar).await {
+                Ok(()) => {
+                    let secs = start.elapsed().as_secs_f64();
+                    bar.finish_with_message(format!("{} built in {secs:.0}s", tool.version));
+                    Ok(Installed { name: tool.name.clone(), version: tool.version.clone(), built: true, seconds: secs })
+                }
+                Err(e) => {
+                    bar.abandon_with_message(format!("{} failed", tool.version));
+                    Err(e)
+                }
+            }
+        }
+    });
+    let results: Vec<Result<Installed>> = futures::stream::iter(builds).buffered(2).collect().await;
     let mut done = Vec::new();
-    for tool in lock.tool.iter().filter(|t| only.is_empty() || only.contains(&t.name)) {
-        let bar = progress.add(indicatif::ProgressBar::new_spinner());
-        bar.set_style(indicatif::ProgressStyle::with_template("{spinner} {prefix:>12} {wide_msg} [{elapsed}]").expect("static template"));
-        bar.set_prefix(tool.name.clone());
-        bar.enable_steady_tick(Duration::from_millis(200));
-        let start = Instant::now();
-        if tool.is_installed() {
-            bar.finish_with_message(format!("{} already installed", tool.version));
-            done.push(Installed { name: tool.name.clone(), version: tool.version.clone(), built: false, seconds: 0.0 });
-            continue;
-        }
-        match build_tool(&go, tool, &bar).await {
-            Ok(()) => {
-                let secs = start.elapsed().as_secs_f64();
-                bar.finish_with_message(format!("{} built in {secs:.0}s", tool.version));
-                done.push(Installed { name: tool.name.clone(), version: tool.version.clone(), built: true, seconds: secs });
-            }
-            Err(e) => {
-                bar.abandon_with_message(format!("{} failed", tool.version));
-                return Err(e);
-            }
-        }
+    for r in results {
+        done.push(r?);
     }
+    done.sort_by_key(|d| lock.tool.iter().position(|t| t.name == d.name));
     Ok(done)
 }
 
