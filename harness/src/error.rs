@@ -6,7 +6,8 @@
 //! No variant carries a secret: callers pass redacted text only.
 
 use std::path::PathBuf;
-use std::time::Duration;
+
+use crate::wait::WaitError;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -46,8 +47,8 @@ pub enum Error {
         source: kube::Error,
     },
 
-    #[error("timed out after {}s waiting for {what}; last seen: {last_seen}", .after.as_secs())]
-    Timeout { what: String, after: Duration, last_seen: String },
+    #[error(transparent)]
+    Wait(#[from] crate::wait::WaitError),
 
     #[error("port {port} on 127.0.0.1 is already in use ({what}); free it or pick another port")]
     PortBusy { port: u16, what: String },
@@ -96,7 +97,7 @@ impl Error {
     /// A component that started and then failed (exited early, or never became ready): its
     /// logs explain more than the message, so a failed start keeps them.
     pub fn is_component_failure(&self) -> bool {
-        matches!(self, Error::ChildExited { .. } | Error::Timeout { .. })
+        matches!(self, Error::ChildExited { .. } | Error::Wait(WaitError::Timeout { .. }))
     }
 
     pub fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {

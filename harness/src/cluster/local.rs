@@ -25,6 +25,7 @@ use crate::pki::{self, Usage};
 use crate::process::{ChildSpec, Supervised};
 use crate::run::{Run, RunId, RUN_LABEL};
 use crate::tools::Tools;
+use crate::wait::WaitError;
 
 /// How long the control plane may take to become ready before start fails.
 pub const START_TIMEOUT: Duration = Duration::from_secs(90);
@@ -383,7 +384,9 @@ impl ControlPlane {
                     Err(e) => last = e.to_string(),
                 }
                 if Instant::now() >= deadline {
-                    return Err(Error::Timeout { what: "kube-apiserver /readyz".into(), after: timeout, last_seen: last.clone() });
+                    return Err(
+                        WaitError::Timeout { what: "kube-apiserver /readyz".into(), after: timeout, last_seen: last.clone() }.into()
+                    );
                 }
             }
         };

@@ -24,6 +24,7 @@ use crate::fsutil::write_private;
 use crate::pki::{self, Usage};
 use crate::process::{ChildSpec, Supervised};
 use crate::run::{Run, RUN_ENV};
+use crate::wait::WaitError;
 
 /// Where Debian installs PostgreSQL: `<root>/<version>/bin`.
 pub const DEBIAN_ROOT: &str = "/usr/lib/postgresql";
@@ -323,11 +324,12 @@ pub(crate) async fn probe_until_ready(
                 Err(e) => e.summary(),
             };
             if Instant::now() >= deadline {
-                return Err(Error::Timeout {
+                return Err(WaitError::Timeout {
                     what: format!("postgresql on {}:{} to accept a session", url.host, url.port),
                     after: timeout,
                     last_seen: last,
-                });
+                }
+                .into());
             }
         }
     };
