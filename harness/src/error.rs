@@ -7,6 +7,7 @@
 
 use std::path::PathBuf;
 
+use crate::process::ProcessError;
 use crate::wait::WaitError;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -53,8 +54,8 @@ pub enum Error {
     #[error("port {port} on 127.0.0.1 is already in use ({what}); free it or pick another port")]
     PortBusy { port: u16, what: String },
 
-    #[error("{name} exited before it was ready ({status}); its log is {}{}", .log.display(), tail_suffix(.tail))]
-    ChildExited { name: String, status: String, log: PathBuf, tail: String },
+    #[error(transparent)]
+    Process(#[from] crate::process::ProcessError),
 
     #[error(transparent)]
     Helm(#[from] crate::helm::HelmError),
@@ -85,19 +86,11 @@ pub fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-fn tail_suffix(tail: &str) -> String {
-    if tail.trim().is_empty() {
-        String::new()
-    } else {
-        format!("; it ended with:\n{}", tail.trim_end())
-    }
-}
-
 impl Error {
     /// A component that started and then failed (exited early, or never became ready): its
     /// logs explain more than the message, so a failed start keeps them.
     pub fn is_component_failure(&self) -> bool {
-        matches!(self, Error::ChildExited { .. } | Error::Wait(WaitError::Timeout { .. }))
+        matches!(self, Error::Process(ProcessError::Exited { .. }) | Error::Wait(WaitError::Timeout { .. }))
     }
 
     pub fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {

@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::fsutil::write_private;
 use crate::labels::KWOK_LABEL;
 use crate::pki::{self, Usage};
-use crate::process::{ChildSpec, Supervised};
+use crate::process::{ChildSpec, ProcessError, Supervised};
 use crate::run::{Run, RunId, RUN_LABEL};
 use crate::tools::Tools;
 use crate::wait::WaitError;
@@ -391,12 +391,12 @@ impl ControlPlane {
             }
         };
         match self.race(probe).await {
-            Err(Error::ChildExited { name, status, log, tail }) => {
+            Err(Error::Process(ProcessError::Exited { name, status, log, tail })) => {
                 if tail.contains("address already in use") {
                     let port = if name == "etcd" { etcd_port } else { api_port };
                     return Err(Error::PortBusy { port, what: name });
                 }
-                Err(Error::ChildExited { name, status, log, tail })
+                Err(ProcessError::Exited { name, status, log, tail }.into())
             }
             r => r,
         }

@@ -22,7 +22,7 @@ use super::{HARNESS_APPLICATION_NAME, START_TIMEOUT};
 use crate::error::{Error, Result};
 use crate::fsutil::write_private;
 use crate::pki::{self, Usage};
-use crate::process::{ChildSpec, Supervised};
+use crate::process::{ChildSpec, ProcessError, Supervised};
 use crate::run::{Run, RUN_ENV};
 use crate::wait::WaitError;
 
@@ -179,7 +179,9 @@ impl PostgresProvider for Local {
                         tracing::debug!(port, pid = server.pid(), "postgresql is ready");
                         return Ok(Postgres::new("local", endpoint, Box::new(LocalServer { server })));
                     }
-                    Err(Error::ChildExited { tail, .. }) if tail.contains("could not bind") || tail.contains("already in use") => {
+                    Err(Error::Process(ProcessError::Exited { tail, .. }))
+                        if tail.contains("could not bind") || tail.contains("already in use") =>
+                    {
                         // Someone took the port between our probe and the server's bind.
                         last_err = Some(Error::PortBusy { port, what: "postgresql".into() });
                         server.terminate().await?;
