@@ -58,6 +58,9 @@ pub enum Error {
     Process(#[from] crate::process::ProcessError),
 
     #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
+
+    #[error(transparent)]
     Helm(#[from] crate::helm::HelmError),
 
     #[error("{what}")]

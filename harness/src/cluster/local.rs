@@ -17,7 +17,7 @@ use kube::runtime::watcher;
 use kube::Client;
 
 use super::nodes::{self, NodePlan, SimNode};
-use super::{kubeconfig, Cluster, ClusterProvider, ClusterSpec, Running};
+use super::{kubeconfig, Cluster, ClusterError, ClusterProvider, ClusterSpec, Running};
 use crate::error::{Error, Result};
 use crate::fsutil::write_private;
 use crate::labels::KWOK_LABEL;
@@ -109,7 +109,7 @@ fn port(requested: Option<u16>, what: &str) -> Result<u16> {
     match TcpListener::bind(("127.0.0.1", requested.unwrap_or(0))) {
         Ok(l) => Ok(l.local_addr().map_err(Error::io("read a socket address"))?.port()),
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-            Err(Error::PortBusy { port: requested.unwrap_or(0), what: what.to_string() })
+            Err(ClusterError::PortBusy { port: requested.unwrap_or(0), what: what.to_string() }.into())
         }
         Err(e) => Err(Error::Io { what: format!("bind a loopback port for {what}"), source: e }),
     }
@@ -394,7 +394,7 @@ impl ControlPlane {
             Err(Error::Process(ProcessError::Exited { name, status, log, tail })) => {
                 if tail.contains("address already in use") {
                     let port = if name == "etcd" { etcd_port } else { api_port };
-                    return Err(Error::PortBusy { port, what: name });
+                    return Err(ClusterError::PortBusy { port, what: name }.into());
                 }
                 Err(ProcessError::Exited { name, status, log, tail }.into())
             }
