@@ -51,9 +51,6 @@ pub enum Error {
     #[error(transparent)]
     Wait(#[from] crate::wait::WaitError),
 
-    #[error("port {port} on 127.0.0.1 is already in use ({what}); free it or pick another port")]
-    PortBusy { port: u16, what: String },
-
     #[error(transparent)]
     Process(#[from] crate::process::ProcessError),
 
@@ -63,12 +60,8 @@ pub enum Error {
     #[error(transparent)]
     Helm(#[from] crate::helm::HelmError),
 
-    #[error("{what}")]
-    Postgres {
-        what: String,
-        #[source]
-        source: Option<Box<dyn std::error::Error + Send + Sync>>,
-    },
+    #[error(transparent)]
+    Postgres(#[from] crate::postgres::PostgresError),
 
     #[error("{0}")]
     Invalid(String),
