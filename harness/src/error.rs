@@ -4,6 +4,11 @@
 //! what to do; the underlying cause is only ever a `#[source]`, never pasted into the
 //! message, so that a chain prints once (`anyhow`'s `{:#}` at the binary edge).
 //! No variant carries a secret: callers pass redacted text only.
+//!
+//! Modules with failures of their own have their own enums ([`WaitError`], [`ProcessError`],
+//! [`crate::cluster::ClusterError`], [`crate::helm::HelmError`],
+//! [`crate::postgres::PostgresError`]), wrapped here transparently so that callers can still
+//! match, e.g., `Error::Wait(WaitError::Timeout { .. })`.
 
 use std::path::PathBuf;
 
@@ -49,10 +54,10 @@ pub enum Error {
     },
 
     #[error(transparent)]
-    Wait(#[from] crate::wait::WaitError),
+    Wait(#[from] WaitError),
 
     #[error(transparent)]
-    Process(#[from] crate::process::ProcessError),
+    Process(#[from] ProcessError),
 
     #[error(transparent)]
     Cluster(#[from] crate::cluster::ClusterError),
@@ -102,5 +107,35 @@ impl Error {
     pub fn json(what: impl Into<String>) -> impl FnOnce(serde_json::Error) -> Error {
         let what = what.into();
         move |source| Error::Json { what, source }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::cluster::ClusterError;
+
+    #[test]
+    fn an_early_exit_and_a_timeout_are_component_failures_with_their_own_words() {
+        let exited: Error = ProcessError::Exited {
+            name: "etcd".into(),
+            status: "exit status: 1".into(),
+            log: "/r/logs/etcd.log".into(),
+            tail: "bind: address in use\n".into(),
+        }
+        .into();
+        assert!(exited.is_component_failure());
+        assert_eq!(
+            exited.to_string(),
+            "etcd exited before it was ready (exit status: 1); its log is /r/logs/etcd.log; it ended with:\nbind: address in use"
+        );
+        let timeout: Error = WaitError::Timeout { what: "x".into(), after: Duration::from_secs(3), last_seen: "y pending".into() }.into();
+        assert!(timeout.is_component_failure());
+        assert_eq!(timeout.to_string(), "timed out after 3s waiting for x; last seen: y pending");
+        let busy: Error = ClusterError::PortBusy { port: 6443, what: "kube-apiserver".into() }.into();
+        assert!(!busy.is_component_failure());
+        assert_eq!(busy.to_string(), "port 6443 on 127.0.0.1 is already in use (kube-apiserver); free it or pick another port");
     }
 }
