@@ -1,3 +1,4 @@
+// Over 500 lines on purpose: one controller, its pure plan and the apply that performs it, read together.
 //! The kubelet's share of volume state on simulated nodes, which kwok does not keep:
 //! `node.status.volumesInUse` and mount gating.
 //!

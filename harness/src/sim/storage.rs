@@ -1,3 +1,4 @@
+// Over 500 lines on purpose: one driver (StorageClass, provisioner, attacher) sharing its PersistentVolume helpers.
 //! The zonal block-storage driver: its StorageClass, an external provisioner and an
 //! external attacher, as the real sidecars of a cloud CSI driver would behave.
 
