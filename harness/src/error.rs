@@ -4,9 +4,16 @@
 //! what to do; the underlying cause is only ever a `#[source]`, never pasted into the
 //! message, so that a chain prints once (`anyhow`'s `{:#}` at the binary edge).
 //! No variant carries a secret: callers pass redacted text only.
+//!
+//! Modules with failures of their own have their own enums ([`WaitError`], [`ProcessError`],
+//! [`crate::cluster::ClusterError`], [`crate::helm::HelmError`],
+//! [`crate::postgres::PostgresError`]), wrapped here transparently so that callers can still
+//! match, e.g., `Error::Wait(WaitError::Timeout { .. })`.
 
 use std::path::PathBuf;
-use std::time::Duration;
+
+use crate::process::ProcessError;
+use crate::wait::WaitError;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -46,24 +53,20 @@ pub enum Error {
         source: kube::Error,
     },
 
-    #[error("timed out after {}s waiting for {what}; last seen: {last_seen}", .after.as_secs())]
-    Timeout { what: String, after: Duration, last_seen: String },
+    #[error(transparent)]
+    Wait(#[from] WaitError),
 
-    #[error("port {port} on 127.0.0.1 is already in use ({what}); free it or pick another port")]
-    PortBusy { port: u16, what: String },
+    #[error(transparent)]
+    Process(#[from] ProcessError),
 
-    #[error("{name} exited before it was ready ({status}); its log is {}{}", .log.display(), tail_suffix(.tail))]
-    ChildExited { name: String, status: String, log: PathBuf, tail: String },
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
 
     #[error(transparent)]
     Helm(#[from] crate::helm::HelmError),
 
-    #[error("{what}")]
-    Postgres {
-        what: String,
-        #[source]
-        source: Option<Box<dyn std::error::Error + Send + Sync>>,
-    },
+    #[error(transparent)]
+    Postgres(#[from] crate::postgres::PostgresError),
 
     #[error("{0}")]
     Invalid(String),
@@ -84,19 +87,11 @@ pub fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-fn tail_suffix(tail: &str) -> String {
-    if tail.trim().is_empty() {
-        String::new()
-    } else {
-        format!("; it ended with:\n{}", tail.trim_end())
-    }
-}
-
 impl Error {
     /// A component that started and then failed (exited early, or never became ready): its
     /// logs explain more than the message, so a failed start keeps them.
     pub fn is_component_failure(&self) -> bool {
-        matches!(self, Error::ChildExited { .. } | Error::Timeout { .. })
+        matches!(self, Error::Process(ProcessError::Exited { .. }) | Error::Wait(WaitError::Timeout { .. }))
     }
 
     pub fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
@@ -112,5 +107,35 @@ impl Error {
     pub fn json(what: impl Into<String>) -> impl FnOnce(serde_json::Error) -> Error {
         let what = what.into();
         move |source| Error::Json { what, source }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::cluster::ClusterError;
+
+    #[test]
+    fn an_early_exit_and_a_timeout_are_component_failures_with_their_own_words() {
+        let exited: Error = ProcessError::Exited {
+            name: "etcd".into(),
+            status: "exit status: 1".into(),
+            log: "/r/logs/etcd.log".into(),
+            tail: "bind: address in use\n".into(),
+        }
+        .into();
+        assert!(exited.is_component_failure());
+        assert_eq!(
+            exited.to_string(),
+            "etcd exited before it was ready (exit status: 1); its log is /r/logs/etcd.log; it ended with:\nbind: address in use"
+        );
+        let timeout: Error = WaitError::Timeout { what: "x".into(), after: Duration::from_secs(3), last_seen: "y pending".into() }.into();
+        assert!(timeout.is_component_failure());
+        assert_eq!(timeout.to_string(), "timed out after 3s waiting for x; last seen: y pending");
+        let busy: Error = ClusterError::PortBusy { port: 6443, what: "kube-apiserver".into() }.into();
+        assert!(!busy.is_component_failure());
+        assert_eq!(busy.to_string(), "port 6443 on 127.0.0.1 is already in use (kube-apiserver); free it or pick another port");
     }
 }

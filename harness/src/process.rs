@@ -14,6 +14,22 @@ use nix::unistd::Pid;
 use crate::error::{Error, Result};
 use crate::run::{RunId, RUN_ENV};
 
+/// What can go wrong with a supervised child.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    /// The child exited before it was ready; `tail` is the end of its log.
+    #[error("{name} exited before it was ready ({status}); its log is {}{}", .log.display(), tail_suffix(.tail))]
+    Exited { name: String, status: String, log: PathBuf, tail: String },
+}
+
+fn tail_suffix(tail: &str) -> String {
+    if tail.trim().is_empty() {
+        String::new()
+    } else {
+        format!("; it ended with:\n{}", tail.trim_end())
+    }
+}
+
 /// The default grace period between TERM and KILL.
 pub const GRACE: Duration = Duration::from_secs(5);
 
@@ -143,12 +159,13 @@ impl Supervised {
                 self.done = true;
                 // Members of its group may still run.
                 let _ = killpg(self.pgid, Signal::SIGKILL);
-                Err(Error::ChildExited {
+                Err(ProcessError::Exited {
                     name: self.name.clone(),
                     status: status.to_string(),
                     log: self.log.clone(),
                     tail: log_tail(&self.log, 15),
-                })
+                }
+                .into())
             }
             _ => Ok(()),
         }
@@ -159,12 +176,13 @@ impl Supervised {
         let status = self.child.wait().await;
         self.done = true;
         let _ = killpg(self.pgid, Signal::SIGKILL);
-        Error::ChildExited {
+        ProcessError::Exited {
             name: self.name.clone(),
             status: status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()),
             log: self.log.clone(),
             tail: log_tail(&self.log, 15),
         }
+        .into()
     }
 
     /// Stops the process group: the stop signal, up to the grace period, then KILL.
@@ -330,7 +348,7 @@ mod tests {
         let spec = ChildSpec::new("echo", "/bin/sh").args(["-c", "echo \"run=$LILY_E2E_RUN_ID\""]);
         let mut child = Supervised::spawn(spec, &id, &logs).unwrap();
         assert_eq!(child.log(), logs.join("echo.log"));
-        let Error::ChildExited { status, .. } = child.exited().await else { panic!("not an exit") };
+        let Error::Process(ProcessError::Exited { status, .. }) = child.exited().await else { panic!("not an exit") };
         assert!(status.contains("exit status: 0"), "{status}");
         assert_eq!(std::fs::read_to_string(logs.join("echo.log")).unwrap(), format!("run={id}\n"));
     }

@@ -14,7 +14,25 @@ use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
+
+/// What can go wrong with a wait: it ran out of time, or its watch broke.
+#[derive(Debug, thiserror::Error)]
+pub enum WaitError {
+    /// The deadline passed; `last_seen` summarises the last state the watch saw.
+    #[error("timed out after {}s waiting for {what}; last seen: {last_seen}", .after.as_secs())]
+    Timeout { what: String, after: Duration, last_seen: String },
+    /// The watch failed.
+    #[error("watch failed while waiting for {what}")]
+    Watch {
+        what: String,
+        #[source]
+        source: watcher::Error,
+    },
+    /// The watch stream ended before the condition held.
+    #[error("watch ended while waiting for {what}")]
+    Ended { what: String },
+}
 
 /// A short, single-line summary of an object for "last seen" messages: its name and status.
 pub fn summarize<K: Serialize + ResourceExt>(obj: &K) -> String {
@@ -57,12 +75,13 @@ where
     };
     match tokio::time::timeout(timeout, await_condition(api.clone(), name, Recording(recording))).await {
         Ok(Ok(obj)) => Ok(obj),
-        Ok(Err(e)) => Err(Error::Tool { what: format!("watch failed while waiting for {what}"), source: Some(Box::new(e)) }),
-        Err(_) => Err(Error::Timeout {
+        Ok(Err(kube::runtime::wait::Error::ProbeFailed(source))) => Err(WaitError::Watch { what: what.to_string(), source }.into()),
+        Err(_) => Err(WaitError::Timeout {
             what: what.to_string(),
             after: timeout,
             last_seen: last.lock().unwrap().clone().unwrap_or_else(|| "nothing (no watch event arrived)".into()),
-        }),
+        }
+        .into()),
     }
 }
 
@@ -91,8 +110,8 @@ where
                 Ok(Some(watcher::Event::InitDone)) => listed = true,
                 Ok(Some(watcher::Event::Apply(_) | watcher::Event::Delete(_))) => {}
                 Ok(Some(_)) => continue,
-                Ok(None) => return Err(Error::Tool { what: format!("watch ended while waiting for {what}"), source: None }),
-                Err(e) => return Err(Error::Tool { what: format!("watch failed while waiting for {what}"), source: Some(Box::new(e)) }),
+                Ok(None) => return Err(WaitError::Ended { what: what.to_string() }.into()),
+                Err(source) => return Err(WaitError::Watch { what: what.to_string(), source }.into()),
             }
             if !listed {
                 continue;
@@ -107,7 +126,7 @@ where
     let res = tokio::time::timeout(timeout, fut).await;
     match res {
         Ok(r) => r,
-        Err(_) => Err(Error::Timeout { what: what.to_string(), after: timeout, last_seen: last }),
+        Err(_) => Err(WaitError::Timeout { what: what.to_string(), after: timeout, last_seen: last }.into()),
     }
 }
 
@@ -135,18 +154,17 @@ where
     let mut stream = std::pin::pin!(stream);
     let fut = async {
         while let Some(item) = stream.next().await {
-            let obj =
-                item.map_err(|e| Error::Tool { what: format!("watch failed while waiting for {what}"), source: Some(Box::new(e)) })?;
+            let obj = item.map_err(|source| WaitError::Watch { what: what.to_string(), source })?;
             last = summarize(&obj);
             if pred(&obj) {
                 return Ok(obj);
             }
         }
-        Err(Error::Tool { what: format!("watch ended while waiting for {what}"), source: None })
+        Err(WaitError::Ended { what: what.to_string() }.into())
     };
     let res = tokio::time::timeout(timeout, fut).await;
     match res {
         Ok(r) => r,
-        Err(_) => Err(Error::Timeout { what: what.to_string(), after: timeout, last_seen: last }),
+        Err(_) => Err(WaitError::Timeout { what: what.to_string(), after: timeout, last_seen: last }.into()),
     }
 }

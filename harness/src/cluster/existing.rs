@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use futures::future::BoxFuture;
 
-use super::{kubeconfig, Cluster, ClusterProvider, ClusterSpec, Running, SimNode};
+use super::{kubeconfig, Cluster, ClusterError, ClusterProvider, ClusterSpec, Running, SimNode};
 use crate::error::{Error, Result};
 use crate::run::Run;
 
@@ -23,16 +23,10 @@ impl ClusterProvider for Existing {
 
     fn start<'a>(&'a self, _spec: &'a ClusterSpec, _run: &'a Run) -> BoxFuture<'a, Result<Cluster>> {
         Box::pin(async move {
-            let path = self
-                .kubeconfig
-                .clone()
-                .or_else(|| dirs::home_dir().map(|h| h.join(".kube/config")))
-                .ok_or_else(|| Error::Invalid("no kubeconfig: pass --kubeconfig or set KUBECONFIG".into()))?;
+            let path =
+                self.kubeconfig.clone().or_else(|| dirs::home_dir().map(|h| h.join(".kube/config"))).ok_or(ClusterError::NoKubeconfig)?;
             if !path.is_file() {
-                return Err(Error::Invalid(format!(
-                    "kubeconfig {} does not exist; pass --kubeconfig FILE for the existing provider",
-                    path.display()
-                )));
+                return Err(ClusterError::KubeconfigMissing { path }.into());
             }
             let (client, server) = kubeconfig::client_and_server(&path, self.context.as_deref()).await?;
             let context = self.context.as_deref().map(|c| format!("context `{c}`")).unwrap_or_else(|| "its current context".into());

@@ -6,6 +6,7 @@ use base64::Engine;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
+use super::ClusterError;
 use crate::error::{Error, Result};
 use crate::fsutil::write_private;
 
@@ -32,12 +33,12 @@ pub async fn client(path: &Path, context: Option<&str>) -> Result<Client> {
 
 /// A client for a kubeconfig's context, and the server URL that context names.
 pub async fn client_and_server(path: &Path, context: Option<&str>) -> Result<(Client, String)> {
-    let kc = Kubeconfig::read_from(path)
-        .map_err(|e| Error::Tool { what: format!("cannot read kubeconfig {}", path.display()), source: Some(Box::new(e)) })?;
+    let kc = Kubeconfig::read_from(path).map_err(|e| ClusterError::ReadKubeconfig { path: path.to_path_buf(), source: Box::new(e) })?;
     let opts = KubeConfigOptions { context: context.map(str::to_string), ..Default::default() };
-    let config = Config::from_custom_kubeconfig(kc, &opts).await.map_err(|e| Error::Tool {
-        what: format!("cannot use kubeconfig {}{}", path.display(), context.map(|c| format!(" with context `{c}`")).unwrap_or_default()),
-        source: Some(Box::new(e)),
+    let config = Config::from_custom_kubeconfig(kc, &opts).await.map_err(|e| ClusterError::UseKubeconfig {
+        path: path.to_path_buf(),
+        context: context.map(str::to_string),
+        source: Box::new(e),
     })?;
     let server = config.cluster_url.to_string();
     Ok((Client::try_from(config).map_err(Error::kube("build a client"))?, server))

@@ -17,14 +17,15 @@ use kube::runtime::watcher;
 use kube::Client;
 
 use super::nodes::{self, NodePlan, SimNode};
-use super::{kubeconfig, Cluster, ClusterProvider, ClusterSpec, Running};
+use super::{kubeconfig, Cluster, ClusterError, ClusterProvider, ClusterSpec, Running};
 use crate::error::{Error, Result};
 use crate::fsutil::write_private;
 use crate::labels::KWOK_LABEL;
 use crate::pki::{self, Usage};
-use crate::process::{ChildSpec, Supervised};
+use crate::process::{ChildSpec, ProcessError, Supervised};
 use crate::run::{Run, RunId, RUN_LABEL};
 use crate::tools::Tools;
+use crate::wait::WaitError;
 
 /// How long the control plane may take to become ready before start fails.
 pub const START_TIMEOUT: Duration = Duration::from_secs(90);
@@ -108,7 +109,7 @@ fn port(requested: Option<u16>, what: &str) -> Result<u16> {
     match TcpListener::bind(("127.0.0.1", requested.unwrap_or(0))) {
         Ok(l) => Ok(l.local_addr().map_err(Error::io("read a socket address"))?.port()),
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-            Err(Error::PortBusy { port: requested.unwrap_or(0), what: what.to_string() })
+            Err(ClusterError::PortBusy { port: requested.unwrap_or(0), what: what.to_string() }.into())
         }
         Err(e) => Err(Error::Io { what: format!("bind a loopback port for {what}"), source: e }),
     }
@@ -383,17 +384,19 @@ impl ControlPlane {
                     Err(e) => last = e.to_string(),
                 }
                 if Instant::now() >= deadline {
-                    return Err(Error::Timeout { what: "kube-apiserver /readyz".into(), after: timeout, last_seen: last.clone() });
+                    return Err(
+                        WaitError::Timeout { what: "kube-apiserver /readyz".into(), after: timeout, last_seen: last.clone() }.into()
+                    );
                 }
             }
         };
         match self.race(probe).await {
-            Err(Error::ChildExited { name, status, log, tail }) => {
+            Err(Error::Process(ProcessError::Exited { name, status, log, tail })) => {
                 if tail.contains("address already in use") {
                     let port = if name == "etcd" { etcd_port } else { api_port };
-                    return Err(Error::PortBusy { port, what: name });
+                    return Err(ClusterError::PortBusy { port, what: name }.into());
                 }
-                Err(Error::ChildExited { name, status, log, tail })
+                Err(ProcessError::Exited { name, status, log, tail }.into())
             }
             r => r,
         }
@@ -452,110 +455,4 @@ impl Drop for ControlPlane {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const PORTS: Ports = Ports { apiserver: 6443, etcd_client: 2379, etcd_peer: 2380, kwok: 10247 };
-
-    fn layout() -> Layout {
-        Layout::new(Path::new("/tmp/lily-e2e-r0/cluster"))
-    }
-
-    fn strings(v: Vec<OsString>) -> Vec<String> {
-        v.into_iter().map(|a| a.into_string().unwrap()).collect()
-    }
-
-    /// The value of `--flag=value`, asserting the flag is given exactly once.
-    fn flag<'a>(args: &'a [String], name: &str) -> &'a str {
-        let prefix = format!("--{name}=");
-        let found: Vec<&str> = args.iter().filter_map(|a| a.strip_prefix(&prefix)).collect();
-        assert_eq!(found.len(), 1, "--{name} in {args:?}");
-        found[0]
-    }
-
-    #[test]
-    fn files_live_in_the_cluster_directory() {
-        let l = layout();
-        assert_eq!(l.ca_crt, Path::new("/tmp/lily-e2e-r0/cluster/ca.crt"));
-        assert_eq!(l.kubeconfig, Path::new("/tmp/lily-e2e-r0/cluster/kubeconfig"));
-        assert_eq!(l.etcd_data, Path::new("/tmp/lily-e2e-r0/cluster/etcd"));
-        assert_eq!(server_url(&PORTS), "https://127.0.0.1:6443");
-    }
-
-    #[test]
-    fn etcd_is_one_loopback_member_without_fsync() {
-        let a = strings(etcd_args(&layout(), &PORTS));
-        assert_eq!(flag(&a, "data-dir"), "/tmp/lily-e2e-r0/cluster/etcd");
-        assert_eq!(flag(&a, "listen-client-urls"), "http://127.0.0.1:2379");
-        assert_eq!(flag(&a, "advertise-client-urls"), "http://127.0.0.1:2379");
-        assert_eq!(flag(&a, "listen-peer-urls"), "http://127.0.0.1:2380");
-        assert_eq!(flag(&a, "initial-cluster"), "lily-e2e=http://127.0.0.1:2380");
-        assert_eq!(flag(&a, "unsafe-no-fsync"), "true");
-    }
-
-    #[test]
-    fn the_apiserver_is_loopback_only_with_client_certificates_and_no_anonymous_access() {
-        let t = Timings::default();
-        let a = strings(apiserver_args(&layout(), &PORTS, &t));
-        assert_eq!(flag(&a, "etcd-servers"), "http://127.0.0.1:2379");
-        assert_eq!(flag(&a, "bind-address"), "127.0.0.1");
-        assert_eq!(flag(&a, "advertise-address"), "127.0.0.1");
-        assert_eq!(flag(&a, "secure-port"), "6443");
-        assert_eq!(flag(&a, "anonymous-auth"), "false");
-        assert_eq!(flag(&a, "authorization-mode"), "RBAC");
-        assert_eq!(flag(&a, "client-ca-file"), "/tmp/lily-e2e-r0/cluster/ca.crt");
-        assert_eq!(flag(&a, "tls-cert-file"), "/tmp/lily-e2e-r0/cluster/apiserver.crt");
-        assert_eq!(flag(&a, "tls-private-key-file"), "/tmp/lily-e2e-r0/cluster/apiserver.key");
-        assert_eq!(flag(&a, "service-account-key-file"), "/tmp/lily-e2e-r0/cluster/sa.pub");
-        assert_eq!(flag(&a, "service-account-signing-key-file"), "/tmp/lily-e2e-r0/cluster/sa.key");
-        assert_eq!(flag(&a, "default-not-ready-toleration-seconds"), t.not_ready_toleration_seconds.to_string());
-        assert_eq!(flag(&a, "default-unreachable-toleration-seconds"), t.unreachable_toleration_seconds.to_string());
-    }
-
-    #[test]
-    fn the_controller_manager_gets_its_flags_in_order() {
-        let t = Timings { node_monitor_period: "2s", node_monitor_grace_period: "9s", ..Timings::default() };
-        assert_eq!(
-            strings(controller_manager_args(&layout(), &t)),
-            [
-                "--kubeconfig=/tmp/lily-e2e-r0/cluster/kubeconfig",
-                "--leader-elect=false",
-                "--bind-address=127.0.0.1",
-                "--secure-port=0",
-                "--service-account-private-key-file=/tmp/lily-e2e-r0/cluster/sa.key",
-                "--root-ca-file=/tmp/lily-e2e-r0/cluster/ca.crt",
-                "--use-service-account-credentials=false",
-                "--node-monitor-period=2s",
-                "--node-monitor-grace-period=9s",
-                "--allocate-node-cidrs=false",
-                "--profiling=false",
-            ]
-        );
-    }
-
-    #[test]
-    fn the_scheduler_shares_the_component_flags() {
-        assert_eq!(
-            strings(scheduler_args(&layout())),
-            [
-                "--kubeconfig=/tmp/lily-e2e-r0/cluster/kubeconfig",
-                "--leader-elect=false",
-                "--bind-address=127.0.0.1",
-                "--secure-port=0",
-                "--profiling=false"
-            ]
-        );
-    }
-
-    #[test]
-    fn kwok_manages_only_labelled_nodes() {
-        let t = Timings { node_lease_seconds: 11, ..Timings::default() };
-        let a = strings(kwok_args(&layout(), &PORTS, &t));
-        assert_eq!(flag(&a, "kubeconfig"), "/tmp/lily-e2e-r0/cluster/kubeconfig");
-        assert_eq!(flag(&a, "config"), "/tmp/lily-e2e-r0/cluster/kwok.yaml");
-        assert_eq!(flag(&a, "manage-all-nodes"), "false");
-        assert_eq!(flag(&a, "manage-nodes-with-label-selector"), format!("{}={}", KWOK_LABEL.0, KWOK_LABEL.1));
-        assert_eq!(flag(&a, "node-lease-duration-seconds"), "11");
-        assert_eq!(flag(&a, "server-address"), "127.0.0.1:10247");
-    }
-}
+mod tests;

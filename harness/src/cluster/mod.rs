@@ -7,7 +7,10 @@
 //! - [`local::Local`], the embedded default: etcd, kube-apiserver, kube-controller-manager,
 //!   kube-scheduler and kwok as child processes on loopback, with simulated nodes.
 //! - [`existing::Existing`]: a cluster someone else runs, reached by kubeconfig and context.
+//!
+//! Their failures are [`ClusterError`]s.
 
+pub mod error;
 pub mod existing;
 pub mod kubeconfig;
 pub mod local;
@@ -21,6 +24,7 @@ use kube::Client;
 use crate::error::Result;
 use crate::run::Run;
 
+pub use error::ClusterError;
 pub use nodes::{NodePlan, SimNode};
 
 /// What to start.
@@ -127,9 +131,7 @@ pub fn provider(name: &str, existing: existing::Existing) -> Result<Box<dyn Clus
     match name {
         "local" => Ok(Box::new(local::Local::new(crate::tools::Tools::new()))),
         "existing" => Ok(Box::new(existing)),
-        "kind" => Err(crate::Error::Invalid(
-            "the kind provider is not available yet; use --provider local (the default) or --provider existing".into(),
-        )),
-        other => Err(crate::Error::Invalid(format!("unknown cluster provider `{other}`; choose local or existing"))),
+        "kind" => Err(ClusterError::KindUnavailable.into()),
+        other => Err(ClusterError::UnknownProvider { name: other.to_string() }.into()),
     }
 }

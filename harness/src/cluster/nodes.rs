@@ -8,6 +8,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
 
+use super::ClusterError;
 use crate::error::{Error, Result};
 use crate::labels::SIMULATED_NODE_ANNOTATION;
 use crate::run::{RunId, RUN_LABEL};
@@ -35,10 +36,10 @@ pub struct NodePlan {
 impl NodePlan {
     pub fn new(count: usize, zones: usize, cpu: u32, memory_gib: u32) -> Result<Self> {
         if zones == 0 || zones > 26 {
-            return Err(Error::Invalid(format!("--zones must be between 1 and 26, not {zones}")));
+            return Err(ClusterError::BadZones { zones }.into());
         }
         if count == 0 {
-            return Err(Error::Invalid("--nodes must be at least 1".into()));
+            return Err(ClusterError::NoNodes.into());
         }
         if zones > count {
             return Err(Error::Invalid(format!(

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use super::chart::{ChartMeta, ChartSource, Version};
-use super::driver::{ChartRef, Helm};
+use super::{ChartRef, Helm};
 use crate::error::{Error, Result};
 
 /// The name a served repository is added to helm under.

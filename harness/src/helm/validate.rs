@@ -18,6 +18,7 @@ use kube::Client;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::wait::WaitError;
 
 /// The field manager used for dry-run applies and CRD installs.
 pub const FIELD_MANAGER: &str = "lily-e2e";
@@ -221,11 +222,12 @@ pub async fn dry_run_apply_with(
                     break;
                 }
                 if tokio::time::Instant::now() >= deadline {
-                    return Err(Error::Timeout {
+                    return Err(WaitError::Timeout {
                         what: "installed CustomResourceDefinitions to show in API discovery".into(),
                         after: crd_timeout,
                         last_seen: format!("not yet served: {}", missing.join(", ")),
-                    });
+                    }
+                    .into());
                 }
                 // Discovery has no watch: a probe, every 250 ms, under the deadline above.
                 tokio::time::sleep(Duration::from_millis(250)).await;

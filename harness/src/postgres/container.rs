@@ -30,7 +30,7 @@ use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, CopyTargetOptions, ImageExt};
 use testcontainers_modules::postgres::Postgres as PostgresImage;
 
-use super::{dsn::DbUrl, Endpoint, Password, Postgres, PostgresProvider, PostgresSpec, Running, SslMode, START_TIMEOUT};
+use super::{dsn::DbUrl, Endpoint, Password, Postgres, PostgresError, PostgresProvider, PostgresSpec, Running, SslMode, START_TIMEOUT};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::pki::{self, Usage};
@@ -82,7 +82,7 @@ pub fn parse_image(s: &str) -> Result<(String, String)> {
     let slash = s.rfind('/').map_or(0, |i| i + 1);
     match s[slash..].rfind(':') {
         Some(i) if i > 0 && slash + i + 1 < s.len() => Ok((s[..slash + i].to_string(), s[slash + i + 1..].to_string())),
-        _ => Err(Error::Invalid(format!("{IMAGE_ENV}=`{s}` is not name:tag (e.g. postgres:15-alpine)"))),
+        _ => Err(PostgresError::BadImage { value: s.to_string() }.into()),
     }
 }
 

@@ -22,7 +22,7 @@ use serde::Serialize;
 
 use super::dsn::{DbUrl, HostKind, SslMode};
 use super::secret::env_name;
-use super::tls;
+use super::{tls, PostgresError};
 use crate::error::{Error, Result};
 
 /// The init container the chart runs the database step in.
@@ -76,17 +76,17 @@ pub struct ContractSummary {
 }
 
 fn fail(what: String) -> Error {
-    Error::Postgres { what, source: None }
+    PostgresError::Contract(what).into()
 }
 
-fn fail_with(what: String, e: impl std::error::Error + Send + Sync + 'static) -> Error {
-    Error::Postgres { what, source: Some(Box::new(e)) }
+fn sql(what: String) -> impl FnOnce(tokio_postgres::Error) -> Error {
+    move |source| PostgresError::Sql { what, source }.into()
 }
 
 /// The core of the check: `url_text` as read from `source`, connected to and migrated as
 /// `expect` says. Errors name the Secret and key and what failed, never the password.
 pub async fn check_url(source: &SecretRef, url_text: &str, expect: &Expect) -> Result<ContractSummary> {
-    let url = DbUrl::parse(url_text).map_err(|e| fail_with(format!("{source}: the value is not a usable postgresql url"), e))?;
+    let url = DbUrl::parse(url_text).map_err(|e| PostgresError::SecretUrl { secret: source.clone(), source: Box::new(e) })?;
     let target = format!("database `{}` on {}:{} as `{}` (sslmode={})", url.database, url.host, url.port, url.user, url.sslmode);
     let client = tls::connect(&url, Some(&expect.application_name), expect.ca_pem.as_deref(), expect.timeout).await.map_err(|e| {
         let hint = if tls::is_bad_password(&e) {
@@ -102,10 +102,7 @@ pub async fn check_url(source: &SecretRef, url_text: &str, expect: &Expect) -> R
     })?;
 
     let create = format!("CREATE SCHEMA IF NOT EXISTS {}", super::quote_ident(&expect.schema));
-    client
-        .batch_execute(&create)
-        .await
-        .map_err(|e| fail_with(format!("{source}: cannot create schema `{}` in {target}", expect.schema), e))?;
+    client.batch_execute(&create).await.map_err(sql(format!("{source}: cannot create schema `{}` in {target}", expect.schema)))?;
 
     let row = client
         .query_opt(
@@ -116,7 +113,7 @@ pub async fn check_url(source: &SecretRef, url_text: &str, expect: &Expect) -> R
             &[&expect.schema],
         )
         .await
-        .map_err(|e| fail_with(format!("{source}: cannot read pg_stat_activity in {target}"), e))?
+        .map_err(sql(format!("{source}: cannot read pg_stat_activity in {target}")))?
         .ok_or_else(|| fail(format!("{source}: the session is missing from pg_stat_activity in {target}")))?;
     let seen: String = row.get(0);
     let tls_in_use: bool = row.get(1);
@@ -205,10 +202,11 @@ pub fn database_step(pod: &Pod, storage: Option<&str>) -> Result<DatabaseStep> {
                 [one] => one.to_string(),
                 [] => return Err(fail(format!("`{INIT_CONTAINER}` in {pod_name} has no {ENV_PREFIX}<NAME>{ENV_SUFFIX} env"))),
                 many => {
-                    return Err(Error::Invalid(format!(
+                    return Err(PostgresError::Ambiguous(format!(
                         "`{INIT_CONTAINER}` in {pod_name} has several storage urls ({}); name the storage entry",
                         many.join(", ")
-                    )))
+                    ))
+                    .into())
                 }
             }
         }
@@ -335,7 +333,7 @@ pub async fn check_pod(client: &Client, namespace: &str, pod: &str, opts: &PodCh
                 }
             }
             found.ok_or_else(|| {
-                Error::Invalid(format!(
+                PostgresError::Ambiguous(format!(
                     "cannot tell the application name for {via}: no config.toml in the pod's configmaps ({}) names it; pass it",
                     step.config_maps.join(", ")
                 ))

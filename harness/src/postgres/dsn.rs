@@ -8,8 +8,7 @@
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::Serialize;
 
-use super::Password;
-use crate::error::{Error, Result};
+use super::{Password, PostgresError};
 
 /// What is percent-encoded in a URL's user, password and database: all but RFC 3986's
 /// unreserved characters.
@@ -55,8 +54,8 @@ impl std::fmt::Display for SslMode {
 }
 
 impl std::str::FromStr for SslMode {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
+    type Err = PostgresError;
+    fn from_str(s: &str) -> Result<Self, PostgresError> {
         Ok(match s {
             "disable" => SslMode::Disable,
             "allow" => SslMode::Allow,
@@ -64,11 +63,7 @@ impl std::str::FromStr for SslMode {
             "require" => SslMode::Require,
             "verify-ca" => SslMode::VerifyCa,
             "verify-full" => SslMode::VerifyFull,
-            other => {
-                return Err(Error::Invalid(format!(
-                    "sslmode `{other}` is not one of disable, allow, prefer, require, verify-ca, verify-full"
-                )))
-            }
+            other => return Err(PostgresError::BadSslMode { mode: other.to_string() }),
         })
     }
 }
@@ -173,14 +168,13 @@ impl DbUrl {
     /// Parses a `postgres://` or `postgresql://` URL. Errors never quote the input (it may
     /// hold a password). A missing port is 5432, a missing database is the user's name and
     /// a missing `sslmode` is `prefer`, as with libpq.
-    pub fn parse(text: &str) -> Result<DbUrl> {
-        let bad = |why: &str| Error::Invalid(format!("the postgresql url {why}"));
-        let u = url::Url::parse(text.trim())
-            .map_err(|e| Error::Postgres { what: "the postgresql url cannot be parsed".into(), source: Some(Box::new(e)) })?;
+    pub fn parse(text: &str) -> Result<DbUrl, PostgresError> {
+        let bad = |why: &str| PostgresError::BadUrl { why: why.to_string() };
+        let u = url::Url::parse(text.trim()).map_err(PostgresError::UrlSyntax)?;
         if u.scheme() != "postgres" && u.scheme() != "postgresql" {
             return Err(bad(&format!("has scheme `{}`; expected postgres:// or postgresql://", u.scheme())));
         }
-        let decode = |s: &str, what: &str| -> Result<String> {
+        let decode = |s: &str, what: &str| -> Result<String, PostgresError> {
             percent_decode_str(s)
                 .decode_utf8()
                 .map(|c| c.into_owned())

@@ -18,12 +18,13 @@ use futures::future::BoxFuture;
 use nix::sys::signal::Signal;
 
 use super::{dsn::DbUrl, free_port, tls, Endpoint, Password, Postgres, PostgresProvider, PostgresSpec, Running};
-use super::{HARNESS_APPLICATION_NAME, START_TIMEOUT};
+use super::{PostgresError, HARNESS_APPLICATION_NAME, START_TIMEOUT};
 use crate::error::{Error, Result};
 use crate::fsutil::write_private;
 use crate::pki::{self, Usage};
-use crate::process::{ChildSpec, Supervised};
+use crate::process::{ChildSpec, ProcessError, Supervised};
 use crate::run::{Run, RUN_ENV};
+use crate::wait::WaitError;
 
 /// Where Debian installs PostgreSQL: `<root>/<version>/bin`.
 pub const DEBIAN_ROOT: &str = "/usr/lib/postgresql";
@@ -57,7 +58,7 @@ impl Local {
         match &self.bin_dir {
             Some(d) => {
                 if !(d.join("initdb").is_file() && d.join("postgres").is_file()) {
-                    return Err(Error::Invalid(format!("{} holds no initdb and postgres (named by {BIN_ENV})", d.display())));
+                    return Err(PostgresError::NoBinariesIn { dir: d.clone() }.into());
                 }
                 let v = d.parent().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
                 Ok((d.clone(), v))
@@ -69,13 +70,7 @@ impl Local {
 
 /// The newest `<root>/<version>/bin` that holds `initdb` and `postgres`.
 pub fn newest_installed(root: &Path) -> Result<(PathBuf, String)> {
-    let missing = || {
-        Error::Invalid(format!(
-            "no PostgreSQL server binaries under {}/<version>/bin; install them with \
-             `apt-get install postgresql` (or set {BIN_ENV}), or use --postgres container",
-            root.display()
-        ))
-    };
+    let missing = || Error::from(PostgresError::NotInstalled { root: root.to_path_buf() });
     let entries = std::fs::read_dir(root).map_err(|_| missing())?;
     let mut found: Vec<(Vec<u32>, String, PathBuf)> = entries
         .flatten()
@@ -97,12 +92,7 @@ fn unprivileged() -> Result<Option<(u32, u32)>> {
     }
     let user = nix::unistd::User::from_name(UNPRIVILEGED_USER)
         .map_err(|e| Error::Tool { what: format!("cannot look up user `{UNPRIVILEGED_USER}`"), source: Some(Box::new(e)) })?
-        .ok_or_else(|| {
-            Error::Invalid(format!(
-                "postgresql refuses to run as root and there is no user `{UNPRIVILEGED_USER}` to run it as; \
-                 run the harness as an ordinary user"
-            ))
-        })?;
+        .ok_or(PostgresError::NoUnprivilegedUser)?;
     Ok(Some((user.uid.as_raw(), user.gid.as_raw())))
 }
 
@@ -178,9 +168,11 @@ impl PostgresProvider for Local {
                         tracing::debug!(port, pid = server.pid(), "postgresql is ready");
                         return Ok(Postgres::new("local", endpoint, Box::new(LocalServer { server })));
                     }
-                    Err(Error::ChildExited { tail, .. }) if tail.contains("could not bind") || tail.contains("already in use") => {
+                    Err(Error::Process(ProcessError::Exited { tail, .. }))
+                        if tail.contains("could not bind") || tail.contains("already in use") =>
+                    {
                         // Someone took the port between our probe and the server's bind.
-                        last_err = Some(Error::PortBusy { port, what: "postgresql".into() });
+                        last_err = Some(PostgresError::PortBusy { port });
                         server.terminate().await?;
                     }
                     Err(e) => {
@@ -189,7 +181,7 @@ impl PostgresProvider for Local {
                     }
                 }
             }
-            Err(last_err.unwrap_or_else(|| Error::Invalid("postgresql did not start".into())))
+            Err(last_err.unwrap_or(PostgresError::DidNotStart).into())
         })
     }
 }
@@ -323,11 +315,12 @@ pub(crate) async fn probe_until_ready(
                 Err(e) => e.summary(),
             };
             if Instant::now() >= deadline {
-                return Err(Error::Timeout {
+                return Err(WaitError::Timeout {
                     what: format!("postgresql on {}:{} to accept a session", url.host, url.port),
                     after: timeout,
                     last_seen: last,
-                });
+                }
+                .into());
             }
         }
     };

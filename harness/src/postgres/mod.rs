@@ -17,10 +17,13 @@
 //!
 //! Passwords never reach a log, an error, a `Debug` print or a snapshot: roles get their
 //! password as a SCRAM verifier computed here, so not even the server's log can hold it.
+//!
+//! Failures are [`PostgresError`]s.
 
 pub mod container;
 pub mod contract;
 pub mod dsn;
+pub mod error;
 pub mod local;
 pub mod secret;
 pub mod tls;
@@ -34,6 +37,7 @@ use crate::error::{Error, Result};
 use crate::run::Run;
 
 pub use dsn::{DbUrl, HostKind, SslMode};
+pub use error::PostgresError;
 
 /// Characters every generated password holds at least one of, so that percent-encoding is
 /// exercised on every run (each is special in a URL's userinfo).
@@ -236,12 +240,12 @@ impl Postgres {
         client
             .batch_execute(&role_sql)
             .await
-            .map_err(|e| Error::Postgres { what: format!("cannot create role `{user}`"), source: Some(Box::new(e)) })?;
+            .map_err(|source| PostgresError::Sql { what: format!("cannot create role `{user}`"), source })?;
         let db_sql = format!("CREATE DATABASE {} OWNER {}", quote_ident(name), quote_ident(&user));
         client
             .batch_execute(&db_sql)
             .await
-            .map_err(|e| Error::Postgres { what: format!("cannot create database `{name}`"), source: Some(Box::new(e)) })?;
+            .map_err(|source| PostgresError::Sql { what: format!("cannot create database `{name}`"), source })?;
         Ok(Database { name: name.to_string(), user, password, host: self.endpoint.host.clone(), port: self.endpoint.port })
     }
 
@@ -295,7 +299,7 @@ pub fn provider(name: &str) -> Result<Box<dyn PostgresProvider>> {
     match name {
         "local" => Ok(Box::new(local::Local::new())),
         "container" => Ok(Box::new(container::Container::configured()?)),
-        other => Err(Error::Invalid(format!("unknown postgres provider `{other}`; choose local or container"))),
+        other => Err(PostgresError::UnknownProvider { name: other.to_string() }.into()),
     }
 }
 
@@ -308,7 +312,7 @@ pub fn validate_identifier(name: &str, what: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(Error::Invalid(format!("{what} `{name}` is not a lowercase identifier ([a-z][a-z0-9_]*, at most 40 characters)")))
+        Err(PostgresError::BadIdentifier { what: what.to_string(), name: name.to_string() }.into())
     }
 }
 

@@ -27,7 +27,7 @@ use kube::Client;
 use serde::Serialize;
 
 use super::dsn::DbUrl;
-use super::Postgres;
+use super::{Postgres, PostgresError};
 use crate::error::{Error, Result};
 use crate::run::{RunId, RUN_LABEL};
 
@@ -146,10 +146,8 @@ impl StorageSecret {
 pub fn pod_host(cluster_provider: &str, pg: &Postgres) -> Result<String> {
     match cluster_provider {
         "local" | "existing" => Ok(pg.host().to_string()),
-        "kind" => Err(Error::Invalid(
-            "the kind provider is not available yet: its pods would need the postgresql container's address on the kind network".into(),
-        )),
-        other => Err(Error::Invalid(format!("unknown cluster provider `{other}`"))),
+        "kind" => Err(PostgresError::KindUnavailable.into()),
+        other => Err(PostgresError::UnknownClusterProvider { name: other.to_string() }.into()),
     }
 }
 

@@ -21,13 +21,14 @@ use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStor
 use tokio_postgres::error::SqlState;
 
 use super::dsn::{DbUrl, SslMode};
-use crate::error::{Error, Result};
+use super::PostgresError;
+use crate::error::Error;
 
 /// Why a connection failed. Nothing in it holds the password.
 #[derive(Debug)]
 pub enum ConnectError {
     /// The URL or the CA could not be turned into a client configuration.
-    Setup(Error),
+    Setup(PostgresError),
     /// The server, the network or the handshake refused.
     Postgres(tokio_postgres::Error),
     /// No answer (connection, TLS handshake and authentication) within the timeout.
@@ -56,10 +57,11 @@ impl ConnectError {
     /// The crate error: `what` as the message, this as its source.
     pub fn into_error(self, what: String) -> Error {
         match self {
-            ConnectError::Setup(e) => Error::Postgres { what, source: Some(Box::new(e)) },
-            ConnectError::Postgres(e) => Error::Postgres { what, source: Some(Box::new(e)) },
-            ConnectError::TimedOut(d) => Error::Postgres { what: format!("{what}: no answer within {}s", d.as_secs()), source: None },
+            ConnectError::Setup(e) => PostgresError::Setup { what, source: Box::new(e) },
+            ConnectError::Postgres(source) => PostgresError::Connect { what, source },
+            ConnectError::TimedOut(after) => PostgresError::NoAnswer { what, after },
         }
+        .into()
     }
 }
 
@@ -127,19 +129,16 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 /// The rustls client configuration for `mode` (not used for `disable`).
-pub fn client_config(mode: SslMode, ca_pem: Option<&str>) -> Result<ClientConfig> {
+pub fn client_config(mode: SslMode, ca_pem: Option<&str>) -> Result<ClientConfig, PostgresError> {
     let provider = provider();
-    let builder = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| Error::Postgres { what: "cannot configure tls".into(), source: Some(Box::new(e)) })?;
+    let builder =
+        ClientConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions().map_err(PostgresError::TlsConfig)?;
     let verifier: Arc<dyn ServerCertVerifier> = match mode {
         SslMode::Disable | SslMode::Allow | SslMode::Prefer | SslMode::Require => Arc::new(NoVerification(provider)),
         SslMode::VerifyCa | SslMode::VerifyFull => {
-            let ca = ca_pem
-                .ok_or_else(|| Error::Invalid(format!("sslmode={mode} needs the CA certificate that issued the server's certificate")))?;
-            let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots(ca)?), provider)
-                .build()
-                .map_err(|e| Error::Postgres { what: "cannot build a certificate verifier".into(), source: Some(Box::new(e)) })?;
+            let ca = ca_pem.ok_or(PostgresError::NeedsCa { mode })?;
+            let webpki =
+                WebPkiServerVerifier::builder_with_provider(Arc::new(roots(ca)?), provider).build().map_err(PostgresError::Verifier)?;
             if mode == SslMode::VerifyCa {
                 Arc::new(ChainOnly(webpki))
             } else {
@@ -151,14 +150,13 @@ pub fn client_config(mode: SslMode, ca_pem: Option<&str>) -> Result<ClientConfig
 }
 
 /// A root store holding every certificate in `pem`.
-pub fn roots(pem: &str) -> Result<RootCertStore> {
+pub fn roots(pem: &str) -> Result<RootCertStore, PostgresError> {
     let mut store = RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
-        let cert = cert.map_err(|e| Error::Postgres { what: "cannot read the CA certificate (pem)".into(), source: Some(Box::new(e)) })?;
-        store.add(cert).map_err(|e| Error::Postgres { what: "cannot use the CA certificate".into(), source: Some(Box::new(e)) })?;
+        store.add(cert.map_err(PostgresError::CaPem)?).map_err(PostgresError::CaCertificate)?;
     }
     if store.is_empty() {
-        return Err(Error::Invalid("the CA certificate pem holds no certificate".into()));
+        return Err(PostgresError::NoCertificate);
     }
     Ok(store)
 }

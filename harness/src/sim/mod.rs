@@ -38,8 +38,9 @@ use kube::Client;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::run::Run;
+use crate::wait::WaitError;
 
 pub use kwok::kwok_config;
 pub use log::DecisionLog;
@@ -151,7 +152,7 @@ impl SimCloud {
         // From here on `sim` owns the tasks, so an early return aborts them.
         let mut sim = SimCloud { knobs: knobs.clone(), log: log.clone(), storage_class: opts.storage_class.clone(), tasks: Vec::new() };
         sim.tasks.append(&mut tasks);
-        tokio::time::timeout(START_TIMEOUT, world.ready()).await.map_err(|_| Error::Timeout {
+        tokio::time::timeout(START_TIMEOUT, world.ready()).await.map_err(|_| WaitError::Timeout {
             what: "the sim cloud's watches to list the cluster".into(),
             after: START_TIMEOUT,
             last_seen: world.describe(),

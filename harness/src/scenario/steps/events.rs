@@ -16,6 +16,7 @@ use crate::error::Error;
 use crate::scenario::catalogue;
 use crate::scenario::compile::LoadError;
 use crate::scenario::model;
+use crate::wait::WaitError;
 
 #[derive(Debug)]
 enum Match {
@@ -116,16 +117,15 @@ impl ExpectEvent {
                 );
                 Ok(())
             }
-            (false, Err(Error::Timeout { what, after, last_seen })) if catalogue.is_some() => Err(StepError::failed(format!(
-                "the fault did not reproduce: no {what} within {}s (events seen on the object: {last_seen})",
-                after.as_secs()
-            ))),
+            (false, Err(Error::Wait(WaitError::Timeout { what, after, last_seen }))) if catalogue.is_some() => Err(StepError::failed(
+                format!("the fault did not reproduce: no {what} within {}s (events seen on the object: {last_seen})", after.as_secs()),
+            )),
             (false, Err(e)) => Err(e.into()),
             (true, Ok(evs)) => {
                 let e = evs.iter().find(|e| e.reason.as_deref() == Some(&self.reason)).map(|e| e.message.clone().unwrap_or_default());
                 Err(StepError::failed(format!("did not expect {what}, but saw: {}", e.unwrap_or_default())))
             }
-            (true, Err(Error::Timeout { .. })) => {
+            (true, Err(Error::Wait(WaitError::Timeout { .. }))) => {
                 cx.outcome.record(
                     "no-event",
                     serde_json::json!({"object": format!("{kind}/{name}"), "reason": self.reason, "within": self.timeout_text}),

@@ -32,6 +32,7 @@ use super::model::Step;
 use super::outcome::Outcome;
 use crate::error::Error;
 use crate::layout::Layout;
+use crate::wait::WaitError;
 
 /// The default deadline of a step that waits.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(120);
@@ -58,7 +59,7 @@ impl From<Error> for StepError {
     /// cluster's doing; everything else is the harness's.
     fn from(e: Error) -> StepError {
         match e {
-            Error::Timeout { .. } => StepError::Failed(crate::error::chain(&e)),
+            Error::Wait(WaitError::Timeout { .. }) => StepError::Failed(crate::error::chain(&e)),
             Error::Helm(ref h) if h.is_chart_failure() => StepError::Failed(crate::error::chain(&e)),
             e => StepError::Errored(e),
         }

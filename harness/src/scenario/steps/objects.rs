@@ -16,6 +16,7 @@ use crate::error::Error;
 use crate::labels::ZONE_LABEL;
 use crate::scenario::compile::LoadError;
 use crate::scenario::model;
+use crate::wait::WaitError;
 
 #[derive(Debug)]
 pub struct ExpectPod {
@@ -81,7 +82,7 @@ impl ExpectPod {
         .await;
         let pod = match (waited, self.observe) {
             (Ok(p), _) => p.expect("condition needs the object"),
-            (Err(Error::Timeout { .. }), true) => {
+            (Err(Error::Wait(WaitError::Timeout { .. })), true) => {
                 cx.outcome.record(
                     "observe-pod",
                     serde_json::json!({"pod": name, "wanted": what.replace(&name, "<pod>"), "reached": false, "within": self.timeout_text}),

@@ -72,15 +72,23 @@ impl Operation for ContractCheck {
                 ca_pem: cx.env.postgres.ca_pem().map(str::to_string),
                 ..Default::default()
             };
-            // What the chart's objects wire up is the chart's to get right: a mismatch fails the case.
-            let summary = crate::postgres::contract::check_pod(&cx.client(), &cx.namespace, &pod, &opts).await.map_err(|e| match e {
-                Error::Kube { .. } | Error::Io { .. } => StepError::Errored(e),
-                e => StepError::failed(crate::error::chain(&e)),
-            })?;
+            let summary =
+                crate::postgres::contract::check_pod(&cx.client(), &cx.namespace, &pod, &opts).await.map_err(contract_step_error)?;
             cx.outcome.record("contract-check", summary);
             Ok(())
         }
         .boxed()
+    }
+}
+
+/// What the chart's objects wire up is the chart's to get right: a
+/// [`PostgresError`](crate::postgres::PostgresError) (the objects break the contract, or
+/// the session their Secret's URL leads to does) fails the case; the Kubernetes API or the
+/// machine breaking is an error.
+fn contract_step_error(e: Error) -> StepError {
+    match e {
+        Error::Kube { .. } | Error::Io { .. } => StepError::Errored(e),
+        e => StepError::failed(crate::error::chain(&e)),
     }
 }
 
@@ -97,6 +105,17 @@ pub fn database_name(namespace: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::postgres::PostgresError;
+
+    #[test]
+    fn contract_mismatches_fail_the_case_and_breakdowns_are_errors() {
+        let mismatch = contract_step_error(PostgresError::Contract("pod lily/x does not exist".into()).into());
+        assert!(matches!(&mismatch, StepError::Failed(m) if m == "pod lily/x does not exist"), "{mismatch:?}");
+        let ambiguous = contract_step_error(PostgresError::Ambiguous("name the storage entry".into()).into());
+        assert!(matches!(ambiguous, StepError::Failed(_)), "{ambiguous:?}");
+        let io = contract_step_error(Error::Io { what: "read x".into(), source: std::io::Error::other("gone") });
+        assert!(matches!(io, StepError::Errored(Error::Io { .. })), "{io:?}");
+    }
 
     #[test]
     fn database_names_are_short_unique_identifiers() {
