@@ -30,8 +30,8 @@ pub enum LoadError {
     #[error("{}: {message}", .file.display())]
     Scenario { file: PathBuf, message: String },
     /// One step.
-    #[error("{}: {}step {index} ({kind}), field `{field}`: {message}", .file.display(), .case.as_ref().map(|c| format!("case {c}, ")).unwrap_or_default())]
-    Step { file: PathBuf, case: Option<String>, index: usize, kind: String, field: String, message: String },
+    #[error("{0}")]
+    Step(Box<StepProblem>),
     #[error("two scenario files are named {name}: {} and {}", .first.display(), .second.display())]
     Duplicate { name: String, first: PathBuf, second: PathBuf },
     #[error("cannot read scenario directory {}", .dir.display())]
@@ -40,6 +40,18 @@ pub enum LoadError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// What is wrong with one step, and where.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {}step {index} ({kind}), field `{field}`: {message}", .file.display(), .case.as_ref().map(|c| format!("case {c}, ")).unwrap_or_default())]
+pub struct StepProblem {
+    pub file: PathBuf,
+    pub case: Option<String>,
+    pub index: usize,
+    pub kind: String,
+    pub field: String,
+    pub message: String,
 }
 
 /// Where in a file a step is, for its errors.
@@ -53,14 +65,14 @@ pub struct StepSite<'a> {
 
 impl StepSite<'_> {
     pub fn error(&self, field: &str, message: impl Into<String>) -> LoadError {
-        LoadError::Step {
+        LoadError::Step(Box::new(StepProblem {
             file: self.file.to_path_buf(),
             case: self.case.map(str::to_string),
             index: self.index,
             kind: self.kind.to_string(),
             field: field.to_string(),
             message: message.into(),
-        }
+        }))
     }
 }
 

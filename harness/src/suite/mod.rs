@@ -131,7 +131,7 @@ pub struct EnvPool {
 /// An environment lent to cases.
 pub enum Lease {
     Shared(Arc<Env>),
-    Own(Env),
+    Own(Box<Env>),
 }
 
 impl std::ops::Deref for Lease {
@@ -164,7 +164,7 @@ impl EnvPool {
     /// An environment for `cases`: the shared one (started by the first caller), or a new one.
     pub async fn lease(&self, exclusive: bool, cases: &[String], reporter: &dyn Reporter) -> Result<Lease, String> {
         if exclusive {
-            return self.start(cases, reporter).await.map(Lease::Own);
+            return self.start(cases, reporter).await.map(|e| Lease::Own(Box::new(e)));
         }
         let mut slot = self.shared.lock().await;
         if slot.is_none() {
@@ -177,7 +177,7 @@ impl EnvPool {
     pub async fn give_back(&self, lease: Lease) -> Option<Env> {
         match lease {
             Lease::Shared(_) => None,
-            Lease::Own(env) => self.finish(env).await,
+            Lease::Own(env) => self.finish(*env).await,
         }
     }
 

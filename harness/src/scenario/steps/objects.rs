@@ -269,7 +269,8 @@ impl ExpectAttachment {
         let what = format!("volume {vol} attached to exactly {want:?}");
         let v = vol.clone();
         let w = want.clone();
-        crate::wait::until_list(&api, watcher::Config::default(), &what, self.timeout, move |vas: &[Arc<VolumeAttachment>]| {
+        // Boxed: a list watch's future is large, and steps' futures live in the case's.
+        Box::pin(crate::wait::until_list(&api, watcher::Config::default(), &what, self.timeout, move |vas: &[Arc<VolumeAttachment>]| {
             let mut on: Vec<String> = vas
                 .iter()
                 .filter(|va| va.spec.source.persistent_volume_name.as_deref() == Some(v.as_str()))
@@ -278,7 +279,7 @@ impl ExpectAttachment {
                 .collect();
             on.sort();
             on == w
-        })
+        }))
         .await?;
         let p = cx.outcome.generated("volume", &vol);
         cx.outcome.record("attachment", serde_json::json!({"volume": p, "attached-to": want}));
