@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./ci/setup.sh
-exec ./target/debug/lily-e2e suite --junit target/lily-e2e/junit.xml "$@"
+exec ./target/debug/lily-e2e suite --junit target/lily-e2e/junit.xml --artifacts target/lily-e2e/artifacts "$@"

@@ -261,12 +261,23 @@ impl ScenariosArg {
 /// starts, so a long run does not end in an unwritable path.
 pub fn check_writable_parent(path: &std::path::Path, flag: &str) -> anyhow::Result<()> {
     let abs = std::path::absolute(path).unwrap_or(path.to_path_buf());
-    let dir = abs.parent().unwrap_or(std::path::Path::new("/"));
-    std::fs::create_dir_all(dir).with_context(|| format!("{flag} {}: cannot create its directory {}", path.display(), dir.display()))?;
-    let probe = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("{flag} {}: directory {} is not writable", path.display(), dir.display()))?;
-    drop(probe);
     anyhow::ensure!(!abs.is_dir(), "{flag} {} is a directory; give a file path", path.display());
+    let dir = abs.parent().unwrap_or(std::path::Path::new("/"));
+    // The nearest ancestor that exists must be a writable directory; nothing is created here.
+    let mut existing = dir;
+    while !existing.exists() {
+        existing = existing.parent().unwrap_or(std::path::Path::new("/"));
+    }
+    anyhow::ensure!(
+        existing.is_dir(),
+        "{flag} {}: cannot create its directory {}: {} is not a directory",
+        path.display(),
+        dir.display(),
+        existing.display()
+    );
+    let probe = tempfile::NamedTempFile::new_in(existing)
+        .with_context(|| format!("{flag} {}: directory {} is not writable", path.display(), existing.display()))?;
+    drop(probe);
     Ok(())
 }
 

@@ -41,9 +41,22 @@ pub struct SuiteArgs {
     /// Write a JUnit XML report here.
     #[arg(long)]
     pub junit: Option<PathBuf>,
-    /// Where failure artifacts go.
-    #[arg(long, default_value = "target/lily-e2e/artifacts")]
-    pub artifacts: PathBuf,
+    /// Where failure artifacts and outcomes.json go. Default: lily-e2e-artifacts in the
+    /// system temp dir (printed at the end).
+    #[arg(long, value_name = "DIR")]
+    pub artifacts: Option<PathBuf>,
+    /// Compare each case's normalised outcome with a reviewed DIR/<case>.yaml (chart CI keeps
+    /// them in its own repository): a difference fails the case with a diff; a missing one
+    /// fails it with the new outcome written beside as <case>.yaml.new.
+    #[arg(long, value_name = "DIR")]
+    pub outcomes: Option<PathBuf>,
+    /// With --outcomes: write the outcomes instead of comparing them.
+    #[arg(long, requires = "outcomes")]
+    pub accept: bool,
+    /// Run shard K of N (from 1), e.g. 2/3: environments are kept whole, as
+    /// `cargo nextest run --partition count:K/N` splits tests.
+    #[arg(long, value_name = "K/N", value_parser = parse_partition)]
+    pub partition: Option<(usize, usize)>,
     #[command(flatten)]
     pub scenarios: ScenariosArg,
 }
@@ -62,9 +75,16 @@ impl SuiteArgs {
         opts.cluster = self.cluster.spec();
         opts.charts = charts;
         opts.postgres = self.postgres.into();
-        opts.artifacts = std::path::absolute(&self.artifacts).unwrap_or(self.artifacts.clone());
+        opts.artifacts = self.artifacts_dir();
         opts.keep = keep;
         Ok(opts)
+    }
+
+    fn artifacts_dir(&self) -> PathBuf {
+        match &self.artifacts {
+            Some(a) => std::path::absolute(a).unwrap_or(a.clone()),
+            None => std::env::temp_dir().join("lily-e2e-artifacts"),
+        }
     }
 
     /// The extra `-f` files, made absolute (each must exist).
@@ -76,6 +96,17 @@ impl SuiteArgs {
             })
             .collect()
     }
+}
+
+/// `K/N` with 1 <= K <= N.
+fn parse_partition(s: &str) -> Result<(usize, usize), String> {
+    let bad = || format!("`{s}` is not K/N with 1 <= K <= N (e.g. 1/3)");
+    let (k, n) = s.split_once('/').ok_or_else(bad)?;
+    let (k, n): (usize, usize) = (k.trim().parse().map_err(|_| bad())?, n.trim().parse().map_err(|_| bad())?);
+    if k == 0 || n == 0 || k > n {
+        return Err(bad());
+    }
+    Ok((k, n))
 }
 
 /// Loads and compiles every scenario, with the extra values appended to each.
@@ -166,13 +197,23 @@ pub async fn suite(args: SuiteArgs, names: Vec<String>, keep: bool) -> anyhow::R
     if let Some(j) = &args.junit {
         super::check_writable_parent(j, "--junit")?;
     }
+    let outcomes_json = opts.artifacts.join("outcomes.json");
+    super::check_writable_parent(&outcomes_json, "--artifacts")?;
+    if let Some(o) = &args.outcomes {
+        super::check_writable_parent(&o.join("x.yaml"), "--outcomes")?;
+    }
     let versions = opts.chart_sources().len();
-    let plan = SuitePlan::select(&plans, &names, !args.charts.is_empty(), versions)?;
+    let mut plan = SuitePlan::select(&plans, &names, !args.charts.is_empty(), versions)?;
+    if let Some((k, n)) = args.partition {
+        plan = plan.partition(k, n);
+        eprintln!("partition {k}/{n}: {} case(s)", plan.cases.len());
+    }
     if plan.cases.is_empty() {
         anyhow::bail!("no scenario case selected");
     }
     let cancel = lily_e2e::interrupt::token();
-    let suite = Suite::new(opts, cancel.clone());
+    let mut suite = Suite::new(opts, cancel.clone());
+    suite.outcomes = args.outcomes.clone().map(|dir| lily_e2e::suite::outcomes::OutcomeCheck { dir, accept: args.accept });
     let (reporter, progress) = reporters(plan.cases.len());
     let run = suite.run(&plan, &reporter).await;
     if let Some(p) = &progress {
@@ -180,9 +221,15 @@ pub async fn suite(args: SuiteArgs, names: Vec<String>, keep: bool) -> anyhow::R
     }
     print!("{}", report::summary(&run.reports));
     println!("wall time {:.1}s", run.wall.as_secs_f64());
+    let meta = report::junit::RunMeta::now(run.wall);
     if let Some(j) = &args.junit {
-        report::write_junit(j, &run.reports)?;
+        report::write_junit(j, &run.reports, &meta)?;
         println!("junit report: {}", j.display());
+    }
+    report::json::write_outcomes(&outcomes_json, &run.reports, &meta)?;
+    println!("outcomes: {}", outcomes_json.display());
+    if run.reports.iter().any(|r| r.artifacts.is_some()) {
+        println!("artifacts: {}", suite.pool.options().artifacts.display());
     }
     if let Some(code) = lily_e2e::interrupt::exit_status() {
         for env in run.kept {

@@ -4,14 +4,41 @@
 
 use std::path::Path;
 
-use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
+use std::time::Duration;
+
+use quick_junit::{NonSuccessKind, Property, Report, TestCase, TestCaseStatus, TestSuite};
 
 use super::{CaseOutcome, CaseReport};
 use crate::error::{Error, Result};
 
-pub fn write_junit(path: &Path, results: &[CaseReport]) -> Result<()> {
+/// When and where a run happened, for the testsuite's attributes.
+#[derive(Debug, Clone)]
+pub struct RunMeta {
+    pub started: chrono::DateTime<chrono::FixedOffset>,
+    pub wall: Duration,
+    pub hostname: String,
+}
+
+impl RunMeta {
+    /// A run that started `wall` ago, on this host.
+    pub fn now(wall: Duration) -> RunMeta {
+        let now = chrono::Local::now().fixed_offset();
+        let started = now - chrono::Duration::from_std(wall).unwrap_or_default();
+        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+        RunMeta { started, wall, hostname }
+    }
+}
+
+pub fn write_junit(path: &Path, results: &[CaseReport], meta: &RunMeta) -> Result<()> {
     let mut report = Report::new("lily-e2e");
     let mut suite = TestSuite::new("lily-e2e");
+    suite.set_timestamp(meta.started);
+    suite.set_time(meta.wall);
+    if !meta.hostname.is_empty() {
+        suite.extra.insert("hostname".into(), meta.hostname.clone().into());
+    }
+    report.set_timestamp(meta.started);
+    report.set_time(meta.wall);
     for r in results {
         let (scenario, case) = r.name.split_once('/').unwrap_or((&r.name, &r.name));
         let status = match &r.outcome {
@@ -35,8 +62,19 @@ pub fn write_junit(path: &Path, results: &[CaseReport]) -> Result<()> {
         let mut tc = TestCase::new(case.to_string(), status);
         tc.set_classname(format!("lily-e2e.{scenario}"));
         tc.set_time(r.duration);
+        // What a reader of the CI report needs besides the verdict: findings (also as
+        // properties, for tools), notes such as time to recovery, where artifacts are.
+        let mut out = Vec::new();
+        for (i, f) in r.findings.iter().enumerate() {
+            tc.properties.push(Property::new(format!("finding.{}", i + 1), f.clone()));
+            out.push(f.clone());
+        }
+        out.extend(r.notes.iter().cloned());
         if let Some(a) = &r.artifacts {
-            tc.set_system_out(format!("artifacts: {}", a.display()));
+            out.push(format!("artifacts: {}", a.display()));
+        }
+        if !out.is_empty() {
+            tc.set_system_out(out.join("\n"));
         }
         suite.add_test_case(tc);
     }
@@ -51,10 +89,17 @@ pub fn write_junit(path: &Path, results: &[CaseReport]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn case(name: &str, outcome: CaseOutcome) -> CaseReport {
-        CaseReport { name: name.into(), duration: Duration::from_secs(3), outcome, slowest_step: None, artifacts: None, notes: vec![] }
+        CaseReport {
+            name: name.into(),
+            duration: Duration::from_secs(3),
+            outcome,
+            slowest_step: None,
+            artifacts: None,
+            notes: vec![],
+            findings: vec![],
+        }
     }
 
     #[test]
@@ -67,7 +112,10 @@ mod tests {
             case("upgrade", CaseOutcome::Errored { step: "set-up".into(), message: "etcd exited".into() }),
             case("upgrade-forbidden-vct", CaseOutcome::Skipped { reason: "it needs the fixture chart".into() }),
         ];
-        write_junit(&p, &results).unwrap();
+        let mut results = results;
+        results[0].findings = vec!["guide drift: runbook multi-attach names <pod> `lily-lily-0`; the chart's is `lily-x-0`".into()];
+        results[0].notes = vec!["pod Running 1.2s after runbook multi-attach".into()];
+        write_junit(&p, &results, &RunMeta::now(Duration::from_secs(9))).unwrap();
         let xml = std::fs::read_to_string(&p).unwrap();
         assert!(xml.contains(r#"classname="lily-e2e.install""#), "{xml}");
         assert!(xml.contains(r#"name="node-gone""#) && xml.contains(r#"classname="lily-e2e.multi-attach""#), "{xml}");
@@ -75,5 +123,8 @@ mod tests {
         assert!(xml.contains("step set-up errored") && xml.contains("<error"), "{xml}");
         assert!(xml.contains("<skipped") && xml.contains("it needs the fixture chart"), "{xml}");
         assert!(xml.contains(r#"tests="4""#) && xml.contains(r#"failures="1""#) && xml.contains(r#"errors="1""#), "{xml}");
+        assert!(xml.contains("timestamp=") && xml.contains(r#"time="9"#), "{xml}");
+        assert!(xml.contains(r#"<property name="finding.1""#) && xml.contains("<system-out>guide drift"), "{xml}");
+        assert!(xml.contains("pod Running 1.2s after runbook"), "{xml}");
     }
 }

@@ -9,6 +9,7 @@
 //! do what the scenario expects); errored (the harness or its infrastructure broke); or
 //! skipped, with the reason.
 
+pub mod json;
 pub mod junit;
 pub mod progress;
 pub mod summary;
@@ -64,6 +65,9 @@ pub struct CaseReport {
     pub artifacts: Option<PathBuf>,
     /// Facts that vary run to run (time to recovery); shown, never snapshotted.
     pub notes: Vec<String>,
+    /// Conformance findings (guide drift, a runbook that did not recover), one line each;
+    /// they do not fail the case.
+    pub findings: Vec<String>,
 }
 
 /// The name the reports used before the outcome taxonomy.
@@ -83,6 +87,7 @@ impl CaseReport {
             slowest_step: None,
             artifacts: None,
             notes: Vec::new(),
+            findings: Vec::new(),
         }
     }
 
@@ -95,6 +100,7 @@ impl CaseReport {
             slowest_step: None,
             artifacts: None,
             notes: Vec::new(),
+            findings: Vec::new(),
         }
     }
 }

@@ -10,6 +10,9 @@ pub fn summary(results: &[CaseReport]) -> String {
         for n in &r.notes {
             s.push_str(&format!("      {n}\n"));
         }
+        for f in &r.findings {
+            s.push_str(&format!("      {f}\n"));
+        }
         match &r.outcome {
             CaseOutcome::Failed { step, message } | CaseOutcome::Errored { step, message } => {
                 // The first line says what failed; a tool's own words (helm's stderr) end the message.
@@ -47,6 +50,7 @@ mod tests {
             slowest_step: None,
             artifacts: None,
             notes: vec![],
+            findings: vec!["guide drift: runbook multi-attach names <pod> `lily-lily-0`; the chart's is `lily-x-0`".into()],
         };
         let s = summary(&[
             mk("install", CaseOutcome::Passed),
@@ -57,5 +61,6 @@ mod tests {
         assert!(s.ends_with("1 passed, 1 failed, 1 errored, 1 skipped\n"), "{s}");
         assert!(s.contains("FAIL  upgrade") && s.contains("step 3 (expect-claim): timed out\n        more\n"), "{s}");
         assert!(s.contains("SKIP  y") && s.contains("needs the fixture"), "{s}");
+        assert!(s.contains("      guide drift: runbook multi-attach"), "{s}");
     }
 }

@@ -149,6 +149,7 @@ async fn run(
             slowest_step: slowest,
             artifacts,
             notes: std::mem::take(&mut cx.notes),
+            findings: cx.outcome.finding_lines(),
         },
         snapshot,
         namespace,

@@ -48,6 +48,20 @@ impl Outcome {
         self.findings.push(serde_json::to_value(value).unwrap_or(Value::Null));
     }
 
+    /// The conformance findings, one line each, normalised like the outcome.
+    pub fn finding_lines(&self) -> Vec<String> {
+        let reps = self.replacements();
+        self.findings
+            .iter()
+            .map(|f| {
+                let line = finding_line(f);
+                let mut v = Value::String(line);
+                normalise_value(&mut v, &reps);
+                v.as_str().unwrap_or_default().to_string()
+            })
+            .collect()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
@@ -67,6 +81,24 @@ impl Outcome {
         // Longest first, so a name that contains another is replaced whole.
         r.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.0.cmp(&b.0)));
         r
+    }
+}
+
+/// One line for a finding: its own sentence, or what the guide documents against what the
+/// chart created.
+fn finding_line(f: &Value) -> String {
+    if let Some(s) = f.get("finding").and_then(Value::as_str) {
+        return format!("finding: {s}");
+    }
+    match (f.get("runbook"), f.get("placeholder"), f.get("documented"), f.get("real")) {
+        (Some(rb), Some(ph), Some(doc), Some(real)) => format!(
+            "guide drift: runbook {} names <{}> `{}`; the chart's is `{}`",
+            rb.as_str().unwrap_or_default(),
+            ph.as_str().unwrap_or_default(),
+            doc.as_str().unwrap_or_default(),
+            real.as_str().unwrap_or_default()
+        ),
+        _ => format!("finding: {f}"),
     }
 }
 

@@ -7,6 +7,7 @@
 //! [`CancellationToken`] stops everything (Ctrl-C, SIGTERM, a deadline): running cases end
 //! as errors naming the step they were in, cases not started as errors saying so.
 
+pub mod outcomes;
 pub mod preflight;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -101,6 +102,27 @@ impl SuitePlan {
             }
         }
         Ok(SuitePlan { cases })
+    }
+
+    /// Shard `k` of `n` (from 1), as `cargo nextest run --partition count:K/N` splits tests:
+    /// unit `i` (in name order) goes to shard `i % n + 1`, where a unit is what shares an
+    /// environment (all shared cases together, each exclusive case alone) or a skipped case.
+    pub fn partition(&self, k: usize, n: usize) -> SuitePlan {
+        let mut units: Vec<Vec<PlannedCase>> = Vec::new();
+        let mut shared: Vec<PlannedCase> = Vec::new();
+        for c in &self.cases {
+            if c.skip.is_none() && !c.scenario.exclusive {
+                shared.push(c.clone());
+            } else {
+                units.push(vec![c.clone()]);
+            }
+        }
+        if !shared.is_empty() {
+            units.push(shared);
+        }
+        units.sort_by(|a, b| a[0].name().cmp(b[0].name()));
+        let cases = units.into_iter().enumerate().filter(|(i, _)| i % n + 1 == k).flat_map(|(_, u)| u).collect();
+        SuitePlan { cases }
     }
 
     /// Groups of cases that share an environment: all shared cases together (they run
@@ -228,11 +250,13 @@ pub struct Suite {
     pub case_deadline: Duration,
     /// Render every install with helm before any environment starts ([`preflight`]).
     pub preflight: bool,
+    /// Compare each case's normalised outcome with a reviewed one ([`outcomes`]).
+    pub outcomes: Option<outcomes::OutcomeCheck>,
 }
 
 impl Suite {
     pub fn new(opts: EnvOptions, cancel: CancellationToken) -> Suite {
-        Suite { pool: EnvPool::new(opts), cancel, parallel: 2, case_deadline: Duration::from_secs(600), preflight: true }
+        Suite { pool: EnvPool::new(opts), cancel, parallel: 2, case_deadline: Duration::from_secs(600), preflight: true, outcomes: None }
     }
 
     /// Runs one case on an environment it is lent, reporting its start, steps and end.
@@ -242,7 +266,7 @@ impl Suite {
         let started = Instant::now();
         let run =
             tokio::time::timeout(self.case_deadline, case::run_case(env, &case.scenario, case.case(), until, reporter, &self.cancel)).await;
-        let run = run.unwrap_or_else(|_| CaseRun {
+        let mut run = run.unwrap_or_else(|_| CaseRun {
             report: CaseReport::errored(
                 &name,
                 "deadline",
@@ -254,6 +278,13 @@ impl Suite {
             snapshot: None,
             namespace: String::new(),
         });
+        if let (Some(check), Some(text), true) = (&self.outcomes, &run.snapshot, run.report.passed()) {
+            match check.check(&name, text) {
+                Ok(None) => {}
+                Ok(Some(why)) => run.report.outcome = CaseOutcome::Failed { step: "outcome".into(), message: why },
+                Err(e) => run.report.outcome = CaseOutcome::Errored { step: "outcome".into(), message: chain(&e) },
+            }
+        }
         reporter.on(&Event::CaseFinished { report: &run.report });
         run
     }
@@ -316,6 +347,7 @@ impl Suite {
                     slowest_step: None,
                     artifacts: None,
                     notes: Vec::new(),
+                    findings: Vec::new(),
                 };
                 reporter.on(&Event::CaseFinished { report: &report });
                 reports.push(report);
@@ -426,6 +458,21 @@ mod tests {
         assert!(skip("e-fixture").unwrap().contains("fixture-only"));
         assert_eq!(skip("a-shared"), None);
         assert!(plan.batches().iter().flatten().all(|c| c.skip.is_none()));
+    }
+
+    #[test]
+    fn partitions_keep_environments_whole_and_cover_every_case_once() {
+        let (_d, plans) = scenarios();
+        let plan = SuitePlan::select(&plans, &[], true, 1).unwrap();
+        let shards: Vec<Vec<String>> = (1..=3).map(|k| plan.partition(k, 3).cases.iter().map(|c| c.name().to_string()).collect()).collect();
+        let mut all: Vec<String> = shards.iter().flatten().cloned().collect();
+        all.sort();
+        let mut want: Vec<String> = plan.cases.iter().map(|c| c.name().to_string()).collect();
+        want.sort();
+        assert_eq!(all, want, "{shards:?}");
+        // a-shared runs (d-upgrade is skipped: one version): the shared unit is in one shard.
+        assert_eq!(shards.iter().filter(|s| s.contains(&"a-shared".to_string())).count(), 1);
+        assert_eq!(plan.partition(1, 1).cases.len(), plan.cases.len());
     }
 
     #[test]
