@@ -346,3 +346,26 @@ async fn drivers_have_separate_helm_homes() {
     assert!(a.template("rel", &repo.chart_ref(), &TemplateOpts::default()).await.is_ok());
     assert!(!b.home().join("config/repositories.yaml").exists());
 }
+
+/// Chart CI's upgrade base: a published release, pulled from its chart repository (here a
+/// local one standing in for it), served beside the local candidate as one repository.
+#[tokio::test]
+async fn a_published_release_is_pulled_and_served_beside_the_candidate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let helm = helm(tmp.path());
+    let published =
+        ChartRepo::serve(&helm, &[format!("{}@0.1.0", fixture_chart_dir().display()).parse().unwrap()], &tmp.path().join("published"))
+            .await
+            .unwrap();
+    let remote: ChartSource = format!("{}#lily@0.1.0", published.url()).parse().unwrap();
+    let candidate: ChartSource = format!("{}@0.2.0", fixture_chart_dir().display()).parse().unwrap();
+    let served = ChartRepo::serve(&helm, &[remote, candidate], &tmp.path().join("served")).await.unwrap();
+    let versions: Vec<String> = served.versions().iter().map(|v| v.to_string()).collect();
+    assert_eq!(versions, ["0.1.0", "0.2.0"]);
+    assert_eq!(served.previous().map(|v| v.to_string()).as_deref(), Some("0.1.0"));
+    // A release the published repository does not have is helm's error, with its words.
+    let missing: ChartSource = format!("{}#lily@9.9.9", published.url()).parse().unwrap();
+    let e = ChartRepo::serve(&helm, &[missing], &tmp.path().join("none")).await.unwrap_err();
+    let text = lily_e2e::error::chain(&e);
+    assert!(text.contains("helm pull") && text.contains("9.9.9"), "{text}");
+}

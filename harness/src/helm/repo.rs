@@ -167,10 +167,11 @@ async fn package_all(helm: &Helm, sources: &[ChartSource], dir: &Path, staging: 
                 std::fs::copy(path, &to).map_err(Error::io(format!("copy {}", path.display())))?;
                 to
             }
-            ChartSource::Remote { url, chart, .. } => {
-                return Err(Error::Invalid(format!(
-                    "{url}#{chart} is already in a chart repository; only local charts (directories, .tgz) can be served"
-                )))
+            // A published release (the upgrade base of chart CI): pulled with the pinned helm
+            // and served beside the local candidate.
+            ChartSource::Remote { url, chart, version } => {
+                let v = version.as_ref().map(ToString::to_string);
+                helm.pull(&ChartRef::Url { url: url.clone(), chart: chart.clone() }, v.as_deref(), &stage).await?
             }
         };
         let meta = ChartMeta::read(&packaged)?;
