@@ -143,6 +143,8 @@ enum ToolsCommand {
     },
     /// Print each pinned tool, its version and where it is installed.
     List,
+    /// Print the hash of the pinned tool versions (a CI cache key for the tool cache).
+    Hash,
 }
 
 #[derive(Subcommand, Debug)]
@@ -366,6 +368,11 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
                     println!("{} {}: already installed", d.name, d.version);
                 }
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Tools { command: ToolsCommand::Hash } => {
+            use sha2::Digest;
+            println!("{}", hex::encode(sha2::Sha256::digest(lily_e2e::tools::LOCK.as_bytes())));
             Ok(ExitCode::SUCCESS)
         }
         Command::Tools { command: ToolsCommand::List } => {

@@ -59,6 +59,12 @@ pub struct SuiteArgs {
     pub partition: Option<(usize, usize)>,
     #[command(flatten)]
     pub scenarios: ScenariosArg,
+    /// Set by GitHub Actions: log groups per case, ::error annotations, a step summary.
+    #[arg(long, env = "GITHUB_ACTIONS", hide = true)]
+    pub github_actions: Option<String>,
+    /// Set by GitHub Actions: where the Markdown step summary goes.
+    #[arg(long, env = "GITHUB_STEP_SUMMARY", hide = true)]
+    pub github_step_summary: Option<PathBuf>,
 }
 
 impl SuiteArgs {
@@ -164,8 +170,11 @@ pub fn schema() -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The reporters of an interactive or a logged run.
-fn reporters(cases: usize) -> (Reporters, Option<Arc<Progress>>) {
+/// The reporters of an interactive, a GitHub Actions or a logged run.
+fn reporters(cases: usize, github: bool) -> (Reporters, Option<Arc<Progress>>) {
+    if github {
+        return (Reporters(vec![Box::new(report::github::GitHub::default()), Box::new(report::Log)]), None);
+    }
     if std::io::stderr().is_terminal() {
         let p = Arc::new(Progress::new(cases));
         struct Shared(Arc<Progress>);
@@ -214,7 +223,8 @@ pub async fn suite(args: SuiteArgs, names: Vec<String>, keep: bool) -> anyhow::R
     let cancel = lily_e2e::interrupt::token();
     let mut suite = Suite::new(opts, cancel.clone());
     suite.outcomes = args.outcomes.clone().map(|dir| lily_e2e::suite::outcomes::OutcomeCheck { dir, accept: args.accept });
-    let (reporter, progress) = reporters(plan.cases.len());
+    let github = args.github_actions.as_deref() == Some("true");
+    let (reporter, progress) = reporters(plan.cases.len(), github);
     let run = suite.run(&plan, &reporter).await;
     if let Some(p) = &progress {
         p.finish();
@@ -227,6 +237,14 @@ pub async fn suite(args: SuiteArgs, names: Vec<String>, keep: bool) -> anyhow::R
         println!("junit report: {}", j.display());
     }
     report::json::write_outcomes(&outcomes_json, &run.reports, &meta)?;
+    if let (true, Some(summary)) = (github, &args.github_step_summary) {
+        use std::io::Write;
+        let text = report::github::markdown(&run.reports, run.wall);
+        let written = std::fs::OpenOptions::new().create(true).append(true).open(summary).and_then(|mut f| f.write_all(text.as_bytes()));
+        if let Err(e) = written {
+            eprintln!("warning: cannot write the step summary to {}: {e}", summary.display());
+        }
+    }
     println!("outcomes: {}", outcomes_json.display());
     if run.reports.iter().any(|r| r.artifacts.is_some()) {
         println!("artifacts: {}", suite.pool.options().artifacts.display());

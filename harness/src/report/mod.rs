@@ -9,6 +9,7 @@
 //! do what the scenario expects); errored (the harness or its infrastructure broke); or
 //! skipped, with the reason.
 
+pub mod github;
 pub mod json;
 pub mod junit;
 pub mod progress;
