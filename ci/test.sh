@@ -4,6 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./ci/setup.sh
+# The HTML report's test renders it in a real browser.
+. ci/lib.sh
+LOG_TAG=test
+if ! command -v chromium >/dev/null 2>&1; then apt_install chromium; fi
 
 # The container PostgreSQL provider's tests need a Docker engine and an image. Without a
 # registry, the image is lily-e2e's own, built from Debian packages (cached in the engine);

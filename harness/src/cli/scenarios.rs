@@ -237,6 +237,11 @@ pub async fn suite(args: SuiteArgs, names: Vec<String>, keep: bool) -> anyhow::R
         println!("junit report: {}", j.display());
     }
     report::json::write_outcomes(&outcomes_json, &run.reports, &meta)?;
+    let html = match &args.junit {
+        Some(j) => j.with_file_name("report.html"),
+        None => suite.pool.options().artifacts.join("report.html"),
+    };
+    report::html::write_html(&html, &run.reports, run.wall)?;
     if let (true, Some(summary)) = (github, &args.github_step_summary) {
         use std::io::Write;
         let text = report::github::markdown(&run.reports, run.wall);
@@ -246,6 +251,7 @@ pub async fn suite(args: SuiteArgs, names: Vec<String>, keep: bool) -> anyhow::R
         }
     }
     println!("outcomes: {}", outcomes_json.display());
+    println!("report: {}", html.display());
     if run.reports.iter().any(|r| r.artifacts.is_some()) {
         println!("artifacts: {}", suite.pool.options().artifacts.display());
     }

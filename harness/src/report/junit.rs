@@ -99,6 +99,7 @@ mod tests {
             artifacts: None,
             notes: vec![],
             findings: vec![],
+            timeline: Default::default(),
         }
     }
 

@@ -10,6 +10,7 @@
 //! skipped, with the reason.
 
 pub mod github;
+pub mod html;
 pub mod json;
 pub mod junit;
 pub mod progress;
@@ -69,6 +70,32 @@ pub struct CaseReport {
     /// Conformance findings (guide drift, a runbook that did not recover), one line each;
     /// they do not fail the case.
     pub findings: Vec<String>,
+    /// What happened when: the case's steps and its namespace's events.
+    pub timeline: Timeline,
+}
+
+/// A case's steps and the cluster's events, in seconds from the case's start.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Timeline {
+    pub steps: Vec<TimedStep>,
+    pub events: Vec<TimedEvent>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TimedStep {
+    pub step: String,
+    pub at: f64,
+    pub took: f64,
+    pub ok: bool,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TimedEvent {
+    pub at: f64,
+    pub reason: String,
+    pub object: String,
+    pub message: String,
+    pub warning: bool,
 }
 
 /// The name the reports used before the outcome taxonomy.
@@ -89,6 +116,7 @@ impl CaseReport {
             artifacts: None,
             notes: Vec::new(),
             findings: Vec::new(),
+            timeline: Timeline::default(),
         }
     }
 
@@ -102,6 +130,7 @@ impl CaseReport {
             artifacts: None,
             notes: Vec::new(),
             findings: Vec::new(),
+            timeline: Timeline::default(),
         }
     }
 }

@@ -50,6 +50,7 @@ mod tests {
             slowest_step: None,
             artifacts: None,
             notes: vec![],
+            timeline: Default::default(),
             findings: vec!["guide drift: runbook multi-attach names <pod> `lily-lily-0`; the chart's is `lily-x-0`".into()],
         };
         let s = summary(&[

@@ -91,6 +91,8 @@ async fn run(
         Until::FailingState => &case.steps[..case.steps.iter().position(|s| s.kind == "runbook").unwrap_or(case.steps.len())],
     };
     let mut slowest: Option<(String, Duration)> = None;
+    let mut timeline = crate::report::Timeline::default();
+    let case_start = chrono::Utc::now();
     let mut failure: Option<(String, StepError)> = None;
     for step in steps {
         let label = step.label();
@@ -102,6 +104,12 @@ async fn run(
         };
         let took = t.elapsed();
         reporter.on(&Event::StepFinished { case: name, step: &label, took, ok: r.is_ok() });
+        timeline.steps.push(crate::report::TimedStep {
+            step: label.clone(),
+            at: (t - started).as_secs_f64(),
+            took: took.as_secs_f64(),
+            ok: r.is_ok(),
+        });
         if slowest.as_ref().is_none_or(|(_, d)| took > *d) {
             slowest = Some((step.kind.clone(), took));
         }
@@ -129,6 +137,9 @@ async fn run(
             }
         }
     }
+    if !interrupted {
+        timeline.events = namespace_events(&cx, case_start).await;
+    }
     let observed = cx.outcome.render(name);
     let snapshot = (failure.is_none() && cx.snapshot).then(|| observed.clone());
     if !env.keep && until == Until::End {
@@ -150,6 +161,7 @@ async fn run(
             artifacts,
             notes: std::mem::take(&mut cx.notes),
             findings: cx.outcome.finding_lines(),
+            timeline,
         },
         snapshot,
         namespace,
@@ -202,6 +214,36 @@ async fn new_cx<'e>(env: &'e Env, plan: &ScenarioPlan, namespace: &str) -> Resul
         zones,
         last_runbook: None,
     })
+}
+
+/// The events of the case's namespace, in seconds from the case's start (best effort).
+async fn namespace_events(cx: &CaseCx<'_>, start: chrono::DateTime<chrono::Utc>) -> Vec<crate::report::TimedEvent> {
+    use k8s_openapi::api::core::v1::Event as KubeEvent;
+    let Ok(list) = Api::<KubeEvent>::namespaced(cx.client(), &cx.namespace).list(&ListParams::default()).await else {
+        return Vec::new();
+    };
+    let mut out: Vec<crate::report::TimedEvent> = list
+        .items
+        .into_iter()
+        .filter_map(|e| {
+            let when = e
+                .event_time
+                .as_ref()
+                .map(|t| t.0)
+                .or(e.last_timestamp.as_ref().map(|t| t.0))
+                .or(e.first_timestamp.as_ref().map(|t| t.0))?;
+            let when = chrono::DateTime::<chrono::Utc>::from_timestamp(when.as_second(), when.subsec_nanosecond() as u32)?;
+            Some(crate::report::TimedEvent {
+                at: (when - start).num_milliseconds() as f64 / 1000.0,
+                reason: e.reason.unwrap_or_default(),
+                object: format!("{}/{}", e.involved_object.kind.unwrap_or_default(), e.involved_object.name.unwrap_or_default()),
+                message: e.message.unwrap_or_default(),
+                warning: e.type_.as_deref() == Some("Warning"),
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.at.total_cmp(&b.at));
+    out
 }
 
 async fn collect_artifacts(cx: &mut CaseCx<'_>, test_name: &str) -> std::path::PathBuf {

@@ -348,6 +348,7 @@ impl Suite {
                     artifacts: None,
                     notes: Vec::new(),
                     findings: Vec::new(),
+                    timeline: Default::default(),
                 };
                 reporter.on(&Event::CaseFinished { report: &report });
                 reports.push(report);
