@@ -335,7 +335,12 @@ pub fn main() -> ExitCode {
     };
     // Colours only for a terminal: log files and CI logs get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(lily_e2e::report::progress::LogWriter)
+        .with_ansi(ansi)
+        .with_target(false)
+        .init();
     match cli.settings.resolve() {
         Ok(s) => {
             lily_e2e::settings::install(s);

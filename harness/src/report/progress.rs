@@ -10,6 +10,33 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use super::{Event, Reporter};
 
+/// The display of this process, once one exists: log lines go above it ([`LogWriter`]).
+static ACTIVE: std::sync::OnceLock<MultiProgress> = std::sync::OnceLock::new();
+
+/// A writer for log lines (a `tracing_subscriber` `MakeWriter`): above the live display when
+/// there is one, else straight to stderr.
+#[derive(Clone, Copy, Default)]
+pub struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match ACTIVE.get() {
+            Some(m) => m.suspend(|| std::io::stderr().write_all(buf)).map(|()| buf.len()),
+            None => std::io::stderr().write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
+    type Writer = LogWriter;
+    fn make_writer(&'a self) -> LogWriter {
+        LogWriter
+    }
+}
+
 pub struct Progress {
     multi: MultiProgress,
     total: ProgressBar,
@@ -25,6 +52,7 @@ impl Progress {
             ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {wide_msg}").expect("static template"),
         );
         total.enable_steady_tick(Duration::from_millis(200));
+        let _ = ACTIVE.set(multi.clone());
         Progress { multi, total, running: Mutex::new(BTreeMap::new()) }
     }
 
