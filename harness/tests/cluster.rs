@@ -132,7 +132,8 @@ async fn after_sigkill_clean_removes_what_the_run_left() {
     let dir = std::env::temp_dir().join(format!("lily-e2e-{id}"));
     child.kill().await.unwrap();
     let _ = child.wait().await;
-    assert!(!processes_of(&id).is_empty(), "children outlive a SIGKILLed harness (that is what clean is for)");
+    // The children die with the harness (tests/lifecycle.rs); the directory is what is left.
+    assert!(dir.exists(), "the run directory outlives a SIGKILLed harness (that is what clean is for)");
     let text = common::clean(runs.path()).await;
     assert!(text.contains(id.as_str()) && text.contains("stopped"), "{text}");
     assert!(processes_of(&id).is_empty(), "clean left processes: {:?}", processes_of(&id));

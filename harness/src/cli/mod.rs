@@ -436,14 +436,14 @@ async fn cluster_exec(args: ClusterArgs, keep: bool, cmd: Vec<OsString>) -> anyh
     }
     let path = std::env::join_paths(path).context("cannot build PATH")?;
     let mut child = tokio::process::Command::new(&cmd[0]);
-    // The run id marks CMD too, so `lily-e2e clean` stops it if this process is killed.
+    // The run id marks CMD too, so `lily-e2e clean` finds it; it dies with this process.
     child
         .args(&cmd[1..])
         .env("KUBECONFIG", &cluster.kubeconfig)
         .env("PATH", path)
         .env(lily_e2e::run::RUN_ENV, run.id().as_str())
         .kill_on_drop(true);
-    let status = match child.spawn() {
+    let status = match lily_e2e::process::spawn_tied(child) {
         Ok(mut c) => tokio::select! {
             s = c.wait() => Some(s.context("waiting for the command")?),
             _ = interrupted() => { let _ = c.kill().await; None }
