@@ -491,7 +491,7 @@ async fn contract_check_follows_the_chart_pod_to_its_secret(#[case] provider: &s
     }
 
     pg.teardown().await.unwrap();
-    cluster.teardown().await.unwrap();
+    cluster.teardown(lily_e2e::cluster::Teardown::Fast).await.unwrap();
     assert!(reap::processes_of(run.id()).is_empty());
 }
 

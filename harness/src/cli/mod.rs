@@ -460,7 +460,7 @@ async fn cluster_exec(args: ClusterArgs, keep: bool, cmd: Vec<OsString>) -> anyh
         );
         interrupted().await;
     }
-    cluster.teardown().await.context("teardown failed")?;
+    cluster.teardown(cluster::Teardown::for_kept(keep)).await.context("teardown failed")?;
     drop(run);
     Ok(match status {
         None => interrupted_status(),
