@@ -106,9 +106,14 @@ enum Command {
     /// Remove what earlier, killed runs left behind (processes, temporary directories,
     /// containers labelled with their run id).
     Clean {
-        /// Also clean runs whose owning process still runs.
+        /// Also clean runs of this registry whose owning process still runs.
         #[arg(long)]
         force: bool,
+        /// Clean everything labelled: what --force does, dead runs of any user or registry, and
+        /// every labelled container whatever its owner (other registries' live runs keep their
+        /// directories and processes).
+        #[arg(long)]
+        all: bool,
     },
 }
 
@@ -377,8 +382,8 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Run { args, keep, names } => scenarios::suite(args, names, keep).await,
         Command::Reproduce { args, case, name } => scenarios::reproduce(args, name, case).await,
         Command::Render { chart, version, values, release } => scenarios::render(chart, version, values, release).await,
-        Command::Clean { force } => {
-            let cleaned = lily_e2e::reap::clean(force, lily_e2e::process::GRACE)?;
+        Command::Clean { force, all } => {
+            let cleaned = lily_e2e::reap::clean(lily_e2e::reap::Scope::of(force, all), lily_e2e::process::GRACE)?;
             if cleaned.is_empty() {
                 println!("nothing to clean");
             }

@@ -276,7 +276,7 @@ impl Running for ContainerServer {
         Box::pin(async move {
             if let Some(c) = container {
                 if keep_requested() {
-                    eprintln!("lily-e2e: keeping postgresql container {} ({KEEP_ENV}=keep); `lily-e2e clean` removes it", c.id());
+                    eprintln!("lily-e2e: keeping postgresql container {} ({KEEP_ENV}=keep); `lily-e2e clean --all` removes it", c.id());
                     // testcontainers' Drop honours the same switch.
                     drop(c);
                     return Ok(());
