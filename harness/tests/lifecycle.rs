@@ -74,7 +74,9 @@ async fn kill_and_wait(mut child: tokio::process::Child, id: &RunId, procs: &[Pr
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigkilled_cluster_exec_leaves_no_process() {
     let runs = tempfile::tempdir().unwrap();
-    let (child, id) = common::spawn_until(&["cluster", "exec", "--", "sleep", "600"], runs.path(), "cluster up", T).await;
+    // CMD says when it runs (its stderr is the harness's).
+    let cmd = ["cluster", "exec", "--", "sh", "-c", "echo cmd-up >&2; exec sleep 600"];
+    let (child, id) = common::spawn_until(&cmd, runs.path(), "cmd-up", T).await;
     let before = family(&id);
     assert!(before.len() >= 6, "etcd, kube-*, kwok and CMD run: {before:?}");
     let left = kill_and_wait(child, &id, &before).await;
