@@ -234,6 +234,10 @@ impl Drop for Supervised {
 /// channel that is never closed), and the caller gets back a [`tokio::process::Child`] of
 /// its own runtime. Call it from within a tokio runtime.
 ///
+/// The kernel clears the setting when credentials change; std runs `pre_exec` after the
+/// uid/gid switch, so a child run as another user (PostgreSQL as `nobody`) keeps it. A
+/// set-uid or file-capability program would lose it at exec; none is started.
+///
 /// What the death signal does not reach: only the child itself gets it (the setting is not
 /// inherited across fork), not its own children. The control plane's components (etcd,
 /// kube-*, kwok) start none; PostgreSQL's backends exit on their own when their postmaster
