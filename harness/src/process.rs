@@ -1,11 +1,13 @@
 //! Process supervision: every child in its own process group, its output in a log file,
-//! and teardown by TERM, a grace period, then KILL, on every exit path.
+//! and teardown by TERM, a grace period, then KILL, on every exit path; and every child
+//! dies with the harness, even a SIGKILLed one ([`spawn_tied`]).
 
 use std::ffi::OsString;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::{mpsc, OnceLock};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{killpg, Signal};
@@ -128,7 +130,7 @@ impl Supervised {
         if let Some((uid, gid)) = spec.user {
             cmd.uid(uid).gid(gid);
         }
-        let child = cmd.spawn().map_err(Error::io(format!("start {} ({})", spec.name, spec.program.display())))?;
+        let child = spawn_tied(cmd).map_err(Error::io(format!("start {} ({})", spec.name, spec.program.display())))?;
         let pid = child.id().expect("a just-spawned child has a pid") as i32;
         tracing::debug!(name = %spec.name, pid, log = %log.display(), "started");
         Ok(Supervised {
@@ -201,6 +203,25 @@ impl Supervised {
         self.done = true;
         Ok(())
     }
+
+    /// Sends KILL to the whole process group now, without waiting: for stopping several
+    /// children at once (then [`Supervised::kill`] or dropping each waits for it).
+    pub fn start_kill(&mut self) {
+        if !self.done {
+            let _ = killpg(self.pgid, Signal::SIGKILL);
+        }
+    }
+
+    /// Stops the process group at once, with no grace (KILL), and waits for the child.
+    pub async fn kill(&mut self) -> Result<()> {
+        if self.done {
+            return Ok(());
+        }
+        self.start_kill();
+        let _ = self.child.wait().await;
+        self.done = true;
+        Ok(())
+    }
 }
 
 impl Drop for Supervised {
@@ -217,6 +238,78 @@ impl Drop for Supervised {
         let _ = self.child.try_wait();
         self.done = true;
     }
+}
+
+/// Starts `cmd` so that it dies with the harness: the child asks the kernel for SIGKILL
+/// when its parent goes (`PR_SET_PDEATHSIG`, set before exec), and gives up if the harness
+/// is already gone by then (`getppid()` no longer names it). That covers a SIGKILLed
+/// harness, where no destructor, signal handler or `clean` runs.
+///
+/// The death signal fires when the *thread* that forked the child exits, not the process:
+/// a child forked on a tokio worker or blocking-pool thread (which come and go: the pool
+/// retires idle threads) would be killed when that thread retires, in mid-run. So every
+/// child is forked by one dedicated thread that lives as long as the process (it waits on a
+/// channel that is never closed), and the caller gets back a [`tokio::process::Child`] of
+/// its own runtime. Call it from within a tokio runtime.
+///
+/// The kernel clears the setting when credentials change; std runs `pre_exec` after the
+/// uid/gid switch, so a child run as another user (PostgreSQL as `nobody`) keeps it. A
+/// set-uid or file-capability program would lose it at exec; none is started.
+///
+/// What the death signal does not reach: only the child itself gets it (the setting is not
+/// inherited across fork), not its own children. The control plane's components (etcd,
+/// kube-*, kwok) start none; PostgreSQL's backends exit on their own when their postmaster
+/// dies; anything else a child started outlives a SIGKILLed harness until `lily-e2e clean`
+/// (it inherits [`RUN_ENV`], so `clean` finds it). Containers get no death signal at all:
+/// see [`crate::postgres::container`].
+pub fn spawn_tied(mut cmd: tokio::process::Command) -> std::io::Result<tokio::process::Child> {
+    let parent = nix::unistd::getpid().as_raw();
+    // SAFETY: the closure runs between fork and exec: it only makes two async-signal-safe
+    // system calls and allocates nothing (its error is a raw OS error).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The harness died before the death signal was set: the child was reparented.
+            if libc::getppid() != parent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+    let runtime = tokio::runtime::Handle::try_current().map_err(std::io::Error::other)?;
+    let gone = || std::io::Error::other("the harness's spawner thread is gone");
+    let (reply, answer) = mpsc::sync_channel(1);
+    spawner().send(SpawnRequest { cmd, runtime, reply }).map_err(|_| gone())?;
+    answer.recv().map_err(|_| gone())?
+}
+
+/// A child to fork on the spawner thread, in `runtime`'s context (tokio registers the
+/// child with the runtime that is current when it is spawned).
+struct SpawnRequest {
+    cmd: tokio::process::Command,
+    runtime: tokio::runtime::Handle,
+    reply: mpsc::SyncSender<std::io::Result<tokio::process::Child>>,
+}
+
+/// The spawner thread's queue, started on first use. The sender is never dropped, so the
+/// thread never leaves its loop: it lives exactly as long as the process.
+fn spawner() -> &'static mpsc::Sender<SpawnRequest> {
+    static SPAWNER: OnceLock<mpsc::Sender<SpawnRequest>> = OnceLock::new();
+    SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<SpawnRequest>();
+        std::thread::Builder::new()
+            .name("lily-e2e-spawner".into())
+            .spawn(move || {
+                for mut req in rx {
+                    let _context = req.runtime.enter();
+                    let _ = req.reply.send(req.cmd.spawn());
+                }
+            })
+            .expect("start the spawner thread");
+        tx
+    })
 }
 
 /// Blocks until `pid` exits or `timeout` passes, with a pidfd and `poll`: no sleep loop.
@@ -312,7 +405,7 @@ pub async fn run_command_as(
     if let Some((uid, gid)) = user {
         cmd.uid(uid).gid(gid);
     }
-    let child = cmd.spawn()?;
+    let child = spawn_tied(cmd)?;
     let pid = child.id().map(|p| Pid::from_raw(p as i32));
     let guard = GroupGuard(pid);
     let out = tokio::time::timeout(timeout, child.wait_with_output()).await;
@@ -353,3 +446,6 @@ mod tests {
         assert_eq!(std::fs::read_to_string(logs.join("echo.log")).unwrap(), format!("run={id}\n"));
     }
 }
+
+#[cfg(test)]
+mod tied_tests;

@@ -4,9 +4,9 @@
 //! its id: processes by [`RUN_ENV`], containers by a run label and an owner label. This
 //! module finds those again, for this process's live runs where no destructor
 //! will run ([`cleanup_live_runs`]), or from `lily-e2e clean` ([`clean`]) for runs whose owner is gone,
-//! and stops them through [`crate::process`] and [`crate::engine`].
+//! as far as its [`Scope`] reaches, and stops them through [`crate::process`] and [`crate::engine`].
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::Serialize;
 
@@ -69,7 +69,7 @@ pub fn processes_of(id: &RunId) -> Vec<i32> {
     pids
 }
 
-/// What `clean` did for one registered run.
+/// What `clean` did for one run.
 #[derive(Debug, Serialize)]
 pub struct Cleaned {
     pub id: RunId,
@@ -80,93 +80,164 @@ pub struct Cleaned {
     pub skipped_live: bool,
 }
 
-/// Removes what runs whose owner is gone left behind: their processes (TERM, a grace
-/// period, KILL), their directories and their containers (also those of runs the registry
-/// no longer knows). Runs whose owner still lives are left alone unless `force` is set.
-pub fn clean(force: bool, grace: std::time::Duration) -> Result<Vec<Cleaned>> {
-    let reg = registry_dir();
+/// How far `clean` reaches. Each scope does everything the one before it does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Scope {
+    /// `clean`: the runs of its own registry whose owner is gone, and run directories no
+    /// registry of its own knows whose owner file names a dead process of the same user
+    /// (the directory belongs to the current uid); with each, its processes and containers.
+    Own,
+    /// `clean --force`: also its own registry's runs whose owner still runs. Another
+    /// registry's live runs are never touched.
+    Force,
+    /// `clean --all`: everything labelled: also the run directories of any user whose
+    /// owner is gone, and every container with the run label, whatever its owner.
+    All,
+}
+
+impl Scope {
+    /// The scope the `clean` command's flags ask for.
+    pub fn of(force: bool, all: bool) -> Self {
+        match (force, all) {
+            (_, true) => Scope::All,
+            (true, false) => Scope::Force,
+            (false, false) => Scope::Own,
+        }
+    }
+}
+
+/// Where `clean` looks, and as whom.
+#[derive(Debug, Clone)]
+pub struct Places {
+    /// The run registry it owns.
+    pub registry: PathBuf,
+    /// Where run directories (`lily-e2e-<id>`) live.
+    pub tmp: PathBuf,
+    /// The user whose unregistered run directories are its own.
+    pub uid: u32,
+}
+
+impl Places {
+    /// This process's registry, temporary directory and user.
+    pub fn here() -> Self {
+        Places { registry: registry_dir(), tmp: std::env::temp_dir(), uid: nix::unistd::getuid().as_raw() }
+    }
+}
+
+/// Which containers `clean` removes: those of the runs it cleans, or with
+/// [`Scope::All`] every container with the run label.
+#[derive(Debug, Clone, Default)]
+pub struct ContainerFilter {
+    pub all: bool,
+    pub runs: std::collections::BTreeSet<String>,
+}
+
+impl ContainerFilter {
+    pub fn selects(&self, c: &crate::engine::RunContainer) -> bool {
+        self.all || self.runs.contains(&c.run)
+    }
+}
+
+/// Removes what killed runs left, as far as `scope` reaches (see [`Scope`]): their
+/// processes (TERM, a grace period, KILL), their directories, their registry entries and
+/// their containers. Directories without an owner file are never touched: the built-in
+/// scenarios' cache (`lily-e2e-scenarios-<hash>`) is one.
+pub fn clean(scope: Scope, grace: std::time::Duration) -> Result<Vec<Cleaned>> {
+    clean_in(&Places::here(), scope, grace, |filter| crate::engine::remove_containers_blocking(move |c| filter.selects(c)))
+}
+
+/// A run `clean` acts on: its id, its directories and, if registered, its registry file.
+struct Target {
+    id: RunId,
+    dirs: Vec<PathBuf>,
+    entry: Option<PathBuf>,
+}
+
+/// [`clean`] over `places`, with `remove_containers` removing the containers a filter
+/// selects (the Docker engine's, for [`clean`]) and returning them.
+pub fn clean_in(
+    places: &Places,
+    scope: Scope,
+    grace: std::time::Duration,
+    remove_containers: impl FnOnce(ContainerFilter) -> Vec<crate::engine::RunContainer>,
+) -> Result<Vec<Cleaned>> {
     let mut out = Vec::new();
+    let mut targets = Vec::new();
+    let mut known = std::collections::BTreeSet::new();
     // The registry, read once: unreadable entries are dropped.
-    let mut entries = Vec::new();
-    for e in std::fs::read_dir(&reg).into_iter().flatten().flatten() {
+    for e in std::fs::read_dir(&places.registry).into_iter().flatten().flatten() {
         let path = e.path();
         if path.extension().and_then(|x| x.to_str()) != Some("json") {
             continue;
         }
         let Ok(text) = std::fs::read(&path) else { continue };
-        match serde_json::from_slice::<RegistryEntry>(&text) {
-            Ok(entry) => entries.push((path, entry)),
-            Err(_) => {
-                let _ = std::fs::remove_file(&path);
-            }
-        }
-    }
-    // Containers: those whose owner is gone (by their owner label), or all with `force`.
-    // One without an owner label (an older harness's) only when this registry knows its run
-    // and that run's owner is gone: another registry's live run must not lose its server.
-    let dead: Vec<String> = entries.iter().filter(|(_, e)| !owner_alive(e)).map(|(_, e)| e.id.as_str().to_string()).collect();
-    let mut containers: std::collections::BTreeMap<String, Vec<String>> = Default::default();
-    let stale = move |c: &crate::engine::RunContainer| {
-        force
-            || match &c.owner {
-                Some(owner) => !owner_label_alive(owner),
-                None => dead.contains(&c.run),
-            }
-    };
-    for c in crate::engine::remove_containers_blocking(stale) {
-        containers.entry(c.run).or_default().push(c.id);
-    }
-    for (path, entry) in entries {
-        if owner_alive(&entry) && !force {
+        let Ok(entry) = serde_json::from_slice::<RegistryEntry>(&text) else {
+            let _ = std::fs::remove_file(&path);
+            continue;
+        };
+        known.insert(entry.id.as_str().to_string());
+        if owner_alive(&entry) && scope == Scope::Own {
             out.push(Cleaned { id: entry.id, killed: vec![], removed: vec![], containers: vec![], skipped_live: true });
             continue;
         }
-        let killed = processes_of(&entry.id);
+        targets.push(Target { id: entry.id, dirs: entry.dirs, entry: Some(path) });
+    }
+    targets.extend(unregistered_dirs(places, scope, &known));
+
+    let filter = ContainerFilter { all: scope == Scope::All, runs: targets.iter().map(|t| t.id.as_str().to_string()).collect() };
+    let mut containers: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for c in remove_containers(filter) {
+        containers.entry(c.run).or_default().push(c.id);
+    }
+    for t in targets {
+        let killed = processes_of(&t.id);
         crate::process::terminate_pids(&killed, grace);
         let mut removed = Vec::new();
-        for d in &entry.dirs {
+        for d in &t.dirs {
             if d.exists() && std::fs::remove_dir_all(d).is_ok() {
                 removed.push(d.clone());
             }
         }
-        let _ = std::fs::remove_file(&path);
-        let containers = containers.remove(entry.id.as_str()).unwrap_or_default();
-        out.push(Cleaned { id: entry.id, killed, removed, containers, skipped_live: false });
+        if let Some(entry) = &t.entry {
+            let _ = std::fs::remove_file(entry);
+        }
+        let containers = containers.remove(t.id.as_str()).unwrap_or_default();
+        out.push(Cleaned { id: t.id, killed, removed, containers, skipped_live: false });
     }
-    out.extend(unregistered_dirs(&std::env::temp_dir(), force, grace, &mut containers));
     out.extend(orphan_containers(containers));
     Ok(out)
 }
 
-/// Run directories under `tmp` that this registry does not know (another registry's runs,
-/// e.g. a test's), cleaned when the owner their [`OWNER_FILE`] names is gone (or `force`):
-/// their processes stopped, the directory removed.
-fn unregistered_dirs(
-    tmp: &Path,
-    force: bool,
-    grace: std::time::Duration,
-    containers: &mut std::collections::BTreeMap<String, Vec<String>>,
-) -> Vec<Cleaned> {
+/// Run directories under `places.tmp` that no entry of the registry names (`known`):
+/// another registry's runs, e.g. a test's. One is a target when its [`OWNER_FILE`] names a
+/// process that is gone and, short of [`Scope::All`], the directory is the user's own.
+/// Live owners' directories are left alone in every scope: their runs clean up after
+/// themselves.
+fn unregistered_dirs(places: &Places, scope: Scope, known: &std::collections::BTreeSet<String>) -> Vec<Target> {
+    use std::os::unix::fs::MetadataExt;
     let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(tmp) else { return out };
+    let Ok(entries) = std::fs::read_dir(&places.tmp) else { return out };
     for e in entries.flatten() {
         let dir = e.path();
         let Some(id) = e.file_name().to_str().and_then(|n| n.strip_prefix("lily-e2e-")).map(str::to_string) else { continue };
-        let Ok(owner) = std::fs::read_to_string(dir.join(OWNER_FILE)) else { continue };
-        if !force && owner_label_alive(owner.trim()) {
+        if known.contains(&id) {
             continue;
         }
-        let id = RunId::from_string(id);
-        let killed = processes_of(&id);
-        crate::process::terminate_pids(&killed, grace);
-        let removed = if std::fs::remove_dir_all(&dir).is_ok() { vec![dir] } else { vec![] };
-        let containers = containers.remove(id.as_str()).unwrap_or_default();
-        out.push(Cleaned { id, killed, removed, containers, skipped_live: false });
+        // Not a directory (or a symlink to one): not a run's.
+        let Ok(meta) = std::fs::symlink_metadata(&dir) else { continue };
+        if !meta.is_dir() || (scope != Scope::All && meta.uid() != places.uid) {
+            continue;
+        }
+        let Ok(owner) = std::fs::read_to_string(dir.join(OWNER_FILE)) else { continue };
+        if owner_label_alive(owner.trim()) {
+            continue;
+        }
+        out.push(Target { id: RunId::from_string(id), dirs: vec![dir], entry: None });
     }
     out
 }
 
-/// Containers of runs the registry does not know (any more), as clean-up results.
+/// Containers of runs `clean` did not otherwise act on ([`Scope::All`]), as results.
 fn orphan_containers(containers: std::collections::BTreeMap<String, Vec<String>>) -> Vec<Cleaned> {
     containers
         .into_iter()
@@ -180,29 +251,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn clean_removes_an_unregistered_run_dir_only_when_its_owner_is_gone() {
-        let tmp = tempfile::tempdir().unwrap();
-        let me = std::process::id();
-        let live = tmp.path().join("lily-e2e-rlive0001");
-        let dead = tmp.path().join("lily-e2e-rdead0001");
-        let unmarked = tmp.path().join("lily-e2e-rnoowner1");
-        let other = tmp.path().join("something-else");
-        for d in [&live, &dead, &unmarked, &other] {
-            std::fs::create_dir_all(d).unwrap();
-        }
-        std::fs::write(live.join(OWNER_FILE), format!("{me}.{}", process_start(me).unwrap())).unwrap();
-        std::fs::write(dead.join(OWNER_FILE), format!("{me}.{}", process_start(me).unwrap() + 1)).unwrap();
-        std::fs::write(other.join(OWNER_FILE), "1.1").unwrap();
-        let mut containers = Default::default();
-        let cleaned = unregistered_dirs(tmp.path(), false, std::time::Duration::from_millis(10), &mut containers);
-        assert_eq!(cleaned.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), vec!["rdead0001"]);
-        assert!(!dead.exists() && live.exists() && unmarked.exists() && other.exists());
-        let forced = unregistered_dirs(tmp.path(), true, std::time::Duration::from_millis(10), &mut containers);
-        assert_eq!(forced.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), vec!["rlive0001"]);
-        assert!(!live.exists() && unmarked.exists());
-    }
-
-    #[test]
     fn owner_labels_name_a_live_process_only_while_it_runs() {
         let me = std::process::id();
         let mine = format!("{me}.{}", process_start(me).unwrap());
@@ -214,3 +262,6 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod clean_tests;

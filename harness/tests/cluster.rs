@@ -11,7 +11,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use kube::ResourceExt;
 use lily_e2e::cluster::local::Local;
-use lily_e2e::cluster::{ClusterProvider, ClusterSpec};
+use lily_e2e::cluster::{ClusterProvider, ClusterSpec, Teardown};
 use lily_e2e::labels::{KWOK_LABEL, ZONE_LABEL};
 use lily_e2e::reap::processes_of;
 use lily_e2e::run::Run;
@@ -23,6 +23,16 @@ const T: Duration = Duration::from_secs(60);
 
 async fn start(run: &Run) -> lily_e2e::cluster::Cluster {
     Local::new(Tools::new()).start(&ClusterSpec::default(), run).await.expect("the local cluster starts")
+}
+
+/// The API server logs this when it shuts down gracefully (after TERM); KILLed, it cannot.
+const GRACEFUL_STOP: &str = "Stopped listening on 127.0.0.1:";
+
+/// Whether the API server shut down gracefully, by its log (read after teardown: the run
+/// directory lives until the run is dropped).
+fn apiserver_stopped_gracefully(logs: &[std::path::PathBuf]) -> bool {
+    let log = logs.iter().find(|l| l.ends_with("kube-apiserver.log")).expect("the API server's log");
+    std::fs::read_to_string(log).unwrap().contains(GRACEFUL_STOP)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -56,8 +66,10 @@ async fn nodes_spread_across_zones_and_a_statefulset_runs() {
         .unwrap();
     assert!(running.iter().all(|p| p.spec.as_ref().unwrap().node_name.as_deref().unwrap().starts_with("sim-")));
 
-    cluster.teardown().await.unwrap();
+    let logs = cluster.logs();
+    cluster.teardown(Teardown::Fast).await.unwrap();
     assert!(processes_of(run.id()).is_empty(), "a process of the run survived teardown");
+    assert!(!apiserver_stopped_gracefully(&logs), "a throwaway cluster's API server is KILLed, not drained");
     let dir = run.dir().to_path_buf();
     drop(run);
     assert!(!dir.exists(), "the run directory survived");
@@ -88,8 +100,10 @@ async fn a_node_whose_heartbeat_stops_goes_not_ready_and_is_tainted_unreachable(
     assert!(!lily_e2e::cluster::nodes::is_ready(&node));
     // The other nodes are unaffected.
     assert!(lily_e2e::cluster::nodes::is_ready(&nodes.get("sim-a1").await.unwrap()));
-    cluster.teardown().await.unwrap();
+    let logs = cluster.logs();
+    cluster.teardown(Teardown::Graceful).await.unwrap();
     assert!(processes_of(run.id()).is_empty());
+    assert!(apiserver_stopped_gracefully(&logs), "a graceful teardown gives the API server TERM and time to stop");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -132,7 +146,8 @@ async fn after_sigkill_clean_removes_what_the_run_left() {
     let dir = std::env::temp_dir().join(format!("lily-e2e-{id}"));
     child.kill().await.unwrap();
     let _ = child.wait().await;
-    assert!(!processes_of(&id).is_empty(), "children outlive a SIGKILLed harness (that is what clean is for)");
+    // The children die with the harness (tests/lifecycle.rs); the directory is what is left.
+    assert!(dir.exists(), "the run directory outlives a SIGKILLed harness (that is what clean is for)");
     let text = common::clean(runs.path()).await;
     assert!(text.contains(id.as_str()) && text.contains("stopped"), "{text}");
     assert!(processes_of(&id).is_empty(), "clean left processes: {:?}", processes_of(&id));

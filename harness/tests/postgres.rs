@@ -315,6 +315,37 @@ async fn sslmode_require_refuses_a_server_without_tls(#[case] provider: &str) {
     assert_nothing_left(provider.name(), &run).await;
 }
 
+/// Each scenario's role reaches its own database only: CONNECT to another scenario's is
+/// refused with "permission denied".
+#[rstest]
+#[case::local("local")]
+#[case::container("container")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scenarios_role_connects_to_its_own_database_only(#[case] provider: &str) {
+    let Some(provider) = under_test(provider) else {
+        return;
+    };
+    let run = Run::create(false).unwrap();
+    let pg = start(provider.as_ref(), &run, true).await;
+    let a = pg.create_database("isolated_a").await.unwrap();
+    let b = pg.create_database("isolated_b").await.unwrap();
+    let connect = |url: DbUrl| async move { lily_e2e::postgres::tls::connect(&url, None, None, Duration::from_secs(10)).await };
+
+    let own = connect(a.url(SslMode::Require)).await.unwrap_or_else(|e| panic!("a's role connects to a: {}", e.summary()));
+    let db: String = own.query_one("SELECT current_database()", &[]).await.unwrap().get(0);
+    assert_eq!(db, "isolated_a");
+    for (who, to) in [(&a, &b), (&b, &a)] {
+        let url = DbUrl { database: to.name.clone(), ..who.url(SslMode::Require) };
+        let e = connect(url).await.err().unwrap_or_else(|| panic!("{}'s role connected to {}", who.name, to.name));
+        let msg = e.summary();
+        assert!(msg.contains(&format!("permission denied for database \"{}\"", to.name)), "{msg}");
+        assert_hidden(&who.password, &msg);
+    }
+    drop(own);
+    pg.teardown().await.unwrap();
+    assert_nothing_left(provider.name(), &run).await;
+}
+
 #[rstest]
 #[case::local("local")]
 #[case::container("container")]
@@ -491,7 +522,7 @@ async fn contract_check_follows_the_chart_pod_to_its_secret(#[case] provider: &s
     }
 
     pg.teardown().await.unwrap();
-    cluster.teardown().await.unwrap();
+    cluster.teardown(lily_e2e::cluster::Teardown::Fast).await.unwrap();
     assert!(reap::processes_of(run.id()).is_empty());
 }
 

@@ -99,7 +99,7 @@ impl Env {
         }
         let log = self.sim().log_path().to_path_buf();
         eprintln!("--- {} ---\n{}", log.display(), std::fs::read_to_string(&log).unwrap_or_default());
-        self.cluster.teardown().await.expect("teardown");
+        self.cluster.teardown(lily_e2e::cluster::Teardown::Fast).await.expect("teardown");
         drop(self.run);
     }
 }

@@ -57,5 +57,5 @@ async fn every_rendered_manifest_is_accepted_by_a_real_api_server() {
         serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x", "namespace": "lily"}, "dta": {"a": "b"}});
     let r = dry_run_apply(&cluster.client, &[bad], "lily", &CrdPolicy::Report).await.unwrap();
     assert!(matches!(&r[0].outcome, Outcome::Rejected { message, .. } if message.contains("dta")), "{:?}", r[0].outcome);
-    cluster.teardown().await.unwrap();
+    cluster.teardown(lily_e2e::cluster::Teardown::Fast).await.unwrap();
 }

@@ -32,7 +32,7 @@ pub async fn cluster(runs: usize, spec: ClusterSpec) -> anyhow::Result<ExitCode>
         // The sum of each control-plane process's peak RSS, measured just before teardown.
         let kib: u64 = processes_of(run.id()).into_iter().map(peak_rss_kib).sum();
         let t = Instant::now();
-        c.teardown().await?;
+        c.teardown(cluster::Teardown::Fast).await?;
         let d = t.elapsed().as_secs_f64();
         println!("run {}: start to {} nodes Ready {s:.2}s, teardown {d:.2}s, peak RSS {:.0} MiB", i + 1, spec.nodes, kib as f64 / 1024.0);
         start.push(s);

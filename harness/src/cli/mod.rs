@@ -106,9 +106,14 @@ enum Command {
     /// Remove what earlier, killed runs left behind (processes, temporary directories,
     /// containers labelled with their run id).
     Clean {
-        /// Also clean runs whose owning process still runs.
+        /// Also clean runs of this registry whose owning process still runs.
         #[arg(long)]
         force: bool,
+        /// Clean everything labelled: what --force does, dead runs of any user or registry, and
+        /// every labelled container whatever its owner (other registries' live runs keep their
+        /// directories and processes).
+        #[arg(long)]
+        all: bool,
     },
 }
 
@@ -407,8 +412,8 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Run { args, keep, names } => scenarios::suite(args, names, keep).await,
         Command::Reproduce { args, case, name } => scenarios::reproduce(args, name, case).await,
         Command::Render { chart, version, values, release } => scenarios::render(chart, version, values, release).await,
-        Command::Clean { force } => {
-            let cleaned = lily_e2e::reap::clean(force, lily_e2e::process::GRACE)?;
+        Command::Clean { force, all } => {
+            let cleaned = lily_e2e::reap::clean(lily_e2e::reap::Scope::of(force, all), lily_e2e::process::GRACE)?;
             if cleaned.is_empty() {
                 println!("nothing to clean");
             }
@@ -466,14 +471,14 @@ async fn cluster_exec(args: ClusterArgs, keep: bool, cmd: Vec<OsString>) -> anyh
     }
     let path = std::env::join_paths(path).context("cannot build PATH")?;
     let mut child = tokio::process::Command::new(&cmd[0]);
-    // The run id marks CMD too, so `lily-e2e clean` stops it if this process is killed.
+    // The run id marks CMD too, so `lily-e2e clean` finds it; it dies with this process.
     child
         .args(&cmd[1..])
         .env("KUBECONFIG", &cluster.kubeconfig)
         .env("PATH", path)
         .env(lily_e2e::run::RUN_ENV, run.id().as_str())
         .kill_on_drop(true);
-    let status = match child.spawn() {
+    let status = match lily_e2e::process::spawn_tied(child) {
         Ok(mut c) => tokio::select! {
             s = c.wait() => Some(s.context("waiting for the command")?),
             _ = interrupted() => { let _ = c.kill().await; None }
@@ -490,7 +495,7 @@ async fn cluster_exec(args: ClusterArgs, keep: bool, cmd: Vec<OsString>) -> anyh
         );
         interrupted().await;
     }
-    cluster.teardown().await.context("teardown failed")?;
+    cluster.teardown(cluster::Teardown::for_kept(keep)).await.context("teardown failed")?;
     drop(run);
     Ok(match status {
         None => interrupted_status(),

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use futures::future::BoxFuture;
 
-use super::{kubeconfig, Cluster, ClusterError, ClusterProvider, ClusterSpec, Running, SimNode};
+use super::{kubeconfig, Cluster, ClusterError, ClusterProvider, ClusterSpec, Running, SimNode, Teardown};
 use crate::error::{Error, Result};
 use crate::run::Run;
 
@@ -42,7 +42,7 @@ impl ClusterProvider for Existing {
 struct Nothing;
 
 impl Running for Nothing {
-    fn teardown(self: Box<Self>) -> BoxFuture<'static, Result<()>> {
+    fn teardown(self: Box<Self>, _how: Teardown) -> BoxFuture<'static, Result<()>> {
         Box::pin(async { Ok(()) })
     }
     fn logs(&self) -> Vec<PathBuf> {

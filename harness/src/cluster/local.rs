@@ -402,6 +402,8 @@ impl ControlPlane {
         }
     }
 
+    /// The children, taken out, in the order a graceful stop goes: the reverse of start
+    /// order (kwok and the controllers before the API server, the API server before etcd).
     fn stop_order(&mut self) -> Vec<Supervised> {
         let mut v = std::mem::take(&mut self.children);
         v.reverse();
@@ -410,15 +412,29 @@ impl ControlPlane {
 }
 
 impl Running for ControlPlane {
-    fn teardown(mut self: Box<Self>) -> BoxFuture<'static, Result<()>> {
+    /// The simulated cloud first (its controllers talk to the API server), then the
+    /// processes: a throwaway cluster's ([`Teardown::Fast`](super::Teardown::Fast)) all
+    /// KILLed at once, since nothing in it is worth a clean shutdown (the API server alone
+    /// takes about a second to drain after TERM); a kept one's one by one, TERM, grace, KILL.
+    fn teardown(mut self: Box<Self>, how: super::Teardown) -> BoxFuture<'static, Result<()>> {
         let sim = self.sim.take();
-        let children = self.stop_order();
+        let mut children = self.stop_order();
         Box::pin(async move {
             if let Some(sim) = sim {
                 sim.stop().await;
             }
-            for mut c in children {
-                c.terminate().await?;
+            match how {
+                super::Teardown::Fast => {
+                    // Each future sends its KILL when first polled: all go out together.
+                    for r in futures::future::join_all(children.iter_mut().map(Supervised::kill)).await {
+                        r?;
+                    }
+                }
+                super::Teardown::Graceful => {
+                    for c in &mut children {
+                        c.terminate().await?;
+                    }
+                }
             }
             Ok(())
         })
@@ -444,13 +460,18 @@ impl Running for ControlPlane {
 }
 
 impl Drop for ControlPlane {
+    /// Dropped without a teardown (a failed start, a panic): stopped like a throwaway
+    /// cluster, at once.
     fn drop(&mut self) {
         // The sim cloud's controllers first (their Drop aborts the tasks).
         drop(self.sim.take());
-        // Reverse start order; each Supervised's Drop stops its process group.
-        for c in self.stop_order() {
-            drop(c);
+        let mut children = self.stop_order();
+        // KILL to every process group first, so they all go down together; then each
+        // Supervised's Drop waits for its child (it is already gone or going).
+        for c in &mut children {
+            c.start_kill();
         }
+        drop(children);
     }
 }
 

@@ -1,7 +1,8 @@
 //! Cluster providers: where the chart is installed.
 //!
 //! A [`ClusterProvider`] starts a [`Cluster`]: a kube [`Client`], a kubeconfig file, the
-//! Kubernetes version, and an explicit async [`Cluster::teardown`] (dropping it is a
+//! Kubernetes version, and an explicit async [`Cluster::teardown`], [`Teardown::Fast`] for
+//! a throwaway cluster or [`Teardown::Graceful`] for a kept one (dropping it is a
 //! best-effort fallback that still stops every child process).
 //!
 //! - [`local::Local`], the embedded default: etcd, kube-apiserver, kube-controller-manager,
@@ -48,6 +49,28 @@ impl Default for ClusterSpec {
     }
 }
 
+/// How a cluster is stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Teardown {
+    /// A throwaway cluster (the default run): nothing in it is worth a clean shutdown, so
+    /// its processes are killed at once (KILL to every process group, all together).
+    Fast,
+    /// A kept cluster (`--keep`), stopped when its user is done with it: each process gets
+    /// its stop signal and a grace period before KILL, so it can shut down cleanly.
+    Graceful,
+}
+
+impl Teardown {
+    /// [`Teardown::Graceful`] for a kept run, [`Teardown::Fast`] otherwise.
+    pub fn for_kept(kept: bool) -> Self {
+        if kept {
+            Teardown::Graceful
+        } else {
+            Teardown::Fast
+        }
+    }
+}
+
 /// Something that can start clusters.
 pub trait ClusterProvider: Send + Sync {
     fn name(&self) -> &'static str;
@@ -56,8 +79,9 @@ pub trait ClusterProvider: Send + Sync {
 
 /// The provider-specific part of a running cluster.
 pub trait Running: Send + Sync {
-    /// Stops everything the provider started (TERM, grace, KILL for processes).
-    fn teardown(self: Box<Self>) -> BoxFuture<'static, Result<()>>;
+    /// Stops everything the provider started, as `how` says (for processes: KILL at once,
+    /// or TERM, grace, KILL).
+    fn teardown(self: Box<Self>, how: Teardown) -> BoxFuture<'static, Result<()>>;
     /// Log files of the cluster's components, for artifacts.
     fn logs(&self) -> Vec<PathBuf>;
     /// The simulated nodes, if the provider simulates nodes.
@@ -117,10 +141,10 @@ impl Cluster {
         self.running.as_ref().and_then(|r| r.sim())
     }
 
-    /// Stops the cluster and waits for it.
-    pub async fn teardown(mut self) -> Result<()> {
+    /// Stops the cluster, as `how` says, and waits for it.
+    pub async fn teardown(mut self, how: Teardown) -> Result<()> {
         match self.running.take() {
-            Some(r) => r.teardown().await,
+            Some(r) => r.teardown(how).await,
             None => Ok(()),
         }
     }

@@ -20,6 +20,11 @@
 //! The container carries the run label, so `lily-e2e clean` removes it after a crash. It is
 //! removed at teardown, and by its `Drop` otherwise, unless `TESTCONTAINERS_COMMAND=keep`
 //! (testcontainers' own switch) asks to keep it for debugging.
+//!
+//! Unlike the harness's child processes ([`crate::process::spawn_tied`]), a container
+//! cannot be given a death signal: the engine runs it, not the harness, so it outlives a
+//! SIGKILLed harness. For that case `lily-e2e clean` remains, finding it by its run label
+//! (and, for `clean --all`, by its owner label naming a dead process).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -271,7 +276,7 @@ impl Running for ContainerServer {
         Box::pin(async move {
             if let Some(c) = container {
                 if keep_requested() {
-                    eprintln!("lily-e2e: keeping postgresql container {} ({KEEP_ENV}=keep); `lily-e2e clean` removes it", c.id());
+                    eprintln!("lily-e2e: keeping postgresql container {} ({KEEP_ENV}=keep); `lily-e2e clean --all` removes it", c.id());
                     // testcontainers' Drop honours the same switch.
                     drop(c);
                     return Ok(());

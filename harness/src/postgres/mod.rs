@@ -227,7 +227,8 @@ impl Postgres {
 
     /// A scenario's own database: a role `<name>_user` with a fresh random password that
     /// owns database `<name>`. `name` is a lowercase identifier (`[a-z][a-z0-9_]*`, at most
-    /// 40 characters).
+    /// 40 characters). Only that role (and the superuser) may connect to it: CONNECT is
+    /// revoked from PUBLIC, so no other scenario's role reaches it.
     pub async fn create_database(&self, name: &str) -> Result<Database> {
         validate_identifier(name, "database name")?;
         let user = format!("{name}_user");
@@ -246,6 +247,13 @@ impl Postgres {
             .batch_execute(&db_sql)
             .await
             .map_err(|source| PostgresError::Sql { what: format!("cannot create database `{name}`"), source })?;
+        // Every role may connect to a new database by default (PUBLIC holds CONNECT).
+        let (db, role) = (quote_ident(name), quote_ident(&user));
+        let acl_sql = format!("REVOKE CONNECT ON DATABASE {db} FROM PUBLIC; GRANT CONNECT ON DATABASE {db} TO {role}");
+        client
+            .batch_execute(&acl_sql)
+            .await
+            .map_err(|source| PostgresError::Sql { what: format!("cannot restrict who connects to database `{name}`"), source })?;
         Ok(Database { name: name.to_string(), user, password, host: self.endpoint.host.clone(), port: self.endpoint.port })
     }
 

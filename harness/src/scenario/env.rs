@@ -150,12 +150,14 @@ impl Env {
     }
 
     /// Stops everything, in reverse order of dependence, and removes the run directory
-    /// (also a kept one: an explicit teardown means the user is done with it).
+    /// (also a kept one: an explicit teardown means the user is done with it). A kept
+    /// environment's cluster stops gracefully, a throwaway one's at once.
     pub async fn teardown(self) -> Result<()> {
-        let Env { cluster, postgres, repo, mut run, .. } = self;
+        let Env { cluster, postgres, repo, mut run, keep, .. } = self;
         run.set_keep(false);
         drop(repo);
-        let (a, b) = tokio::join!(cluster.teardown(), postgres.teardown());
+        let how = cluster::Teardown::for_kept(keep);
+        let (a, b) = tokio::join!(cluster.teardown(how), postgres.teardown());
         drop(run);
         a.and(b)
     }
