@@ -11,9 +11,12 @@ use std::time::Duration;
 
 use super::{CaseOutcome, CaseReport, Counts, Event, Reporter};
 
+/// A finished step: its label, how long it took, whether it succeeded.
+type StepLine = (String, Duration, bool);
+
 #[derive(Default)]
 pub struct GitHub {
-    steps: Mutex<BTreeMap<String, Vec<(String, Duration, bool)>>>,
+    steps: Mutex<BTreeMap<String, Vec<StepLine>>>,
 }
 
 /// Escapes a workflow command's message (`%`, CR, LF).
