@@ -61,3 +61,23 @@ async fn sigint_mid_run_exits_130_with_the_report() {
     assert_eq!(code, Some(130), "{stdout}");
     assert!(junit.contains("<error"), "{junit}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_stops_the_run_and_it_still_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let junit = dir.path().join("junit.xml");
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_lily-e2e"))
+        .args(["run", "upgrade", "--deadline", "6s", "--artifacts"])
+        .arg(dir.path().join("artifacts"))
+        .arg("--junit")
+        .arg(&junit)
+        .env("LILY_E2E_RUNS", dir.path().join("runs"))
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(120), out).await.expect("the deadline stops it").unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("1 errored"), "{stdout}");
+    let junit = std::fs::read_to_string(&junit).unwrap();
+    assert!(junit.contains("<error") && junit.contains("interrupted"), "{junit}");
+    assert_eq!(std::fs::read_dir(dir.path().join("runs")).map(|d| d.count()).unwrap_or(0), 0, "the run was not torn down");
+}

@@ -53,6 +53,10 @@ pub struct SuiteArgs {
     /// With --outcomes: write the outcomes instead of comparing them.
     #[arg(long, requires = "outcomes")]
     pub accept: bool,
+    /// Stop the run after this long (e.g. 40m), as Ctrl-C would: tear down, then report the
+    /// unfinished cases as errors. Set it below a CI job's own timeout.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub deadline: Option<std::time::Duration>,
     /// Run shard K of N (from 1), e.g. 2/3: environments are kept whole, as
     /// `cargo nextest run --partition count:K/N` splits tests.
     #[arg(long, value_name = "K/N", value_parser = parse_partition)]
@@ -102,6 +106,10 @@ impl SuiteArgs {
             })
             .collect()
     }
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    lily_e2e::scenario::model::duration(s).map_err(|e| e.to_string())
 }
 
 /// `K/N` with 1 <= K <= N.
@@ -221,6 +229,14 @@ pub async fn suite(args: SuiteArgs, names: Vec<String>, keep: bool) -> anyhow::R
         anyhow::bail!("no scenario case selected");
     }
     let cancel = lily_e2e::interrupt::token();
+    if let Some(d) = args.deadline {
+        let c = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(d).await;
+            tracing::warn!("the --deadline of {}s has passed; stopping", d.as_secs());
+            c.cancel();
+        });
+    }
     let mut suite = Suite::new(opts, cancel.clone());
     suite.outcomes = args.outcomes.clone().map(|dir| lily_e2e::suite::outcomes::OutcomeCheck { dir, accept: args.accept });
     let github = args.github_actions.as_deref() == Some("true");
