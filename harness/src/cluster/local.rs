@@ -19,7 +19,7 @@ use kube::runtime::watcher;
 use kube::Client;
 
 use super::nodes::{self, NodePlan, SimNode};
-use super::ports::{self, Reservation};
+use super::ports::{self, AfterExit, Reservation};
 use super::{kubeconfig, Cluster, ClusterProvider, ClusterSpec, Running};
 use crate::error::{Error, Result};
 use crate::fsutil::write_private;
@@ -370,10 +370,11 @@ impl ControlPlane {
             let client = kubeconfig::client(&layout.kubeconfig, None).await?;
             match self.ready(&client, START_TIMEOUT).await {
                 Ok(()) => break client,
-                Err(Error::ChildExited { name, .. }) if name == "kube-apiserver" && ports::bind_conflict(&apiserver_log, log_from) => {
-                    let busy = Error::PortBusy { port: ports.apiserver, what: APISERVER_PORT.into() };
-                    if spec.apiserver_port.is_some() || attempt == ports::ATTEMPTS {
-                        return Err(busy);
+                Err(Error::ChildExited { name, status, log, tail }) if name == "kube-apiserver" => {
+                    match ports::after_exit(&apiserver_log, log_from, spec.apiserver_port.is_some(), attempt) {
+                        AfterExit::Retry => {}
+                        AfterExit::Busy => return Err(Error::PortBusy { port: ports.apiserver, what: APISERVER_PORT.into() }),
+                        AfterExit::Failed => return Err(Error::ChildExited { name, status, log, tail }),
                     }
                     tracing::warn!(port = ports.apiserver, attempt, "kube-apiserver: address already in use; retrying with a fresh port");
                     self.children.pop();

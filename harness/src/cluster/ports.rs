@@ -81,6 +81,29 @@ pub fn bind_conflict(log: &Path, from: u64) -> bool {
     String::from_utf8_lossy(&text).contains(IN_USE)
 }
 
+/// What to do after a component that listens on a reserved port exited while starting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterExit {
+    /// Its port was taken: start it again on a fresh one.
+    Retry,
+    /// Its port was taken and it is the one asked for, or the tries are used up.
+    Busy,
+    /// It failed for another reason.
+    Failed,
+}
+
+/// Decides [`AfterExit`] for the `attempt`th start (from 1) of a component whose output
+/// since that start begins at byte `from` of `log`; `fixed` if its port was asked for.
+pub fn after_exit(log: &Path, from: u64, fixed: bool, attempt: usize) -> AfterExit {
+    if !bind_conflict(log, from) {
+        AfterExit::Failed
+    } else if fixed || attempt >= ATTEMPTS {
+        AfterExit::Busy
+    } else {
+        AfterExit::Retry
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,5 +166,18 @@ mod tests {
         let second = log_len(&log);
         std::fs::write(&log, format!("{}E2 etcd: connection refused\n", std::fs::read_to_string(&log).unwrap())).unwrap();
         assert!(!bind_conflict(&log, second), "the first start's conflict is not the second's");
+    }
+
+    #[test]
+    fn a_taken_port_is_retried_a_bounded_number_of_times_unless_it_was_asked_for() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = tmp.path().join("kube-apiserver.log");
+        std::fs::write(&log, "listen tcp 127.0.0.1:40000: bind: address already in use\n").unwrap();
+        assert_eq!(after_exit(&log, 0, false, 1), AfterExit::Retry);
+        assert_eq!(after_exit(&log, 0, false, ATTEMPTS - 1), AfterExit::Retry);
+        assert_eq!(after_exit(&log, 0, false, ATTEMPTS), AfterExit::Busy, "bounded");
+        assert_eq!(after_exit(&log, 0, true, 1), AfterExit::Busy, "a port asked for is not swapped for another");
+        std::fs::write(&log, "E etcd: context deadline exceeded\n").unwrap();
+        assert_eq!(after_exit(&log, 0, false, 1), AfterExit::Failed);
     }
 }
