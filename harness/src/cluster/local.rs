@@ -3,9 +3,10 @@
 //! etcd, kube-apiserver, kube-controller-manager and kube-scheduler are the pinned upstream
 //! binaries; kwok simulates the nodes' kubelets. Authentication is by client certificate
 //! from a per-run CA (no anonymous access); the API server listens on 127.0.0.1 only,
-//! etcd on a Unix socket in the run's private directory (see [`security`]).
+//! etcd on a Unix socket in the run's owner-only directory (see [`security`]).
 
 mod security;
+mod trim;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -122,12 +123,6 @@ struct Layout {
     dir: PathBuf,
     etcd_data: PathBuf,
     etcd_socket: PathBuf,
-    etcd_crt: PathBuf,
-    etcd_key: PathBuf,
-    etcd_self_crt: PathBuf,
-    etcd_self_key: PathBuf,
-    etcd_client_crt: PathBuf,
-    etcd_client_key: PathBuf,
     encryption: PathBuf,
     apiserver_certs: PathBuf,
     ca_crt: PathBuf,
@@ -145,12 +140,6 @@ impl Layout {
             dir: dir.to_path_buf(),
             etcd_data: dir.join("etcd"),
             etcd_socket: dir.join(security::ETCD_SOCKET),
-            etcd_crt: dir.join("etcd.crt"),
-            etcd_key: dir.join("etcd.key"),
-            etcd_self_crt: dir.join("etcd-gateway.crt"),
-            etcd_self_key: dir.join("etcd-gateway.key"),
-            etcd_client_crt: dir.join("apiserver-etcd-client.crt"),
-            etcd_client_key: dir.join("apiserver-etcd-client.key"),
             encryption: dir.join("encryption.yaml"),
             apiserver_certs: dir.join("apiserver-certs"),
             ca_crt: dir.join("ca.crt"),
@@ -163,9 +152,7 @@ impl Layout {
         }
     }
 
-    /// Writes the PKI: a CA, the API server's serving certificate, etcd's serving
-    /// certificate, client certificates for etcd (the API server's, and the one etcd's own
-    /// HTTP gateway dials its gRPC server with), service-account keys.
+    /// Writes the PKI: a CA, the API server's serving certificate, service-account keys.
     /// Returns the admin credentials for [`Layout::write_kubeconfig`].
     fn write_pki(&self) -> Result<Admin> {
         let ca = pki::Ca::new("lily-e2e-ca")?;
@@ -175,19 +162,10 @@ impl Layout {
             &["127.0.0.1", "localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "10.96.0.1"],
             Usage::Server,
         )?;
-        let etcd = ca.issue("etcd", &[], &[security::ETCD_SOCKET, "localhost"], Usage::Server)?;
-        let etcd_self = ca.issue("etcd-gateway", &[], &[], Usage::Client)?;
-        let etcd_client = ca.issue("kube-apiserver-etcd-client", &[], &[], Usage::Client)?;
         let admin = ca.issue("lily-e2e-admin", &["system:masters"], &[], Usage::Client)?;
         write_private(&self.ca_crt, ca.cert_pem().as_bytes())?;
         write_private(&self.tls_crt, serving.cert_pem.as_bytes())?;
         write_private(&self.tls_key, serving.key_pem.as_bytes())?;
-        write_private(&self.etcd_crt, etcd.cert_pem.as_bytes())?;
-        write_private(&self.etcd_key, etcd.key_pem.as_bytes())?;
-        write_private(&self.etcd_self_crt, etcd_self.cert_pem.as_bytes())?;
-        write_private(&self.etcd_self_key, etcd_self.key_pem.as_bytes())?;
-        write_private(&self.etcd_client_crt, etcd_client.cert_pem.as_bytes())?;
-        write_private(&self.etcd_client_key, etcd_client.key_pem.as_bytes())?;
         let (sa_private, sa_public) = pki::key_pair_pem()?;
         write_private(&self.sa_key, sa_private.as_bytes())?;
         write_private(&self.sa_pub, sa_public.as_bytes())?;
@@ -219,38 +197,30 @@ fn server_url(ports: &Ports) -> String {
     format!("https://127.0.0.1:{}", ports.apiserver)
 }
 
-/// etcd: one member on a Unix socket in the cluster directory, TLS, clients need a
-/// certificate from the run's CA; no fsync (a throwaway cluster). Runs in the cluster
-/// directory (its peer socket's path is relative).
+/// etcd: one member on a Unix socket in the (owner-only) cluster directory, no TCP port;
+/// no fsync (a throwaway cluster). Runs in the cluster directory (its peer socket's path
+/// is relative).
 fn etcd_args(l: &Layout) -> Vec<OsString> {
     let peer = security::ETCD_PEER_URL;
     args(vec![
         "--name=lily-e2e".to_string(),
         format!("--data-dir={}", p(&l.etcd_data)),
-        format!("--listen-client-urls=unixs://{}", p(&l.etcd_socket)),
+        format!("--listen-client-urls=unix://{}", p(&l.etcd_socket)),
         format!("--advertise-client-urls={}", security::ETCD_ADVERTISE_URL),
         format!("--listen-peer-urls={peer}"),
         format!("--initial-advertise-peer-urls={peer}"),
         format!("--initial-cluster=lily-e2e={peer}"),
-        "--client-cert-auth=true".into(),
-        format!("--trusted-ca-file={}", p(&l.ca_crt)),
-        format!("--cert-file={}", p(&l.etcd_crt)),
-        format!("--key-file={}", p(&l.etcd_key)),
-        format!("--client-cert-file={}", p(&l.etcd_self_crt)),
-        format!("--client-key-file={}", p(&l.etcd_self_key)),
         "--unsafe-no-fsync=true".into(),
         "--log-level=warn".into(),
     ])
 }
 
 /// kube-apiserver: loopback only, client certificates from the run's CA, no anonymous
-/// access, RBAC, Secrets encrypted at rest, and the short node-failure tolerations of `t`.
+/// access, RBAC, etcd by its socket, Secrets encrypted at rest, the short node-failure tolerations of `t`, and
+/// without the API groups and admission plugins nothing uses ([`trim`]).
 fn apiserver_args(l: &Layout, ports: &Ports, t: &Timings) -> Vec<OsString> {
     args(vec![
-        format!("--etcd-servers=unixs://{}", p(&l.etcd_socket)),
-        format!("--etcd-cafile={}", p(&l.ca_crt)),
-        format!("--etcd-certfile={}", p(&l.etcd_client_crt)),
-        format!("--etcd-keyfile={}", p(&l.etcd_client_key)),
+        format!("--etcd-servers=unix://{}", p(&l.etcd_socket)),
         format!("--encryption-provider-config={}", p(&l.encryption)),
         "--bind-address=127.0.0.1".into(),
         "--advertise-address=127.0.0.1".into(),
@@ -271,6 +241,9 @@ fn apiserver_args(l: &Layout, ports: &Ports, t: &Timings) -> Vec<OsString> {
         "--profiling=false".into(),
         format!("--default-not-ready-toleration-seconds={}", t.not_ready_toleration_seconds),
         format!("--default-unreachable-toleration-seconds={}", t.unreachable_toleration_seconds),
+        format!("--runtime-config={}", trim::runtime_config()),
+        format!("--disable-admission-plugins={}", trim::ADMISSION_OFF.join(",")),
+        format!("--feature-gates={}", trim::FEATURE_GATES),
     ])
 }
 
@@ -286,7 +259,7 @@ fn component_args(l: &Layout) -> Vec<String> {
 }
 
 /// kube-controller-manager: signs service-account tokens, and notices dead nodes within
-/// the periods of `t`.
+/// the periods of `t`; without the controllers of the API groups turned off ([`trim`]).
 fn controller_manager_args(l: &Layout, t: &Timings) -> Vec<OsString> {
     let mut v = component_args(l);
     v.extend([
@@ -297,6 +270,8 @@ fn controller_manager_args(l: &Layout, t: &Timings) -> Vec<OsString> {
         format!("--node-monitor-grace-period={}", t.node_monitor_grace_period),
         "--allocate-node-cidrs=false".to_string(),
         "--profiling=false".to_string(),
+        format!("--controllers={}", trim::controllers()),
+        format!("--feature-gates={}", trim::FEATURE_GATES),
     ]);
     args(v)
 }
@@ -304,6 +279,7 @@ fn controller_manager_args(l: &Layout, t: &Timings) -> Vec<OsString> {
 fn scheduler_args(l: &Layout) -> Vec<OsString> {
     let mut v = component_args(l);
     v.push("--profiling=false".to_string());
+    v.push(format!("--feature-gates={}", trim::FEATURE_GATES));
     args(v)
 }
 
@@ -579,6 +555,8 @@ mod tests {
                 "--node-monitor-grace-period=9s",
                 "--allocate-node-cidrs=false",
                 "--profiling=false",
+                &format!("--controllers={}", trim::controllers()),
+                &format!("--feature-gates={}", trim::FEATURE_GATES),
             ]
         );
     }
@@ -592,7 +570,8 @@ mod tests {
                 "--leader-elect=false",
                 "--bind-address=127.0.0.1",
                 "--secure-port=0",
-                "--profiling=false"
+                "--profiling=false",
+                &format!("--feature-gates={}", trim::FEATURE_GATES),
             ]
         );
     }

@@ -1,9 +1,12 @@
 //! What keeps a local control plane closed to the machine's other users.
 //!
 //! - etcd has no TCP port: it serves its clients on a Unix socket in the run's cluster
-//!   directory (mode 0700), over TLS, and only to clients with a certificate from the run's
-//!   CA (the API server's). Its peer listener, which a one-member cluster never dials, is a
-//!   Unix socket there too.
+//!   directory, which only its owner may enter (0700, in a 0700 run directory); another
+//!   user cannot reach the socket, let alone connect (connecting needs write permission on
+//!   the socket too, which etcd gives its owner only). Its peer listener, which a
+//!   one-member cluster never dials, is a Unix socket there too. TLS with client
+//!   certificates on that socket would keep out no one the directory does not, and cost
+//!   the API server a TLS handshake for each of its dozens of etcd connections at start.
 //! - The API server encrypts Secrets at rest (secretbox, a random key per run), so etcd's
 //!   data directory holds no Secret in plain text.
 //! - Every file the control plane's set-up writes is readable by its owner only.
@@ -15,8 +18,7 @@ use base64::Engine;
 use crate::error::{Error, Result};
 use crate::fsutil::write_private;
 
-/// The name of etcd's client socket in the cluster directory. The API server's etcd client
-/// takes a socket's file name as the TLS server name, so etcd's serving certificate names it.
+/// The name of etcd's client socket in the cluster directory.
 pub(super) const ETCD_SOCKET: &str = "etcd.sock";
 
 /// etcd's peer URL. etcd wants `host:port` for peer URLs and listens on a `unix://` one's
@@ -25,7 +27,7 @@ pub(super) const ETCD_PEER_URL: &str = "unix://etcd-peer.sock:0";
 
 /// etcd's advertised client URL: etcd wants `host:port` here and only records it (nothing
 /// dials it; the API server is given the socket's path).
-pub(super) const ETCD_ADVERTISE_URL: &str = "unixs://localhost:0";
+pub(super) const ETCD_ADVERTISE_URL: &str = "unix://localhost:0";
 
 /// The longest path a Unix socket address holds (`sun_path`, less its NUL).
 const SUN_PATH_MAX: usize = 107;
@@ -96,28 +98,18 @@ mod tests {
     }
 
     #[test]
-    fn etcd_serves_tls_on_a_socket_to_certified_clients_only() {
+    fn etcd_listens_only_on_sockets_in_the_cluster_directory() {
         let a = strings(etcd_args(&layout()));
-        assert_eq!(flag(&a, "listen-client-urls"), Some("unixs:///tmp/lily-e2e-r0/cluster/etcd.sock"));
-        assert_eq!(flag(&a, "client-cert-auth"), Some("true"));
-        assert_eq!(flag(&a, "trusted-ca-file"), Some("/tmp/lily-e2e-r0/cluster/ca.crt"));
-        assert_eq!(flag(&a, "cert-file"), Some("/tmp/lily-e2e-r0/cluster/etcd.crt"));
-        assert_eq!(flag(&a, "key-file"), Some("/tmp/lily-e2e-r0/cluster/etcd.key"));
-        // etcd's HTTP gateway dials its own gRPC server as a client, with its own certificate.
-        assert_eq!(flag(&a, "client-cert-file"), Some("/tmp/lily-e2e-r0/cluster/etcd-gateway.crt"));
-        assert_eq!(flag(&a, "client-key-file"), Some("/tmp/lily-e2e-r0/cluster/etcd-gateway.key"));
+        assert_eq!(flag(&a, "listen-client-urls"), Some("unix:///tmp/lily-e2e-r0/cluster/etcd.sock"));
         assert_eq!(flag(&a, "listen-peer-urls"), Some(ETCD_PEER_URL));
         assert_eq!(flag(&a, "initial-cluster"), Some(format!("lily-e2e={ETCD_PEER_URL}").as_str()));
         assert!(!a.iter().any(|x| x.contains("http://") || x.contains("127.0.0.1")), "no TCP listener: {a:?}");
     }
 
     #[test]
-    fn the_apiserver_reaches_etcd_by_certificate_and_encrypts_secrets() {
+    fn the_apiserver_reaches_etcd_by_its_socket_and_encrypts_secrets() {
         let a = strings(apiserver_args(&layout(), &Ports { apiserver: 6443 }, &Timings::default()));
-        assert_eq!(flag(&a, "etcd-servers"), Some("unixs:///tmp/lily-e2e-r0/cluster/etcd.sock"));
-        assert_eq!(flag(&a, "etcd-cafile"), Some("/tmp/lily-e2e-r0/cluster/ca.crt"));
-        assert_eq!(flag(&a, "etcd-certfile"), Some("/tmp/lily-e2e-r0/cluster/apiserver-etcd-client.crt"));
-        assert_eq!(flag(&a, "etcd-keyfile"), Some("/tmp/lily-e2e-r0/cluster/apiserver-etcd-client.key"));
+        assert_eq!(flag(&a, "etcd-servers"), Some("unix:///tmp/lily-e2e-r0/cluster/etcd.sock"));
         assert_eq!(flag(&a, "encryption-provider-config"), Some("/tmp/lily-e2e-r0/cluster/encryption.yaml"));
     }
 
