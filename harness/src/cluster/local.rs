@@ -298,6 +298,15 @@ fn kwok_args(l: &Layout, t: &Timings) -> Vec<OsString> {
     ])
 }
 
+/// How far [`ControlPlane::api`] waits for the API server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Up {
+    /// It answers requests (its post-start hooks may still run).
+    Serving,
+    /// `/readyz` is `ok`.
+    Ready,
+}
+
 struct ControlPlane {
     /// In start order; stopped in reverse.
     children: Vec<Supervised>,
@@ -344,7 +353,7 @@ impl ControlPlane {
                 ChildSpec::new("kube-apiserver", &bins.apiserver).grace(Duration::from_secs(2)).args(apiserver_args(&layout, &ports, t)),
             )?);
             let client = kubeconfig::client(&layout.kubeconfig, None).await?;
-            match self.ready(&client, START_TIMEOUT).await {
+            match self.api(&client, Up::Serving, START_TIMEOUT).await {
                 Ok(()) => break client,
                 Err(Error::ChildExited { name, status, log, tail }) if name == "kube-apiserver" => {
                     match ports::after_exit(&apiserver_log, log_from, spec.apiserver_port.is_some(), attempt) {
@@ -361,23 +370,29 @@ impl ControlPlane {
             }
         };
 
-        self.children
-            .push(spawn(ChildSpec::new("kube-controller-manager", &bins.controller_manager).args(controller_manager_args(&layout, t)))?);
+        // Serving, the API server still runs its post-start hooks, most of its start (the
+        // RBAC and PriorityClass bootstraps each wait a fixed second before they begin).
+        // The scheduler and kwok start meanwhile, and the nodes are created: they need the
+        // API only, as system:masters, which needs no RBAC role. The controller manager
+        // waits until /readyz: it polls /healthz itself, once a second, from its start.
         self.children.push(spawn(ChildSpec::new("kube-scheduler", &bins.scheduler).args(scheduler_args(&layout)))?);
         write_private(&layout.kwok_config, crate::sim::kwok_config().as_bytes())?;
         self.children.push(spawn(ChildSpec::new("kwok", &bins.kwok).args(kwok_args(&layout, t)))?);
+        self.race(plan.create(&client, run.id(), provider.tools.kubernetes_version())).await?;
+        self.api(&client, Up::Ready, START_TIMEOUT).await?;
+        self.children
+            .push(spawn(ChildSpec::new("kube-controller-manager", &bins.controller_manager).args(controller_manager_args(&layout, t)))?);
 
-        plan.create(&client, run.id(), provider.tools.kubernetes_version()).await?;
-        self.settled(&client, run.id(), plan.nodes.len()).await?;
-        let sim = self.race(crate::sim::SimCloud::start(&client, run, crate::sim::SimOptions::default())).await?;
+        let sim = crate::sim::SimCloud::start(&client, run, crate::sim::SimOptions::default());
+        let (_, sim) = self.race(futures::future::try_join(Self::settled(&client, run.id(), plan.nodes.len()), sim)).await?;
         self.sim = Some(sim);
         Ok((client, layout.kubeconfig))
     }
 
     /// Waits for the `default` ServiceAccount (it appears once the controller manager runs;
     /// pods cannot be created in `default` before it) and for the run's `want` simulated
-    /// nodes to be Ready, failing early if a child exits.
-    async fn settled(&mut self, client: &Client, run: &RunId, want: usize) -> Result<()> {
+    /// nodes to be Ready. The caller races it against the children exiting.
+    async fn settled(client: &Client, run: &RunId, want: usize) -> Result<()> {
         let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
         let nodes: Api<Node> = Api::all(client.clone());
         let node_sel = watcher::Config::default().labels(&format!("{RUN_LABEL}={run}"));
@@ -394,7 +409,7 @@ impl ControlPlane {
             .await?;
             Ok::<_, Error>(())
         };
-        self.race(waits).await
+        waits.await
     }
 
     /// Runs `fut`, failing early if any child exits meanwhile.
@@ -406,10 +421,10 @@ impl ControlPlane {
         }
     }
 
-    /// Waits for `/readyz`. This is a readiness probe: the API has no watch until it is
-    /// up, so it polls (every 100 ms) under a deadline, racing against etcd or the API
-    /// server exiting.
-    async fn ready(&mut self, client: &Client, timeout: Duration) -> Result<()> {
+    /// Waits until the API server is `up`: serving (any answer to `/readyz`) or ready
+    /// (`/readyz` is `ok`). This is a readiness probe: the API has no watch until it is up,
+    /// so it polls (every 100 ms) under a deadline, racing against a child exiting.
+    async fn api(&mut self, client: &Client, up: Up, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         let mut last = String::from("no answer yet");
         let probe = async {
@@ -419,11 +434,16 @@ impl ControlPlane {
                 let req = http::Request::get("/readyz").body(Vec::new()).expect("static request");
                 match client.request_text(req).await {
                     Ok(body) if body.trim() == "ok" => return Ok(()),
+                    Ok(_) | Err(kube::Error::Api(_)) if up == Up::Serving => return Ok(()),
                     Ok(body) => last = body.lines().filter(|l| l.contains("failed")).collect::<Vec<_>>().join(", "),
                     Err(e) => last = e.to_string(),
                 }
                 if Instant::now() >= deadline {
-                    return Err(Error::Timeout { what: "kube-apiserver /readyz".into(), after: timeout, last_seen: last.clone() });
+                    let what = match up {
+                        Up::Serving => "kube-apiserver to answer /readyz",
+                        Up::Ready => "kube-apiserver /readyz",
+                    };
+                    return Err(Error::Timeout { what: what.into(), after: timeout, last_seen: last.clone() });
                 }
             }
         };
