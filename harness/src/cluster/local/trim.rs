@@ -69,7 +69,13 @@ pub(super) const ADMISSION_OFF: &[&str] = &[
     "ValidatingAdmissionPolicy",
 ];
 
-/// Controller-manager controllers turned off: those of the API groups turned off above.
+/// Controller-manager controllers turned off: those of the API groups turned off above, and
+/// - `resourcequota-controller`: there is no ResourceQuota (its admission plugin is off),
+///   and it would still watch every quotable resource to keep usage counts;
+/// - `validatingadmissionpolicy-status-controller`: there is no ValidatingAdmissionPolicy
+///   (its admission plugin is off);
+/// - `legacy-serviceaccount-token-cleaner-controller`: nothing creates the legacy token
+///   Secrets it cleans up.
 pub(super) const CONTROLLERS_OFF: &[&str] = &[
     "horizontal-pod-autoscaler-controller",
     "job-controller",
@@ -79,6 +85,9 @@ pub(super) const CONTROLLERS_OFF: &[&str] = &[
     "certificatesigningrequest-cleaner-controller",
     "certificatesigningrequest-signing-controller",
     "resourceclaim-controller",
+    "resourcequota-controller",
+    "validatingadmissionpolicy-status-controller",
+    "legacy-serviceaccount-token-cleaner-controller",
 ];
 
 /// `--runtime-config`'s value.
