@@ -5,6 +5,7 @@
 use std::ffi::OsString;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{mpsc, OnceLock};
@@ -110,7 +111,12 @@ impl Supervised {
     pub fn spawn(spec: ChildSpec, run_id: &RunId, log_dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(log_dir).map_err(Error::io(format!("create {}", log_dir.display())))?;
         let log = log_dir.join(format!("{}.log", spec.name));
-        let out = std::fs::OpenOptions::new().create(true).append(true).open(&log).map_err(Error::io(format!("open {}", log.display())))?;
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&log)
+            .map_err(Error::io(format!("open {}", log.display())))?;
         let err = out.try_clone().map_err(Error::io("duplicate a log file handle"))?;
         if let Some((uid, gid)) = spec.user {
             let _ = nix::unistd::chown(&log, Some(uid.into()), Some(gid.into()));

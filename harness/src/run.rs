@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::fsutil::write_private;
 
 /// Label put on every Kubernetes object the harness creates.
 pub const RUN_LABEL: &str = "lily-e2e.io/run-id";
@@ -109,16 +110,25 @@ pub struct Run {
 }
 
 impl Run {
-    /// Creates a run with a fresh id, a temporary directory, and a registry entry.
+    /// Creates a run with a fresh id, a temporary directory only its owner can enter (it
+    /// holds keys, kubeconfigs, passwords and etcd's socket), and a registry entry.
     pub fn create(keep: bool) -> Result<Self> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
         let id = RunId::new();
         let dir = std::env::temp_dir().join(format!("lily-e2e-{id}"));
-        std::fs::create_dir_all(&dir).map_err(Error::io(format!("create run directory {}", dir.display())))?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(Error::io(format!("create run directory {}", dir.display())))?;
+        // Whatever the umask (or an earlier directory of that name) made it.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(Error::io(format!("chmod run directory {}", dir.display())))?;
         let me = std::process::id();
         let entry = RegistryEntry { id: id.clone(), owner_pid: me, owner_start: process_start(me).unwrap_or(0), dirs: vec![dir.clone()] };
         let run = Run { id, dir, keep, entry };
         let owner_file = run.dir.join(OWNER_FILE);
-        std::fs::write(&owner_file, run.owner()).map_err(Error::io(format!("write {}", owner_file.display())))?;
+        write_private(&owner_file, run.owner().as_bytes())?;
         run.save()?;
         LIVE.lock().unwrap_or_else(|e| e.into_inner()).push(run.id.clone());
         Ok(run)
@@ -152,6 +162,17 @@ impl Run {
         let has_logs = std::fs::read_dir(&logs).map(|mut d| d.next().is_some()).unwrap_or(false);
         self.keep = has_logs;
         has_logs.then(|| self.dir.clone())
+    }
+
+    /// Lets group `gid` pass through the run directory (mode 0710, that group), for a
+    /// server that runs as another user (PostgreSQL as `nobody` when the harness is root).
+    /// It still cannot list it, nor open what is not its own or group-readable.
+    pub fn let_group_through(&self, gid: u32) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        nix::unistd::chown(&self.dir, None, Some(gid.into()))
+            .map_err(|e| Error::Io { what: format!("give run directory {} to group {gid}", self.dir.display()), source: e.into() })?;
+        std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o710))
+            .map_err(Error::io(format!("chmod run directory {}", self.dir.display())))
     }
 
     /// A subdirectory of the run directory, created on demand.
@@ -207,3 +228,6 @@ pub fn process_start(pid: u32) -> Option<u64> {
     let rest = &stat[stat.rfind(')')? + 2..];
     rest.split_whitespace().nth(19)?.parse().ok()
 }
+
+#[cfg(test)]
+mod tests;

@@ -2,10 +2,13 @@
 //!
 //! etcd, kube-apiserver, kube-controller-manager and kube-scheduler are the pinned upstream
 //! binaries; kwok simulates the nodes' kubelets. Authentication is by client certificate
-//! from a per-run CA (no anonymous access); everything listens on 127.0.0.1 only.
+//! from a per-run CA (no anonymous access); the API server listens on 127.0.0.1 only,
+//! etcd on a Unix socket in the run's owner-only directory (see [`security`]).
+
+mod security;
+mod trim;
 
 use std::ffi::OsString;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,6 +20,7 @@ use kube::runtime::watcher;
 use kube::Client;
 
 use super::nodes::{self, NodePlan, SimNode};
+use super::ports::{self, AfterExit, Reservation};
 use super::{kubeconfig, Cluster, ClusterError, ClusterProvider, ClusterSpec, Running};
 use crate::error::{Error, Result};
 use crate::fsutil::write_private;
@@ -104,42 +108,23 @@ impl Binaries {
     }
 }
 
-/// A free loopback port, or the requested one if it is free.
-fn port(requested: Option<u16>, what: &str) -> Result<u16> {
-    match TcpListener::bind(("127.0.0.1", requested.unwrap_or(0))) {
-        Ok(l) => Ok(l.local_addr().map_err(Error::io("read a socket address"))?.port()),
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-            Err(ClusterError::PortBusy { port: requested.unwrap_or(0), what: what.to_string() }.into())
-        }
-        Err(e) => Err(Error::Io { what: format!("bind a loopback port for {what}"), source: e }),
-    }
-}
+/// What the API server's port is reserved as (and named in a busy-port error).
+const APISERVER_PORT: &str = "kube-apiserver --secure-port";
 
-/// The loopback ports of one control plane.
+/// The loopback TCP ports of one control plane: the API server's only (etcd listens on a
+/// Unix socket, kwok serves nothing).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Ports {
     apiserver: u16,
-    etcd_client: u16,
-    etcd_peer: u16,
-    kwok: u16,
-}
-
-impl Ports {
-    /// Free loopback ports; the API server's the requested one, if given (and free).
-    fn allocate(apiserver: Option<u16>) -> Result<Self> {
-        Ok(Ports {
-            apiserver: port(apiserver, "kube-apiserver --secure-port")?,
-            etcd_client: port(None, "etcd client")?,
-            etcd_peer: port(None, "etcd peer")?,
-            kwok: port(None, "kwok server")?,
-        })
-    }
 }
 
 /// Where the control plane's files live in the run's `cluster` directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Layout {
+    dir: PathBuf,
     etcd_data: PathBuf,
+    etcd_socket: PathBuf,
+    encryption: PathBuf,
     apiserver_certs: PathBuf,
     ca_crt: PathBuf,
     tls_crt: PathBuf,
@@ -153,7 +138,10 @@ struct Layout {
 impl Layout {
     fn new(dir: &Path) -> Self {
         Layout {
+            dir: dir.to_path_buf(),
             etcd_data: dir.join("etcd"),
+            etcd_socket: dir.join(security::ETCD_SOCKET),
+            encryption: dir.join("encryption.yaml"),
             apiserver_certs: dir.join("apiserver-certs"),
             ca_crt: dir.join("ca.crt"),
             tls_crt: dir.join("apiserver.crt"),
@@ -165,9 +153,9 @@ impl Layout {
         }
     }
 
-    /// Writes the PKI: a CA, the API server's serving certificate, service-account keys,
-    /// and a kubeconfig for `server` with one admin client certificate.
-    fn write_pki(&self, cluster: &str, server: &str) -> Result<()> {
+    /// Writes the PKI: a CA, the API server's serving certificate, service-account keys.
+    /// Returns the admin credentials for [`Layout::write_kubeconfig`].
+    fn write_pki(&self) -> Result<Admin> {
         let ca = pki::Ca::new("lily-e2e-ca")?;
         let serving = ca.issue(
             "kube-apiserver",
@@ -182,8 +170,19 @@ impl Layout {
         let (sa_private, sa_public) = pki::key_pair_pem()?;
         write_private(&self.sa_key, sa_private.as_bytes())?;
         write_private(&self.sa_pub, sa_public.as_bytes())?;
-        kubeconfig::write(&self.kubeconfig, cluster, server, &ca.cert_pem(), &admin.cert_pem, &admin.key_pem)
+        Ok(Admin { ca_pem: ca.cert_pem(), pair: admin })
     }
+
+    /// Writes the kubeconfig for `server` with the admin client certificate.
+    fn write_kubeconfig(&self, cluster: &str, server: &str, admin: &Admin) -> Result<()> {
+        kubeconfig::write(&self.kubeconfig, cluster, server, &admin.ca_pem, &admin.pair.cert_pem, &admin.pair.key_pem)
+    }
+}
+
+/// The run's CA certificate and the admin client certificate, for kubeconfigs.
+struct Admin {
+    ca_pem: String,
+    pair: pki::Pair,
 }
 
 fn args(v: Vec<String>) -> Vec<OsString> {
@@ -199,27 +198,31 @@ fn server_url(ports: &Ports) -> String {
     format!("https://127.0.0.1:{}", ports.apiserver)
 }
 
-/// etcd: one member on loopback, no fsync (a throwaway cluster).
-fn etcd_args(l: &Layout, ports: &Ports) -> Vec<OsString> {
-    let (client, peer) = (ports.etcd_client, ports.etcd_peer);
+/// etcd: one member on a Unix socket in the (owner-only) cluster directory, no TCP port;
+/// no fsync (a throwaway cluster). Runs in the cluster directory (its peer socket's path
+/// is relative).
+fn etcd_args(l: &Layout) -> Vec<OsString> {
+    let peer = security::ETCD_PEER_URL;
     args(vec![
         "--name=lily-e2e".to_string(),
         format!("--data-dir={}", p(&l.etcd_data)),
-        format!("--listen-client-urls=http://127.0.0.1:{client}"),
-        format!("--advertise-client-urls=http://127.0.0.1:{client}"),
-        format!("--listen-peer-urls=http://127.0.0.1:{peer}"),
-        format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"),
-        format!("--initial-cluster=lily-e2e=http://127.0.0.1:{peer}"),
+        format!("--listen-client-urls=unix://{}", p(&l.etcd_socket)),
+        format!("--advertise-client-urls={}", security::ETCD_ADVERTISE_URL),
+        format!("--listen-peer-urls={peer}"),
+        format!("--initial-advertise-peer-urls={peer}"),
+        format!("--initial-cluster=lily-e2e={peer}"),
         "--unsafe-no-fsync=true".into(),
         "--log-level=warn".into(),
     ])
 }
 
 /// kube-apiserver: loopback only, client certificates from the run's CA, no anonymous
-/// access, RBAC, and the short node-failure tolerations of `t`.
+/// access, RBAC, etcd by its socket, Secrets encrypted at rest, the short node-failure tolerations of `t`, and
+/// without the API groups and admission plugins nothing uses ([`trim`]).
 fn apiserver_args(l: &Layout, ports: &Ports, t: &Timings) -> Vec<OsString> {
     args(vec![
-        format!("--etcd-servers=http://127.0.0.1:{}", ports.etcd_client),
+        format!("--etcd-servers=unix://{}", p(&l.etcd_socket)),
+        format!("--encryption-provider-config={}", p(&l.encryption)),
         "--bind-address=127.0.0.1".into(),
         "--advertise-address=127.0.0.1".into(),
         format!("--secure-port={}", ports.apiserver),
@@ -239,6 +242,9 @@ fn apiserver_args(l: &Layout, ports: &Ports, t: &Timings) -> Vec<OsString> {
         "--profiling=false".into(),
         format!("--default-not-ready-toleration-seconds={}", t.not_ready_toleration_seconds),
         format!("--default-unreachable-toleration-seconds={}", t.unreachable_toleration_seconds),
+        format!("--runtime-config={}", trim::runtime_config()),
+        format!("--disable-admission-plugins={}", trim::ADMISSION_OFF.join(",")),
+        format!("--feature-gates={}", trim::FEATURE_GATES),
     ])
 }
 
@@ -254,7 +260,7 @@ fn component_args(l: &Layout) -> Vec<String> {
 }
 
 /// kube-controller-manager: signs service-account tokens, and notices dead nodes within
-/// the periods of `t`.
+/// the periods of `t`; without the controllers of the API groups turned off ([`trim`]).
 fn controller_manager_args(l: &Layout, t: &Timings) -> Vec<OsString> {
     let mut v = component_args(l);
     v.extend([
@@ -265,6 +271,8 @@ fn controller_manager_args(l: &Layout, t: &Timings) -> Vec<OsString> {
         format!("--node-monitor-grace-period={}", t.node_monitor_grace_period),
         "--allocate-node-cidrs=false".to_string(),
         "--profiling=false".to_string(),
+        format!("--controllers={}", trim::controllers()),
+        format!("--feature-gates={}", trim::FEATURE_GATES),
     ]);
     args(v)
 }
@@ -272,11 +280,14 @@ fn controller_manager_args(l: &Layout, t: &Timings) -> Vec<OsString> {
 fn scheduler_args(l: &Layout) -> Vec<OsString> {
     let mut v = component_args(l);
     v.push("--profiling=false".to_string());
+    v.push(format!("--feature-gates={}", trim::FEATURE_GATES));
     args(v)
 }
 
-/// kwok: manages only the nodes carrying [`KWOK_LABEL`], with the lease of `t`.
-fn kwok_args(l: &Layout, ports: &Ports, t: &Timings) -> Vec<OsString> {
+/// kwok: manages only the nodes carrying [`KWOK_LABEL`], with the lease of `t`. No
+/// `--server-address`: nothing uses kwok's server (the nodes' kubelet endpoints are not
+/// reachable anyway), so kwok listens on no port.
+fn kwok_args(l: &Layout, t: &Timings) -> Vec<OsString> {
     args(vec![
         format!("--kubeconfig={}", p(&l.kubeconfig)),
         format!("--config={}", p(&l.kwok_config)),
@@ -285,8 +296,16 @@ fn kwok_args(l: &Layout, ports: &Ports, t: &Timings) -> Vec<OsString> {
         format!("--node-lease-duration-seconds={}", t.node_lease_seconds),
         "--cidr=10.244.0.1/16".to_string(),
         "--node-ip=10.0.0.1".to_string(),
-        format!("--server-address=127.0.0.1:{}", ports.kwok),
     ])
+}
+
+/// How far [`ControlPlane::api`] waits for the API server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Up {
+    /// It answers requests (its post-start hooks may still run).
+    Serving,
+    /// `/readyz` is `ok`.
+    Ready,
 }
 
 struct ControlPlane {
@@ -307,38 +326,74 @@ impl ControlPlane {
         plan: &NodePlan,
     ) -> Result<(Client, PathBuf)> {
         let t = &provider.timings;
-        let layout = Layout::new(&run.subdir("cluster")?);
-        let logs = run.dir().join("logs");
-        let ports = Ports::allocate(spec.apiserver_port)?;
-        layout.write_pki(&format!("lily-e2e-{}", run.id()), &server_url(&ports))?;
+        let dir = run.subdir("cluster")?;
+        security::make_private(&dir)?;
+        let layout = Layout::new(&dir);
+        security::check_socket_path(&layout.etcd_socket)?;
+        let logs = run.subdir("logs")?;
+        security::make_private(&logs)?;
+        // Held until the API server starts, so no other process is handed it meanwhile.
+        let mut reserved = Reservation::new();
+        let mut ports = Ports { apiserver: reserved.take(spec.apiserver_port, APISERVER_PORT)? };
+        let admin = layout.write_pki()?;
+        security::write_encryption_config(&layout.encryption)?;
+        let cluster = format!("lily-e2e-{}", run.id());
         let spawn = |child: ChildSpec| Supervised::spawn(child, run.id(), &logs);
 
-        self.children.push(spawn(ChildSpec::new("etcd", &bins.etcd).args(etcd_args(&layout, &ports)))?);
-        // The API server's graceful shutdown drains requests a throwaway cluster does not
-        // need drained: a short grace before KILL keeps teardown fast.
-        self.children.push(spawn(
-            ChildSpec::new("kube-apiserver", &bins.apiserver).grace(Duration::from_secs(2)).args(apiserver_args(&layout, &ports, t)),
-        )?);
-        let client = kubeconfig::client(&layout.kubeconfig, None).await?;
-        self.ready(&client, START_TIMEOUT, ports.etcd_client, ports.apiserver).await?;
+        let etcd = ChildSpec::new("etcd", &bins.etcd).args(etcd_args(&layout));
+        self.children.push(spawn(ChildSpec { cwd: Some(layout.dir.clone()), ..etcd })?);
+        let apiserver_log = logs.join("kube-apiserver.log");
+        let mut attempt = 1;
+        let client = loop {
+            layout.write_kubeconfig(&cluster, &server_url(&ports), &admin)?;
+            let log_from = ports::log_len(&apiserver_log);
+            reserved.release(APISERVER_PORT);
+            // The API server's graceful shutdown drains requests a throwaway cluster does not
+            // need drained: a short grace before KILL keeps teardown fast.
+            self.children.push(spawn(
+                ChildSpec::new("kube-apiserver", &bins.apiserver).grace(Duration::from_secs(2)).args(apiserver_args(&layout, &ports, t)),
+            )?);
+            let client = kubeconfig::client(&layout.kubeconfig, None).await?;
+            match self.api(&client, Up::Serving, START_TIMEOUT).await {
+                Ok(()) => break client,
+                Err(Error::Process(ProcessError::Exited { name, status, log, tail })) if name == "kube-apiserver" => {
+                    match ports::after_exit(&apiserver_log, log_from, spec.apiserver_port.is_some(), attempt) {
+                        AfterExit::Retry => {}
+                        AfterExit::Busy => return Err(ClusterError::PortBusy { port: ports.apiserver, what: APISERVER_PORT.into() }.into()),
+                        AfterExit::Failed => return Err(ProcessError::Exited { name, status, log, tail }.into()),
+                    }
+                    tracing::warn!(port = ports.apiserver, attempt, "kube-apiserver: address already in use; retrying with a fresh port");
+                    self.children.pop();
+                    ports.apiserver = reserved.take(None, APISERVER_PORT)?;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        };
 
-        self.children
-            .push(spawn(ChildSpec::new("kube-controller-manager", &bins.controller_manager).args(controller_manager_args(&layout, t)))?);
+        // Serving, the API server still runs its post-start hooks, most of its start (the
+        // RBAC and PriorityClass bootstraps each wait a fixed second before they begin).
+        // The scheduler and kwok start meanwhile, and the nodes are created: they need the
+        // API only, as system:masters, which needs no RBAC role. The controller manager
+        // waits until /readyz: it polls /healthz itself, once a second, from its start.
         self.children.push(spawn(ChildSpec::new("kube-scheduler", &bins.scheduler).args(scheduler_args(&layout)))?);
         write_private(&layout.kwok_config, crate::sim::kwok_config().as_bytes())?;
-        self.children.push(spawn(ChildSpec::new("kwok", &bins.kwok).args(kwok_args(&layout, &ports, t)))?);
+        self.children.push(spawn(ChildSpec::new("kwok", &bins.kwok).args(kwok_args(&layout, t)))?);
+        self.race(plan.create(&client, run.id(), provider.tools.kubernetes_version())).await?;
+        self.api(&client, Up::Ready, START_TIMEOUT).await?;
+        self.children
+            .push(spawn(ChildSpec::new("kube-controller-manager", &bins.controller_manager).args(controller_manager_args(&layout, t)))?);
 
-        plan.create(&client, run.id(), provider.tools.kubernetes_version()).await?;
-        self.settled(&client, run.id(), plan.nodes.len()).await?;
-        let sim = self.race(crate::sim::SimCloud::start(&client, run, crate::sim::SimOptions::default())).await?;
+        let sim = crate::sim::SimCloud::start(&client, run, crate::sim::SimOptions::default());
+        let (_, sim) = self.race(futures::future::try_join(Self::settled(&client, run.id(), plan.nodes.len()), sim)).await?;
         self.sim = Some(sim);
         Ok((client, layout.kubeconfig))
     }
 
     /// Waits for the `default` ServiceAccount (it appears once the controller manager runs;
     /// pods cannot be created in `default` before it) and for the run's `want` simulated
-    /// nodes to be Ready, failing early if a child exits.
-    async fn settled(&mut self, client: &Client, run: &RunId, want: usize) -> Result<()> {
+    /// nodes to be Ready. The caller races it against the children exiting.
+    async fn settled(client: &Client, run: &RunId, want: usize) -> Result<()> {
         let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
         let nodes: Api<Node> = Api::all(client.clone());
         let node_sel = watcher::Config::default().labels(&format!("{RUN_LABEL}={run}"));
@@ -355,7 +410,7 @@ impl ControlPlane {
             .await?;
             Ok::<_, Error>(())
         };
-        self.race(waits).await
+        waits.await
     }
 
     /// Runs `fut`, failing early if any child exits meanwhile.
@@ -367,39 +422,35 @@ impl ControlPlane {
         }
     }
 
-    /// Waits for `/readyz`. This is a readiness probe: the API has no watch until it is
-    /// up, so it polls (every 100 ms) under a deadline, racing against etcd or the API
-    /// server exiting.
-    async fn ready(&mut self, client: &Client, timeout: Duration, etcd_port: u16, api_port: u16) -> Result<()> {
+    /// Waits until the API server is `up`: serving (any answer to `/readyz`) or ready
+    /// (`/readyz` is `ok`). This is a readiness probe: the API has no watch until it is up,
+    /// so it polls (every 25 ms: a request on a kept-alive connection costs little, and
+    /// each poll's wait is on the start's critical path) under a deadline, racing against a
+    /// child exiting.
+    async fn api(&mut self, client: &Client, up: Up, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         let mut last = String::from("no answer yet");
         let probe = async {
-            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            let mut tick = tokio::time::interval(Duration::from_millis(25));
             loop {
                 tick.tick().await;
                 let req = http::Request::get("/readyz").body(Vec::new()).expect("static request");
                 match client.request_text(req).await {
                     Ok(body) if body.trim() == "ok" => return Ok(()),
+                    Ok(_) | Err(kube::Error::Api(_)) if up == Up::Serving => return Ok(()),
                     Ok(body) => last = body.lines().filter(|l| l.contains("failed")).collect::<Vec<_>>().join(", "),
                     Err(e) => last = e.to_string(),
                 }
                 if Instant::now() >= deadline {
-                    return Err(
-                        WaitError::Timeout { what: "kube-apiserver /readyz".into(), after: timeout, last_seen: last.clone() }.into()
-                    );
+                    let what = match up {
+                        Up::Serving => "kube-apiserver to answer /readyz",
+                        Up::Ready => "kube-apiserver /readyz",
+                    };
+                    return Err(WaitError::Timeout { what: what.into(), after: timeout, last_seen: last.clone() }.into());
                 }
             }
         };
-        match self.race(probe).await {
-            Err(Error::Process(ProcessError::Exited { name, status, log, tail })) => {
-                if tail.contains("address already in use") {
-                    let port = if name == "etcd" { etcd_port } else { api_port };
-                    return Err(ClusterError::PortBusy { port, what: name }.into());
-                }
-                Err(ProcessError::Exited { name, status, log, tail }.into())
-            }
-            r => r,
-        }
+        self.race(probe).await
     }
 
     /// The children, taken out, in the order a graceful stop goes: the reverse of start
@@ -476,4 +527,108 @@ impl Drop for ControlPlane {
 }
 
 #[cfg(test)]
-mod tests;
+mod tests {
+    use super::*;
+
+    const PORTS: Ports = Ports { apiserver: 6443 };
+
+    fn layout() -> Layout {
+        Layout::new(Path::new("/tmp/lily-e2e-r0/cluster"))
+    }
+
+    fn strings(v: Vec<OsString>) -> Vec<String> {
+        v.into_iter().map(|a| a.into_string().unwrap()).collect()
+    }
+
+    /// The value of `--flag=value`, asserting the flag is given exactly once.
+    fn flag<'a>(args: &'a [String], name: &str) -> &'a str {
+        let prefix = format!("--{name}=");
+        let found: Vec<&str> = args.iter().filter_map(|a| a.strip_prefix(&prefix)).collect();
+        assert_eq!(found.len(), 1, "--{name} in {args:?}");
+        found[0]
+    }
+
+    #[test]
+    fn files_live_in_the_cluster_directory() {
+        let l = layout();
+        assert_eq!(l.ca_crt, Path::new("/tmp/lily-e2e-r0/cluster/ca.crt"));
+        assert_eq!(l.kubeconfig, Path::new("/tmp/lily-e2e-r0/cluster/kubeconfig"));
+        assert_eq!(l.etcd_data, Path::new("/tmp/lily-e2e-r0/cluster/etcd"));
+        assert_eq!(server_url(&PORTS), "https://127.0.0.1:6443");
+    }
+
+    #[test]
+    fn etcd_is_one_member_without_fsync() {
+        let a = strings(etcd_args(&layout()));
+        assert_eq!(flag(&a, "data-dir"), "/tmp/lily-e2e-r0/cluster/etcd");
+        assert_eq!(flag(&a, "unsafe-no-fsync"), "true");
+    }
+
+    #[test]
+    fn the_apiserver_is_loopback_only_with_client_certificates_and_no_anonymous_access() {
+        let t = Timings::default();
+        let a = strings(apiserver_args(&layout(), &PORTS, &t));
+        assert_eq!(flag(&a, "bind-address"), "127.0.0.1");
+        assert_eq!(flag(&a, "advertise-address"), "127.0.0.1");
+        assert_eq!(flag(&a, "secure-port"), "6443");
+        assert_eq!(flag(&a, "anonymous-auth"), "false");
+        assert_eq!(flag(&a, "authorization-mode"), "RBAC");
+        assert_eq!(flag(&a, "client-ca-file"), "/tmp/lily-e2e-r0/cluster/ca.crt");
+        assert_eq!(flag(&a, "tls-cert-file"), "/tmp/lily-e2e-r0/cluster/apiserver.crt");
+        assert_eq!(flag(&a, "tls-private-key-file"), "/tmp/lily-e2e-r0/cluster/apiserver.key");
+        assert_eq!(flag(&a, "service-account-key-file"), "/tmp/lily-e2e-r0/cluster/sa.pub");
+        assert_eq!(flag(&a, "service-account-signing-key-file"), "/tmp/lily-e2e-r0/cluster/sa.key");
+        assert_eq!(flag(&a, "default-not-ready-toleration-seconds"), t.not_ready_toleration_seconds.to_string());
+        assert_eq!(flag(&a, "default-unreachable-toleration-seconds"), t.unreachable_toleration_seconds.to_string());
+    }
+
+    #[test]
+    fn the_controller_manager_gets_its_flags_in_order() {
+        let t = Timings { node_monitor_period: "2s", node_monitor_grace_period: "9s", ..Timings::default() };
+        assert_eq!(
+            strings(controller_manager_args(&layout(), &t)),
+            [
+                "--kubeconfig=/tmp/lily-e2e-r0/cluster/kubeconfig",
+                "--leader-elect=false",
+                "--bind-address=127.0.0.1",
+                "--secure-port=0",
+                "--service-account-private-key-file=/tmp/lily-e2e-r0/cluster/sa.key",
+                "--root-ca-file=/tmp/lily-e2e-r0/cluster/ca.crt",
+                "--use-service-account-credentials=false",
+                "--node-monitor-period=2s",
+                "--node-monitor-grace-period=9s",
+                "--allocate-node-cidrs=false",
+                "--profiling=false",
+                &format!("--controllers={}", trim::controllers()),
+                &format!("--feature-gates={}", trim::FEATURE_GATES),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_scheduler_shares_the_component_flags() {
+        assert_eq!(
+            strings(scheduler_args(&layout())),
+            [
+                "--kubeconfig=/tmp/lily-e2e-r0/cluster/kubeconfig",
+                "--leader-elect=false",
+                "--bind-address=127.0.0.1",
+                "--secure-port=0",
+                "--profiling=false",
+                &format!("--feature-gates={}", trim::FEATURE_GATES),
+            ]
+        );
+    }
+
+    #[test]
+    fn kwok_manages_only_labelled_nodes() {
+        let t = Timings { node_lease_seconds: 11, ..Timings::default() };
+        let a = strings(kwok_args(&layout(), &t));
+        assert_eq!(flag(&a, "kubeconfig"), "/tmp/lily-e2e-r0/cluster/kubeconfig");
+        assert_eq!(flag(&a, "config"), "/tmp/lily-e2e-r0/cluster/kwok.yaml");
+        assert_eq!(flag(&a, "manage-all-nodes"), "false");
+        assert_eq!(flag(&a, "manage-nodes-with-label-selector"), format!("{}={}", KWOK_LABEL.0, KWOK_LABEL.1));
+        assert_eq!(flag(&a, "node-lease-duration-seconds"), "11");
+        assert!(!a.iter().any(|x| x.starts_with("--server-address")), "kwok listens on no port: {a:?}");
+    }
+}

@@ -16,6 +16,7 @@ pub mod existing;
 pub mod kubeconfig;
 pub mod local;
 pub mod nodes;
+pub mod ports;
 
 use std::path::{Path, PathBuf};
 

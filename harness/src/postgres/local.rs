@@ -119,6 +119,10 @@ impl PostgresProvider for Local {
         Box::pin(async move {
             let (bin, major) = self.binaries()?;
             let owner = unprivileged()?;
+            if let Some((_, gid)) = owner {
+                // The server runs as that user: it must pass through the private run directory.
+                run.let_group_through(gid)?;
+            }
             let dir = run.subdir("postgres")?;
             let data = dir.join("data");
             std::fs::create_dir_all(&data).map_err(Error::io(format!("create {}", data.display())))?;

@@ -2,6 +2,7 @@
 //! `<run dir>/logs/sim-cloud.log` (so artifacts include it) and as `tracing` debug events.
 
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -16,8 +17,12 @@ pub struct DecisionLog {
 
 impl DecisionLog {
     pub fn open(path: PathBuf) -> Result<Self> {
-        let file =
-            std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(Error::io(format!("open {}", path.display())))?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(Error::io(format!("open {}", path.display())))?;
         Ok(DecisionLog { path, file: Arc::new(Mutex::new(file)) })
     }
 

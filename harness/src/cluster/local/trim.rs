@@ -1,0 +1,173 @@
+//! What the local control plane leaves out because no scenario, test or simulated component
+//! uses it: less for the API server to build and serve at start (about a sixth of its CPU
+//! time to `/readyz`), and fewer controllers and informers in the controller manager.
+//!
+//! Kept: core, apps, storage.k8s.io (VolumeAttachment, CSI), policy (eviction, PDBs),
+//! coordination (leases), events, discovery, networking (ServiceCIDR and IPAddress back
+//! ClusterIP allocation), scheduling (PriorityClass, for the Priority plugin), rbac,
+//! admissionregistration, apiextensions (a test installs a ServiceMonitor CRD),
+//! authentication and authorization.
+
+/// API groups turned off (`--runtime-config`), each with why nothing misses it:
+/// - `flowcontrol.apiserver.k8s.io/v1`: priority and fairness is off
+///   (`--enable-priority-and-fairness=false`), so its objects configure nothing; off, the
+///   API server also skips creating its suggested FlowSchemas at start.
+/// - `autoscaling/v1`, `autoscaling/v2`: no HorizontalPodAutoscaler anywhere; the
+///   controller manager's HPA controller is off with them.
+/// - `batch/v1`: no Job or CronJob anywhere (the chart has no hooks); the job, cronjob and
+///   ttl-after-finished controllers are off with it.
+/// - `certificates.k8s.io/v1`: every certificate comes from the run's CA, none from a CSR;
+///   the CSR controllers are off with it.
+/// - `node.k8s.io/v1`: no RuntimeClass (kwok runs no containers); its admission plugin is
+///   off with it.
+/// - `resource.k8s.io/v1`: no dynamic resource allocation; its feature gate is off in the
+///   API server, the controller manager and the scheduler (else the scheduler would wait
+///   for DRA informers that never sync).
+pub(super) const API_GROUPS_OFF: &[&str] = &[
+    "flowcontrol.apiserver.k8s.io/v1",
+    "autoscaling/v1",
+    "autoscaling/v2",
+    "batch/v1",
+    "certificates.k8s.io/v1",
+    "node.k8s.io/v1",
+    "resource.k8s.io/v1",
+];
+
+/// Feature gates off in the API server, the controller manager and the scheduler alike.
+pub(super) const FEATURE_GATES: &str = "DynamicResourceAllocation=false";
+
+/// Default admission plugins turned off, each one a no-op here:
+/// - `LimitRanger`, `ResourceQuota`: they act on LimitRange and ResourceQuota objects, and
+///   there are none.
+/// - `PodSecurity`: no namespace carries a `pod-security.kubernetes.io` label and the
+///   default level is `privileged`, so it admits every pod anyway.
+/// - `RuntimeClass`: no RuntimeClass (its API is off).
+/// - `CertificateApproval`, `CertificateSigning`, `CertificateSubjectRestriction`,
+///   `ClusterTrustBundleAttest`: CSRs and ClusterTrustBundles only; their APIs are off or
+///   unused.
+/// - `DefaultIngressClass`: Ingresses only; there are none.
+/// - `MutatingAdmissionWebhook`, `ValidatingAdmissionWebhook`, `ValidatingAdmissionPolicy`:
+///   nothing registers a webhook or a policy; off, the API server keeps no informers for
+///   them.
+///
+/// Kept because scenarios depend on them: NamespaceLifecycle, ServiceAccount,
+/// TaintNodesByCondition, Priority, DefaultTolerationSeconds (the short node-failure
+/// tolerations), DefaultStorageClass (claims without a class get the sim's), and
+/// StorageObjectInUseProtection, PersistentVolumeClaimResize.
+pub(super) const ADMISSION_OFF: &[&str] = &[
+    "LimitRanger",
+    "ResourceQuota",
+    "PodSecurity",
+    "RuntimeClass",
+    "CertificateApproval",
+    "CertificateSigning",
+    "CertificateSubjectRestriction",
+    "ClusterTrustBundleAttest",
+    "DefaultIngressClass",
+    "MutatingAdmissionWebhook",
+    "ValidatingAdmissionWebhook",
+    "ValidatingAdmissionPolicy",
+];
+
+/// Controller-manager controllers turned off: those of the API groups turned off above, and
+/// - `resourcequota-controller`: there is no ResourceQuota (its admission plugin is off),
+///   and it would still watch every quotable resource to keep usage counts;
+/// - `validatingadmissionpolicy-status-controller`: there is no ValidatingAdmissionPolicy
+///   (its admission plugin is off);
+/// - `legacy-serviceaccount-token-cleaner-controller`: nothing creates the legacy token
+///   Secrets it cleans up.
+pub(super) const CONTROLLERS_OFF: &[&str] = &[
+    "horizontal-pod-autoscaler-controller",
+    "job-controller",
+    "cronjob-controller",
+    "ttl-after-finished-controller",
+    "certificatesigningrequest-approving-controller",
+    "certificatesigningrequest-cleaner-controller",
+    "certificatesigningrequest-signing-controller",
+    "resourceclaim-controller",
+    "resourcequota-controller",
+    "validatingadmissionpolicy-status-controller",
+    "legacy-serviceaccount-token-cleaner-controller",
+];
+
+/// `--runtime-config`'s value.
+pub(super) fn runtime_config() -> String {
+    API_GROUPS_OFF.iter().map(|g| format!("{g}=false")).collect::<Vec<_>>().join(",")
+}
+
+/// `--controllers`' value: every default controller but [`CONTROLLERS_OFF`].
+pub(super) fn controllers() -> String {
+    std::iter::once("*".to_string()).chain(CONTROLLERS_OFF.iter().map(|c| format!("-{c}"))).collect::<Vec<_>>().join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{apiserver_args, controller_manager_args, scheduler_args, Layout, Ports, Timings};
+    use super::*;
+    use std::path::Path;
+
+    fn flag(args: Vec<std::ffi::OsString>, name: &str) -> Option<String> {
+        let prefix = format!("--{name}=");
+        args.into_iter().filter_map(|a| a.into_string().ok()).find_map(|a| a.strip_prefix(&prefix).map(str::to_string))
+    }
+
+    fn layout() -> Layout {
+        Layout::new(Path::new("/tmp/lily-e2e-r0/cluster"))
+    }
+
+    #[test]
+    fn the_apiserver_serves_no_group_and_runs_no_plugin_that_nothing_uses() {
+        let a = || apiserver_args(&layout(), &Ports { apiserver: 6443 }, &Timings::default());
+        assert_eq!(
+            flag(a(), "runtime-config").as_deref(),
+            Some(
+                "flowcontrol.apiserver.k8s.io/v1=false,autoscaling/v1=false,autoscaling/v2=false,batch/v1=false,\
+                 certificates.k8s.io/v1=false,node.k8s.io/v1=false,resource.k8s.io/v1=false"
+            )
+        );
+        let off = flag(a(), "disable-admission-plugins").unwrap();
+        for kept in ["DefaultTolerationSeconds", "DefaultStorageClass", "ServiceAccount", "NamespaceLifecycle", "TaintNodesByCondition"] {
+            assert!(!off.split(',').any(|p| p == kept), "{kept} is needed: {off}");
+        }
+        assert!(off.split(',').any(|p| p == "ValidatingAdmissionPolicy"), "{off}");
+        assert_eq!(flag(a(), "feature-gates").as_deref(), Some(FEATURE_GATES));
+    }
+
+    #[test]
+    fn every_component_agrees_on_the_feature_gates() {
+        let l = layout();
+        assert_eq!(flag(controller_manager_args(&l, &Timings::default()), "feature-gates").as_deref(), Some(FEATURE_GATES));
+        assert_eq!(flag(scheduler_args(&l), "feature-gates").as_deref(), Some(FEATURE_GATES));
+    }
+
+    #[test]
+    fn the_controller_manager_runs_every_default_controller_but_those_of_groups_turned_off() {
+        let c = flag(controller_manager_args(&layout(), &Timings::default()), "controllers").unwrap();
+        assert!(c.starts_with("*,-"), "{c}");
+        for kept in [
+            "garbage-collector-controller",
+            "node-lifecycle-controller",
+            "persistentvolume-attach-detach-controller",
+            "statefulset-controller",
+        ] {
+            assert!(!c.contains(kept), "{kept} is needed: {c}");
+        }
+        assert!(c.split(',').any(|x| x == "-job-controller"), "{c}");
+    }
+
+    #[test]
+    fn a_group_kept_for_scenarios_is_never_turned_off() {
+        for kept in [
+            "apps/",
+            "storage.k8s.io/",
+            "policy/",
+            "coordination.k8s.io/",
+            "events.k8s.io/",
+            "discovery.k8s.io/",
+            "rbac.",
+            "apiextensions.",
+        ] {
+            assert!(!API_GROUPS_OFF.iter().any(|g| g.starts_with(kept)), "{kept}");
+        }
+    }
+}
