@@ -244,7 +244,6 @@ fn apiserver_args(l: &Layout, ports: &Ports, t: &Timings) -> Vec<OsString> {
         format!("--default-unreachable-toleration-seconds={}", t.unreachable_toleration_seconds),
         format!("--runtime-config={}", trim::runtime_config()),
         format!("--disable-admission-plugins={}", trim::ADMISSION_OFF.join(",")),
-        format!("--feature-gates={}", trim::FEATURE_GATES),
     ])
 }
 
@@ -272,7 +271,6 @@ fn controller_manager_args(l: &Layout, t: &Timings) -> Vec<OsString> {
         "--allocate-node-cidrs=false".to_string(),
         "--profiling=false".to_string(),
         format!("--controllers={}", trim::controllers()),
-        format!("--feature-gates={}", trim::FEATURE_GATES),
     ]);
     args(v)
 }
@@ -280,7 +278,6 @@ fn controller_manager_args(l: &Layout, t: &Timings) -> Vec<OsString> {
 fn scheduler_args(l: &Layout) -> Vec<OsString> {
     let mut v = component_args(l);
     v.push("--profiling=false".to_string());
-    v.push(format!("--feature-gates={}", trim::FEATURE_GATES));
     args(v)
 }
 
@@ -600,7 +597,6 @@ mod tests {
                 "--allocate-node-cidrs=false",
                 "--profiling=false",
                 &format!("--controllers={}", trim::controllers()),
-                &format!("--feature-gates={}", trim::FEATURE_GATES),
             ]
         );
     }
@@ -614,8 +610,7 @@ mod tests {
                 "--leader-elect=false",
                 "--bind-address=127.0.0.1",
                 "--secure-port=0",
-                "--profiling=false",
-                &format!("--feature-gates={}", trim::FEATURE_GATES),
+                "--profiling=false"
             ]
         );
     }

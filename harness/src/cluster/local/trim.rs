@@ -1,12 +1,12 @@
 //! What the local control plane leaves out because no scenario, test or simulated component
-//! uses it: less for the API server to build and serve at start (about a sixth of its CPU
-//! time to `/readyz`), and fewer controllers and informers in the controller manager.
+//! uses it: less for the API server to build, store and serve at start, and fewer
+//! controllers and informers in the controller manager.
 //!
 //! Kept: core, apps, storage.k8s.io (VolumeAttachment, CSI), policy (eviction, PDBs),
 //! coordination (leases), events, discovery, networking (ServiceCIDR and IPAddress back
 //! ClusterIP allocation), scheduling (PriorityClass, for the Priority plugin), rbac,
 //! admissionregistration, apiextensions (a test installs a ServiceMonitor CRD),
-//! authentication and authorization.
+//! resource.k8s.io (see below), authentication and authorization.
 
 /// API groups turned off (`--runtime-config`), each with why nothing misses it:
 /// - `flowcontrol.apiserver.k8s.io/v1`: priority and fairness is off
@@ -20,21 +20,12 @@
 ///   the CSR controllers are off with it.
 /// - `node.k8s.io/v1`: no RuntimeClass (kwok runs no containers); its admission plugin is
 ///   off with it.
-/// - `resource.k8s.io/v1`: no dynamic resource allocation; its feature gate is off in the
-///   API server, the controller manager and the scheduler (else the scheduler would wait
-///   for DRA informers that never sync).
-pub(super) const API_GROUPS_OFF: &[&str] = &[
-    "flowcontrol.apiserver.k8s.io/v1",
-    "autoscaling/v1",
-    "autoscaling/v2",
-    "batch/v1",
-    "certificates.k8s.io/v1",
-    "node.k8s.io/v1",
-    "resource.k8s.io/v1",
-];
-
-/// Feature gates off in the API server, the controller manager and the scheduler alike.
-pub(super) const FEATURE_GATES: &str = "DynamicResourceAllocation=false";
+///
+/// `resource.k8s.io` (dynamic resource allocation) stays on although nothing claims a
+/// device: the scheduler's DRA plugin is part of what a user of a real cluster reads in a
+/// FailedScheduling event ("no new claims to deallocate"), which scenarios snapshot.
+pub(super) const API_GROUPS_OFF: &[&str] =
+    &["flowcontrol.apiserver.k8s.io/v1", "autoscaling/v1", "autoscaling/v2", "batch/v1", "certificates.k8s.io/v1", "node.k8s.io/v1"];
 
 /// Default admission plugins turned off, each one a no-op here:
 /// - `LimitRanger`, `ResourceQuota`: they act on LimitRange and ResourceQuota objects, and
@@ -84,7 +75,6 @@ pub(super) const CONTROLLERS_OFF: &[&str] = &[
     "certificatesigningrequest-approving-controller",
     "certificatesigningrequest-cleaner-controller",
     "certificatesigningrequest-signing-controller",
-    "resourceclaim-controller",
     "resourcequota-controller",
     "validatingadmissionpolicy-status-controller",
     "legacy-serviceaccount-token-cleaner-controller",
@@ -102,7 +92,7 @@ pub(super) fn controllers() -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{apiserver_args, controller_manager_args, scheduler_args, Layout, Ports, Timings};
+    use super::super::{apiserver_args, controller_manager_args, Layout, Ports, Timings};
     use super::*;
     use std::path::Path;
 
@@ -122,22 +112,15 @@ mod tests {
             flag(a(), "runtime-config").as_deref(),
             Some(
                 "flowcontrol.apiserver.k8s.io/v1=false,autoscaling/v1=false,autoscaling/v2=false,batch/v1=false,\
-                 certificates.k8s.io/v1=false,node.k8s.io/v1=false,resource.k8s.io/v1=false"
+                 certificates.k8s.io/v1=false,node.k8s.io/v1=false"
             )
         );
         let off = flag(a(), "disable-admission-plugins").unwrap();
+        assert_eq!(flag(a(), "feature-gates"), None, "every feature at its default, as in a real cluster");
         for kept in ["DefaultTolerationSeconds", "DefaultStorageClass", "ServiceAccount", "NamespaceLifecycle", "TaintNodesByCondition"] {
             assert!(!off.split(',').any(|p| p == kept), "{kept} is needed: {off}");
         }
         assert!(off.split(',').any(|p| p == "ValidatingAdmissionPolicy"), "{off}");
-        assert_eq!(flag(a(), "feature-gates").as_deref(), Some(FEATURE_GATES));
-    }
-
-    #[test]
-    fn every_component_agrees_on_the_feature_gates() {
-        let l = layout();
-        assert_eq!(flag(controller_manager_args(&l, &Timings::default()), "feature-gates").as_deref(), Some(FEATURE_GATES));
-        assert_eq!(flag(scheduler_args(&l), "feature-gates").as_deref(), Some(FEATURE_GATES));
     }
 
     #[test]
@@ -166,6 +149,7 @@ mod tests {
             "discovery.k8s.io/",
             "rbac.",
             "apiextensions.",
+            "resource.k8s.io/",
         ] {
             assert!(!API_GROUPS_OFF.iter().any(|g| g.starts_with(kept)), "{kept}");
         }
