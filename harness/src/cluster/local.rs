@@ -220,8 +220,9 @@ fn etcd_args(l: &Layout) -> Vec<OsString> {
 }
 
 /// kube-apiserver: loopback only, client certificates from the run's CA, no anonymous
-/// access, RBAC, etcd by its socket, Secrets encrypted at rest, the short node-failure tolerations of `t`, and
-/// without the API groups and admission plugins nothing uses ([`trim`]).
+/// access, RBAC, etcd by its socket, Secrets encrypted at rest, the short node-failure
+/// tolerations of `t`, and without the API groups and admission plugins nothing uses
+/// ([`trim`]).
 fn apiserver_args(l: &Layout, ports: &Ports, t: &Timings) -> Vec<OsString> {
     args(vec![
         format!("--etcd-servers=unix://{}", p(&l.etcd_socket)),
