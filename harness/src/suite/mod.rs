@@ -309,10 +309,9 @@ impl Suite {
             }
             Ok(lease) => {
                 let run = self.run_case_on(&lease, case, Until::End, reporter).await;
-                if let Some(kept) = self.pool.give_back(lease).await {
-                    // Only with --keep; a test run never keeps.
-                    drop(kept);
-                }
+                // A kept environment (only with --keep) is dropped here: a single case has no
+                // caller to hand it to.
+                drop(self.pool.give_back(lease).await);
                 run
             }
         }
