@@ -33,6 +33,13 @@ pub struct CaseRun {
     pub namespace: String,
 }
 
+impl CaseRun {
+    /// A case that ended before it ran a step (skipped, no environment, set-up failed).
+    pub fn not_run(report: CaseReport) -> CaseRun {
+        CaseRun { report, observed: String::new(), vars: BTreeMap::new(), snapshot: None, namespace: String::new() }
+    }
+}
+
 /// A namespace name from a case name and the run id: lowercase, `-` separated, <= 63 chars.
 pub fn namespace_for(case: &str, run: &str) -> String {
     let mut base: String = case.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
@@ -60,114 +67,99 @@ pub async fn run_case(
     cancel: &CancellationToken,
 ) -> CaseRun {
     let span = tracing::info_span!("case", name = %case.name);
-    run(env, plan, case, until, reporter, cancel).instrument(span).await
-}
-
-async fn run(
-    env: &Env,
-    plan: &ScenarioPlan,
-    case: &CasePlan,
-    until: Until,
-    reporter: &dyn Reporter,
-    cancel: &CancellationToken,
-) -> CaseRun {
-    let started = Instant::now();
-    let name = case.name.as_str();
-    let namespace = namespace_for(name, env.run.id().as_str());
-    let mut cx = match new_cx(env, plan, &namespace).await {
-        Ok(c) => c,
-        Err(e) => {
-            return CaseRun {
-                report: CaseReport::errored(name, "set-up", chain(&e), started.elapsed()),
-                snapshot: None,
-                namespace,
-                observed: String::new(),
-                vars: BTreeMap::new(),
-            }
-        }
-    };
-    let steps: &[CompiledStep] = match until {
-        Until::End => &case.steps,
-        Until::FailingState => &case.steps[..case.steps.iter().position(|s| s.kind == "runbook").unwrap_or(case.steps.len())],
-    };
-    let mut slowest: Option<(String, Duration)> = None;
-    let mut timeline = crate::report::Timeline::default();
-    let case_start = chrono::Utc::now();
-    let mut failure: Option<(String, StepError)> = None;
-    for step in steps {
-        let label = step.label();
-        reporter.on(&Event::StepStarted { case: name, step: &label });
-        let t = Instant::now();
-        let r = tokio::select! {
-            r = step.op.run(&mut cx).instrument(tracing::info_span!("step", step = %label)) => r,
-            _ = cancel.cancelled() => Err(StepError::Errored(Error::Interrupted)),
+    async move {
+        let started = Instant::now();
+        let name = case.name.as_str();
+        let namespace = namespace_for(name, env.run.id().as_str());
+        let mut cx = match new_cx(env, plan, &namespace).await {
+            Ok(c) => c,
+            Err(e) => return CaseRun { namespace, ..CaseRun::not_run(CaseReport::errored(name, "set-up", chain(&e), started.elapsed())) },
         };
-        let took = t.elapsed();
-        reporter.on(&Event::StepFinished { case: name, step: &label, took, ok: r.is_ok() });
-        timeline.steps.push(crate::report::TimedStep {
-            step: label.clone(),
-            at: (t - started).as_secs_f64(),
-            took: took.as_secs_f64(),
-            ok: r.is_ok(),
-        });
-        if slowest.as_ref().is_none_or(|(_, d)| took > *d) {
-            slowest = Some((step.kind.clone(), took));
-        }
-        if let Err(e) = r {
-            failure = Some((label, e));
-            break;
-        }
-    }
-    let interrupted = cancel.is_cancelled();
-    let mut artifacts = None;
-    if failure.is_some() && !interrupted {
-        artifacts = Some(collect_artifacts(&mut cx, name).await);
-        for step in &plan.catch {
-            if let Err(e) = step.op.run(&mut cx).await {
-                tracing::warn!("catch step {} failed: {}", step.kind, chain(&e));
+        let steps: &[CompiledStep] = match until {
+            Until::End => &case.steps,
+            Until::FailingState => &case.steps[..case.steps.iter().position(|s| s.kind == "runbook").unwrap_or(case.steps.len())],
+        };
+        let mut slowest: Option<(String, Duration)> = None;
+        let mut timeline = crate::report::Timeline::default();
+        let case_start = chrono::Utc::now();
+        let mut failure: Option<(String, StepError)> = None;
+        for step in steps {
+            let label = step.label();
+            reporter.on(&Event::StepStarted { case: name, step: &label });
+            let t = Instant::now();
+            let r = tokio::select! {
+                r = step.op.run(&mut cx).instrument(tracing::info_span!("step", step = %label)) => r,
+                _ = cancel.cancelled() => Err(StepError::Errored(Error::Interrupted)),
+            };
+            let took = t.elapsed();
+            reporter.on(&Event::StepFinished { case: name, step: &label, took, ok: r.is_ok() });
+            timeline.steps.push(crate::report::TimedStep {
+                step: label.clone(),
+                at: (t - started).as_secs_f64(),
+                took: took.as_secs_f64(),
+                ok: r.is_ok(),
+            });
+            if slowest.as_ref().is_none_or(|(_, d)| took > *d) {
+                slowest = Some((step.kind.clone(), took));
+            }
+            if let Err(e) = r {
+                failure = Some((label, e));
+                break;
             }
         }
-    }
-    if until == Until::End && !interrupted {
-        for step in &plan.finally {
-            if let Err(e) = step.op.run(&mut cx).await {
-                if failure.is_none() {
-                    failure = Some((format!("finally ({})", step.kind), e));
+        let interrupted = cancel.is_cancelled();
+        let mut artifacts = None;
+        if failure.is_some() && !interrupted {
+            artifacts = Some(collect_artifacts(&mut cx, name).await);
+            for step in &plan.catch {
+                if let Err(e) = step.op.run(&mut cx).await {
+                    tracing::warn!("catch step {} failed: {}", step.kind, chain(&e));
                 }
             }
         }
+        if until == Until::End && !interrupted {
+            for step in &plan.finally {
+                if let Err(e) = step.op.run(&mut cx).await {
+                    if failure.is_none() {
+                        failure = Some((format!("finally ({})", step.kind), e));
+                    }
+                }
+            }
+        }
+        if !interrupted {
+            timeline.events = namespace_events(&cx, case_start).await;
+        }
+        let observed = cx.outcome.render(name);
+        let snapshot = (failure.is_none() && cx.snapshot).then(|| observed.clone());
+        if !env.keep && until == Until::End {
+            // The database goes with the server at teardown.
+            cx.db = None;
+            let _ = Api::<Namespace>::all(cx.client()).delete(&cx.namespace, &DeleteParams::background()).await;
+        }
+        let outcome = match failure {
+            None => CaseOutcome::Passed,
+            Some((step, StepError::Failed(message))) => CaseOutcome::Failed { step, message },
+            Some((step, StepError::Errored(e))) => CaseOutcome::Errored { step, message: chain(&e) },
+        };
+        CaseRun {
+            report: CaseReport {
+                name: name.to_string(),
+                duration: started.elapsed(),
+                outcome,
+                slowest_step: slowest,
+                artifacts,
+                notes: std::mem::take(&mut cx.notes),
+                findings: cx.outcome.finding_lines(),
+                timeline,
+            },
+            snapshot,
+            namespace,
+            observed,
+            vars: cx.vars.clone(),
+        }
     }
-    if !interrupted {
-        timeline.events = namespace_events(&cx, case_start).await;
-    }
-    let observed = cx.outcome.render(name);
-    let snapshot = (failure.is_none() && cx.snapshot).then(|| observed.clone());
-    if !env.keep && until == Until::End {
-        // The database goes with the server at teardown.
-        cx.db = None;
-        let _ = Api::<Namespace>::all(cx.client()).delete(&cx.namespace, &DeleteParams::background()).await;
-    }
-    let outcome = match failure {
-        None => CaseOutcome::Passed,
-        Some((step, StepError::Failed(message))) => CaseOutcome::Failed { step, message },
-        Some((step, StepError::Errored(e))) => CaseOutcome::Errored { step, message: chain(&e) },
-    };
-    CaseRun {
-        report: CaseReport {
-            name: name.to_string(),
-            duration: started.elapsed(),
-            outcome,
-            slowest_step: slowest,
-            artifacts,
-            notes: std::mem::take(&mut cx.notes),
-            findings: cx.outcome.finding_lines(),
-            timeline,
-        },
-        snapshot,
-        namespace,
-        observed,
-        vars: cx.vars.clone(),
-    }
+    .instrument(span)
+    .await
 }
 
 async fn new_cx<'e>(env: &'e Env, plan: &ScenarioPlan, namespace: &str) -> Result<CaseCx<'e>> {

@@ -266,17 +266,9 @@ impl Suite {
         let started = Instant::now();
         let run =
             tokio::time::timeout(self.case_deadline, case::run_case(env, &case.scenario, case.case(), until, reporter, &self.cancel)).await;
-        let mut run = run.unwrap_or_else(|_| CaseRun {
-            report: CaseReport::errored(
-                &name,
-                "deadline",
-                format!("{name} did not finish within {}s", self.case_deadline.as_secs()),
-                started.elapsed(),
-            ),
-            observed: String::new(),
-            vars: Default::default(),
-            snapshot: None,
-            namespace: String::new(),
+        let mut run = run.unwrap_or_else(|_| {
+            let why = format!("{name} did not finish within {}s", self.case_deadline.as_secs());
+            CaseRun::not_run(CaseReport::errored(&name, "deadline", why, started.elapsed()))
         });
         if let (Some(check), Some(text), true) = (&self.outcomes, &run.snapshot, run.report.passed()) {
             match check.check(&name, text) {
@@ -294,7 +286,7 @@ impl Suite {
         if let Some(reason) = &case.skip {
             let report = CaseReport::skipped(case.name(), reason.clone());
             reporter.on(&Event::CaseFinished { report: &report });
-            return CaseRun { report, observed: String::new(), vars: Default::default(), snapshot: None, namespace: String::new() };
+            return CaseRun::not_run(report);
         }
         let names = [case.name().to_string()];
         let lease = tokio::select! {
@@ -305,7 +297,7 @@ impl Suite {
             Err(e) => {
                 let report = CaseReport::errored(case.name(), "set-up", e, Duration::ZERO);
                 reporter.on(&Event::CaseFinished { report: &report });
-                CaseRun { report, observed: String::new(), vars: Default::default(), snapshot: None, namespace: String::new() }
+                CaseRun::not_run(report)
             }
             Ok(lease) => {
                 let run = self.run_case_on(&lease, case, Until::End, reporter).await;
