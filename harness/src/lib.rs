@@ -6,6 +6,8 @@
 //! - [`process`]: process supervision;
 //! - [`reap`]: stopping what runs left behind (on a signal, and `lily-e2e clean`);
 //! - [`cluster`]: cluster providers (the local control plane, an existing cluster);
+//! - [`contract`]: what the harness expects of any Lily chart (names, containers, storage
+//!   wiring, values keys), written down once;
 //! - [`helm`]: the helm driver, chart sources and the local chart repository;
 //! - [`engine`]: the Docker engine the container providers use, and the containers of a run;
 //! - [`postgres`]: PostgreSQL providers, the storage Secret and the database contract check;
@@ -22,6 +24,7 @@
 //! - [`pki`], [`wait`], [`yaml`], [`fsutil`]: shared plumbing.
 
 pub mod cluster;
+pub mod contract;
 pub mod engine;
 pub mod error;
 pub mod fsutil;

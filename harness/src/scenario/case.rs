@@ -139,6 +139,7 @@ pub async fn run_case(
         let outcome = match failure {
             None => CaseOutcome::Passed,
             Some((step, StepError::Failed(message))) => CaseOutcome::Failed { step, message },
+            Some((step, StepError::Chart(finding))) => CaseOutcome::Failed { step, message: finding.to_string() },
             Some((step, StepError::Errored(e))) => CaseOutcome::Errored { step, message: chain(&e) },
         };
         CaseRun {

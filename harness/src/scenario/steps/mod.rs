@@ -43,6 +43,9 @@ pub enum StepError {
     /// The chart or the cluster did not do what the scenario expects.
     #[error("{0}")]
     Failed(String),
+    /// What the chart gets wrong, with the object and the fix: fails the case.
+    #[error(transparent)]
+    Chart(ChartFinding),
     /// The harness or its infrastructure broke (a tool, a port, a process, the API).
     #[error(transparent)]
     Errored(Error),
@@ -52,6 +55,22 @@ impl StepError {
     pub fn failed(msg: impl Into<String>) -> StepError {
         StepError::Failed(msg.into())
     }
+
+    /// A chart finding: `object` (kind/name, or the template) got `problem` wrong; `fix`
+    /// says what the chart should do instead.
+    pub fn chart(object: impl Into<String>, problem: impl Into<String>, fix: impl Into<String>) -> StepError {
+        StepError::Chart(ChartFinding { object: object.into(), problem: problem.into(), fix: fix.into() })
+    }
+}
+
+/// What the chart gets wrong: the object, what is wrong with it, and the fix. Its message
+/// starts with "chart finding" so a reader of a failed case knows whose it is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("chart finding: {object}: {problem}; fix: {fix}")]
+pub struct ChartFinding {
+    pub object: String,
+    pub problem: String,
+    pub fix: String,
 }
 
 impl From<Error> for StepError {
@@ -60,6 +79,14 @@ impl From<Error> for StepError {
     fn from(e: Error) -> StepError {
         match e {
             Error::Wait(WaitError::Timeout { .. }) => StepError::Failed(crate::error::chain(&e)),
+            Error::Helm(ref h) if h.render_failure().is_some() => {
+                let (template, said) = h.render_failure().unwrap_or_default();
+                StepError::chart(
+                    format!("template {template}"),
+                    format!("helm cannot render the chart: {said}"),
+                    "make the template render valid YAML for these values (`helm template` shows the line)",
+                )
+            }
             Error::Helm(ref h) if h.is_chart_failure() => StepError::Failed(crate::error::chain(&e)),
             e => StepError::Errored(e),
         }
