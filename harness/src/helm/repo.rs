@@ -99,18 +99,37 @@ impl ChartRepo {
     pub fn versions(&self) -> &[Version] {
         &self.versions
     }
-    /// The highest version.
+    /// The highest version served: the candidate under test (maybe a prerelease).
     pub fn latest(&self) -> &Version {
         self.versions.last().expect("a repository serves at least one version")
     }
-    /// What helm installs without `--version`: the highest version that is not a
-    /// prerelease (the highest of all when every version is one).
-    pub fn latest_stable(&self) -> &Version {
-        self.versions.iter().rev().find(|v| v.pre.is_empty()).unwrap_or_else(|| self.latest())
+    /// What helm installs without `--version`: the highest version that is not a prerelease;
+    /// `None` when every version is one (helm then installs nothing without `--devel`).
+    pub fn latest_stable(&self) -> Option<&Version> {
+        self.versions.iter().rev().find(|v| v.pre.is_empty())
     }
     /// The version just below the highest, if there is one.
     pub fn previous(&self) -> Option<&Version> {
         self.versions.len().checked_sub(2).map(|i| &self.versions[i])
+    }
+    /// The scenarios' built-in chart variables: `chart.latest` (what helm installs without
+    /// `--version`; absent when every version is a prerelease), `chart.candidate` (the
+    /// highest version), `chart.previous` (the one below it), `chart.oldest` and
+    /// `chart.versions` (all, lowest first, as helm and the harness list them).
+    pub fn chart_vars(&self) -> std::collections::BTreeMap<String, String> {
+        let mut vars = std::collections::BTreeMap::new();
+        if let Some(v) = self.latest_stable() {
+            vars.insert("chart.latest".to_string(), v.to_string());
+        }
+        vars.insert("chart.candidate".to_string(), self.latest().to_string());
+        if let Some(v) = self.previous() {
+            vars.insert("chart.previous".to_string(), v.to_string());
+        }
+        if let Some(v) = self.versions.first() {
+            vars.insert("chart.oldest".to_string(), v.to_string());
+        }
+        vars.insert("chart.versions".to_string(), self.versions.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "));
+        vars
     }
     /// `v` if the repository has it, else an error that lists the versions it has.
     pub fn version(&self, v: &str) -> Result<&Version> {

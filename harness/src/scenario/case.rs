@@ -178,11 +178,7 @@ async fn new_cx<'e>(env: &'e Env, plan: &ScenarioPlan, namespace: &str) -> Resul
     let mut vars = BTreeMap::new();
     vars.insert("release".into(), plan.release.clone());
     vars.insert("namespace".into(), namespace.to_string());
-    vars.insert("chart.latest".into(), env.repo.latest().to_string());
-    vars.insert("chart.oldest".into(), env.repo.versions().first().map(|v| v.to_string()).unwrap_or_default());
-    if let Some(p) = env.repo.previous() {
-        vars.insert("chart.previous".into(), p.to_string());
-    }
+    vars.extend(env.repo.chart_vars());
     let mut zones = BTreeMap::new();
     for n in Api::<Node>::all(client).list(&ListParams::default()).await.map_err(Error::kube("list nodes"))?.items {
         if let Some(z) = n.labels().get(ZONE_LABEL) {

@@ -14,10 +14,13 @@ use crate::postgres::{self, Postgres, PostgresSpec};
 use crate::run::Run;
 use crate::tools::Tools;
 
-/// The fixture versions the suite serves by default: a release line where each upgrade is
-/// compatible. The fixture's 0.3.0 (a forbidden volumeClaimTemplates change) is used only
-/// by the `fixture-only` scenario that expects its upgrade to fail.
-pub const SUITE_FIXTURE_VERSIONS: [&str; 2] = ["0.1.0", "0.2.0"];
+/// The fixture versions the suite serves by default, shaped like a chart release under
+/// test: a stable release and a release candidate after it (as the real chart's 0.1.4 and
+/// 0.1.5-rc1), so `${chart.latest}` (what helm installs without `--version`) is 0.1.0 and
+/// `${chart.candidate}` is 0.2.0-rc1. The fixture's 0.0.1 (a StatefulSet rename before
+/// 0.1.0) and 0.3.0 (a forbidden volumeClaimTemplates change) are reached only by name
+/// (`fixture@X`) from the `fixture-only` scenarios and the tests that expect their hazards.
+pub const SUITE_FIXTURE_VERSIONS: [&str; 2] = ["0.1.0", "0.2.0-rc1"];
 
 /// The layout's fixture chart at [`SUITE_FIXTURE_VERSIONS`].
 pub fn suite_sources(layout: &Layout) -> Vec<ChartSource> {

@@ -90,6 +90,9 @@ fn finding_line(f: &Value) -> String {
     if let Some(s) = f.get("finding").and_then(Value::as_str) {
         return format!("finding: {s}");
     }
+    if let Some(s) = f.get("drift").and_then(Value::as_str) {
+        return format!("guide drift: {s}");
+    }
     match (f.get("runbook"), f.get("placeholder"), f.get("documented"), f.get("real")) {
         (Some(rb), Some(ph), Some(doc), Some(real)) => format!(
             "guide drift: runbook {} names <{}> `{}`; the chart's is `{}`",

@@ -30,11 +30,7 @@ pub async fn render_all(opts: &EnvOptions, plan: &SuitePlan) -> Result<Vec<Rende
     let helm = Helm::new(dir.path().join("helm"))?;
     let repo = ChartRepo::serve(&helm, &opts.chart_sources(), &dir.path().join("repo")).await?;
     let mut vars: BTreeMap<String, String> = BTreeMap::new();
-    vars.insert("chart.latest".into(), repo.latest().to_string());
-    vars.insert("chart.oldest".into(), repo.versions().first().map(|v| v.to_string()).unwrap_or_default());
-    if let Some(p) = repo.previous() {
-        vars.insert("chart.previous".into(), p.to_string());
-    }
+    vars.extend(repo.chart_vars());
     let mut rendered: BTreeMap<String, Option<String>> = BTreeMap::new();
     let mut failures = Vec::new();
     let mut packaged: BTreeMap<String, PathBuf> = BTreeMap::new();
@@ -69,7 +65,11 @@ async fn render_case(
                         // An unknown version is the install step's to report.
                         Err(_) => continue,
                     },
-                    None => repo.latest_stable().clone(),
+                    // Nothing stable: helm installs nothing without --version; the case says so.
+                    None => match repo.latest_stable() {
+                        Some(v) => v.clone(),
+                        None => continue,
+                    },
                 };
                 repo.archive(&v).expect("a served version has an archive").to_path_buf()
             }

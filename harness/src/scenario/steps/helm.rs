@@ -10,7 +10,6 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::api::{Api, ListParams};
 use kube::ResourceExt;
-use regex::Regex;
 
 use super::{CaseCx, Cx, Operation, StepError, StepResult, Tpl, DEFAULT_WAIT};
 use crate::error::Error;
@@ -65,7 +64,7 @@ pub struct Upgrade {
     values: Vec<PathBuf>,
     set: Option<serde_json::Value>,
     wait: Option<Duration>,
-    expect_failure: Option<Regex>,
+    expect_failure: Option<Tpl>,
 }
 
 impl Upgrade {
@@ -100,7 +99,7 @@ impl Upgrade {
             }
             values.push(p);
         }
-        let expect_failure = s.expect_failure.as_deref().map(|re| cx.regex("expect-failure", re)).transpose()?;
+        let expect_failure = s.expect_failure.as_deref().map(|re| cx.regex_tpl("expect-failure", re)).transpose()?;
         if expect_failure.is_none() {
             // The release's StatefulSet defines these once installed.
             cx.scope.define_all(["instance", "pod", "claim"]);
@@ -156,6 +155,7 @@ impl Upgrade {
             (None, Err(e)) => return Err(e.into()),
             (Some(re), Ok(())) => return Err(StepError::failed(format!("the upgrade was expected to fail with /{re}/ but succeeded"))),
             (Some(re), Err(Error::Helm(h))) if h.is_chart_failure() => {
+                let re = re.fill_regex(&cx.vars)?;
                 let msg = h.to_string();
                 let m = re.find(&msg).ok_or_else(|| StepError::failed(format!("the upgrade failed, but not with /{re}/: {msg}")))?;
                 let st = cx.helm.helm.status(&cx.release, &cx.namespace).await.ok();
@@ -176,9 +176,25 @@ impl Upgrade {
         }
         let st = cx.helm.helm.status(&cx.release, &cx.namespace).await?;
         discover_instance(cx).await?;
+        let installed = st.chart.strip_prefix(&format!("{}-", cx.env.repo.chart_name())).unwrap_or(&st.chart).to_string();
+        if matches!(self.chart, Chart::Repo { .. }) && version.is_none() {
+            // What helm took without --version: the newest stable version, never a prerelease.
+            let candidate = cx.env.repo.latest();
+            if !candidate.pre.is_empty() && installed != candidate.to_string() {
+                cx.outcome.finding(serde_json::json!({"drift": format!(
+                    "the guide says omitting --version installs the latest chart; helm installed {installed}, the newest stable version, not the candidate {candidate}, a prerelease (it needs --version {candidate} or --devel)"
+                )}));
+            }
+        }
         cx.outcome.record(
             "helm-upgrade",
-            serde_json::json!({"version": version.clone().unwrap_or_else(|| "(latest)".into()), "revision": st.revision, "chart": st.chart, "status": st.status.as_str()}),
+            serde_json::json!({
+                "version": version.clone().unwrap_or_else(|| "(omitted)".into()),
+                "installed": installed,
+                "revision": st.revision,
+                "chart": st.chart,
+                "status": st.status.as_str(),
+            }),
         );
         Ok(())
     }

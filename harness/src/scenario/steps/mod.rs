@@ -164,6 +164,11 @@ impl Tpl {
             out.push_str(&rest[..start]);
             match vars.get(name) {
                 Some(v) => out.push_str(v),
+                None if name == "chart.latest" => {
+                    return Err(StepError::failed(
+                        "every served chart version is a prerelease, so `${chart.latest}` (what helm installs without --version) has no value: helm installs nothing without --version or --devel",
+                    ))
+                }
                 // The chart did not create what defines it (e.g. no StatefulSet: no `pod`).
                 None => {
                     return Err(StepError::failed(format!(
@@ -176,6 +181,20 @@ impl Tpl {
         }
         out.push_str(rest);
         Ok(out)
+    }
+
+    /// Fills the placeholders with their values regex-escaped, then compiles the result: a
+    /// regex field that names `${chart.versions}` matches those versions literally.
+    pub fn fill_regex(&self, vars: &BTreeMap<String, String>) -> Result<regex::Regex, StepError> {
+        let escaped: BTreeMap<String, String> = vars.iter().map(|(k, v)| (k.clone(), regex::escape(v))).collect();
+        let text = self.fill(&escaped)?;
+        regex::Regex::new(&text).map_err(|e| StepError::failed(format!("/{text}/ is not a valid regex once filled in: {e}")))
+    }
+}
+
+impl std::fmt::Display for Tpl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
@@ -225,6 +244,16 @@ impl Cx<'_> {
 
     pub fn regex(&self, field: &str, s: &str) -> Result<regex::Regex, super::compile::LoadError> {
         regex::Regex::new(s).map_err(|e| self.site.error(field, format!("not a valid regex: {e}")))
+    }
+
+    /// A regex field that may name variables (filled in regex-escaped when the step runs):
+    /// checked now with every placeholder standing for a literal.
+    pub fn regex_tpl(&self, field: &str, s: &str) -> Result<Tpl, super::compile::LoadError> {
+        let t = self.tpl(field, s)?;
+        let probe: BTreeMap<String, String> = refs(s).into_iter().map(|n| (n.to_string(), "x".to_string())).collect();
+        let text = t.fill(&probe).map_err(|e| self.site.error(field, e.to_string()))?;
+        self.regex(field, &text)?;
+        Ok(t)
     }
 }
 
@@ -305,7 +334,7 @@ impl CaseCx<'_> {
 
 /// The variables every case starts with; helm-upgrade adds `instance`, `pod`, `claim`.
 pub fn builtin_vars() -> BTreeSet<&'static str> {
-    ["release", "namespace", "chart.latest", "chart.oldest", "chart.previous"].into_iter().collect()
+    ["release", "namespace", "chart.latest", "chart.candidate", "chart.oldest", "chart.previous", "chart.versions"].into_iter().collect()
 }
 
 /// `Kind/name` -> (kind, name).
@@ -325,5 +354,16 @@ mod tests {
         let e = Tpl("${claim}".into()).fill(&vars).unwrap_err().to_string();
         assert!(e.contains("`${claim}` is not known") && e.contains("pod"), "{e}");
         assert_eq!(refs("${a}-${b.c} ${"), vec!["a", "b.c"]);
+    }
+
+    #[test]
+    fn regex_fields_match_variables_literally() {
+        let vars: BTreeMap<String, String> = [("chart.versions".to_string(), "0.1.4, 0.1.5-rc1".to_string())].into();
+        let re = Tpl("has no version 9\\.9\\.9.*${chart.versions}$".into()).fill_regex(&vars).unwrap();
+        assert!(re.is_match("chart lily has no version 9.9.9; the repository has 0.1.4, 0.1.5-rc1"));
+        // The dots are literal: another digit where a dot is does not match.
+        assert!(!re.is_match("chart lily has no version 9.9.9; the repository has 0x1x4, 0.1.5-rc1"));
+        let e = Tpl("${chart.latest}".into()).fill(&BTreeMap::new()).unwrap_err().to_string();
+        assert!(e.contains("every served chart version is a prerelease"), "{e}");
     }
 }
