@@ -107,8 +107,11 @@ pub enum Step {
     LoseZone(ZoneRef),
     /// Fault: a node's kubelet stops heartbeating (kwok stops managing it).
     StopHeartbeat(NodeRef),
-    /// `kubectl cordon NODE`.
-    Cordon(NodeRef),
+    /// `kubectl cordon NODE`, or every node of a zone: places pods by cluster-side means,
+    /// whatever values the chart reads.
+    Cordon(NodeSet),
+    /// `kubectl uncordon NODE`, or every node of a zone.
+    Uncordon(NodeSet),
     /// `kubectl drain NODE` (evicts the release's pods).
     Drain(NodeRef),
     /// Fault knob: how long the node's simulated kubelet takes to unmount a volume after its
@@ -329,6 +332,17 @@ pub struct ZoneRef {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct NodeRef {
     pub node: String,
+}
+
+/// One node, or every node of a zone (exactly one of the two).
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct NodeSet {
+    #[serde(default)]
+    pub node: Option<String>,
+    /// A simulated zone (`zone-a`): every node labelled `topology.kubernetes.io/zone` with it.
+    #[serde(default)]
+    pub zone: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]

@@ -3,7 +3,8 @@
 //!
 //! Each placeholder carries the name the guide documents (`<releasename>-visor-0`) and how
 //! the harness finds the real object. A documented name that matches nothing the chart
-//! created is a conformance finding, reported next to the real name.
+//! created is guide drift, reported next to the real name. Commands run as the guide writes
+//! them; one that does not complete is guide drift too, with what an operator must do instead.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -49,6 +50,9 @@ pub struct RunbookStep {
     /// Regexes over the command's output; group 1 becomes the placeholder of that name.
     #[serde(default)]
     pub capture: BTreeMap<String, String>,
+    /// What an operator must do when the command, as the guide writes it, does not complete.
+    #[serde(default)]
+    pub instead: Option<String>,
 }
 
 impl Runbook {
@@ -79,9 +83,11 @@ pub fn fill(args: &[String], values: &BTreeMap<String, String>) -> Result<Vec<St
         .collect()
 }
 
-/// The guide's documented name with the release filled in.
-pub fn documented_name(doc: &str, release: &str) -> String {
-    doc.replace("<releasename>", release).replace("<release>", release)
+/// The guide's documented name with the release filled in; `<N>` (a StatefulSet ordinal)
+/// takes the ordinal of the `real` name it is compared with.
+pub fn documented_name(doc: &str, release: &str, real: &str) -> String {
+    let ordinal = real.rsplit_once('-').map(|(_, n)| n).filter(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit())).unwrap_or("0");
+    doc.replace("<releasename>", release).replace("<release>", release).replace("<N>", ordinal)
 }
 
 #[cfg(test)]
@@ -104,6 +110,7 @@ mod tests {
         v.insert("pod".to_string(), "lily-x-0".to_string());
         assert_eq!(fill(&["describe".into(), "pod".into(), "<pod>".into()], &v).unwrap()[2], "lily-x-0");
         assert!(fill(&["<claim>".into()], &v).is_err());
-        assert_eq!(documented_name("<releasename>-visor-0", "lily"), "lily-visor-0");
+        assert_eq!(documented_name("<releasename>-visor-0", "lily", "x"), "lily-visor-0");
+        assert_eq!(documented_name("<releasename>-visor-<N>", "lily", "lily-rel-dev-mainnet-daemon-2"), "lily-visor-2");
     }
 }

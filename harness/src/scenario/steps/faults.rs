@@ -1,4 +1,4 @@
-//! Fault steps and node actions: `lose-zone`, `stop-heartbeat`, `cordon`, `drain`,
+//! Fault steps and node actions: `lose-zone`, `stop-heartbeat`, `cordon`, `uncordon`, `drain`,
 //! `unmount-delay`, `out-of-service`.
 
 use std::time::Duration;
@@ -86,28 +86,69 @@ impl Operation for StopHeartbeat {
     }
 }
 
+/// Which nodes a `cordon`/`uncordon` names.
+#[derive(Debug)]
+enum Nodes {
+    One(Tpl),
+    Zone(Tpl),
+}
+
 #[derive(Debug)]
 pub struct Cordon {
-    node: Tpl,
+    nodes: Nodes,
+    /// `cordon` (true) or `uncordon` (false).
+    on: bool,
 }
 
 impl Cordon {
-    pub fn compile(s: &model::NodeRef, cx: &mut Cx<'_>) -> Result<Box<dyn Operation>, LoadError> {
-        Ok(Box::new(Cordon { node: cx.tpl("node", &s.node)? }))
+    pub fn compile(s: &model::NodeSet, on: bool, cx: &mut Cx<'_>) -> Result<Box<dyn Operation>, LoadError> {
+        let nodes = match (&s.node, &s.zone) {
+            (Some(n), None) => Nodes::One(cx.tpl("node", n)?),
+            (None, Some(z)) => Nodes::Zone(cx.tpl("zone", z)?),
+            _ => return Err(cx.site.error("node", "give exactly one of `node` and `zone`")),
+        };
+        Ok(Box::new(Cordon { nodes, on }))
     }
 }
 
 async fn cordon(cx: &mut CaseCx<'_>, node: &str) -> Result<(), Error> {
-    patch_node(cx, node, serde_json::json!({"spec": {"unschedulable": true}}), "cordon node").await?;
+    set_unschedulable(cx, node, true).await?;
     cx.outcome.record("cordon", serde_json::json!({"node": node}));
     Ok(())
+}
+
+async fn set_unschedulable(cx: &CaseCx<'_>, node: &str, on: bool) -> Result<(), Error> {
+    let what = if on { "cordon node" } else { "uncordon node" };
+    patch_node(cx, node, serde_json::json!({"spec": {"unschedulable": if on { serde_json::json!(true) } else { serde_json::Value::Null }}}), what).await
 }
 
 impl Operation for Cordon {
     fn run<'a, 'e>(&'a self, cx: &'a mut CaseCx<'e>) -> BoxFuture<'a, StepResult> {
         async move {
-            let node = self.node.fill(&cx.vars)?;
-            Ok(cordon(cx, &node).await?)
+            let kind = if self.on { "cordon" } else { "uncordon" };
+            match &self.nodes {
+                Nodes::One(n) => {
+                    let node = n.fill(&cx.vars)?;
+                    set_unschedulable(cx, &node, self.on).await?;
+                    cx.outcome.record(kind, serde_json::json!({"node": node}));
+                }
+                Nodes::Zone(z) => {
+                    let zone = z.fill(&cx.vars)?;
+                    let nodes: Vec<String> = cx.zones.iter().filter(|(_, nz)| **nz == zone).map(|(n, _)| n.clone()).collect();
+                    if nodes.is_empty() {
+                        let known: std::collections::BTreeSet<&String> = cx.zones.values().collect();
+                        return Err(StepError::Errored(Error::Invalid(format!(
+                            "no node in zone {zone} (zones: {})",
+                            known.into_iter().cloned().collect::<Vec<_>>().join(", ")
+                        ))));
+                    }
+                    for n in &nodes {
+                        set_unschedulable(cx, n, self.on).await?;
+                    }
+                    cx.outcome.record(kind, serde_json::json!({"zone": zone, "nodes": nodes}));
+                }
+            }
+            Ok(())
         }
         .boxed()
     }

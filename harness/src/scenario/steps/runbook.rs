@@ -54,7 +54,7 @@ impl RunRunbook {
                 Resolve::ReleasePod | Resolve::PendingPod => cx.var("pod")?,
                 Resolve::ClaimOfPod => continue, // captured from `describe`
             };
-            let documented = runbook::documented_name(&p.documented, &cx.release);
+            let documented = runbook::documented_name(&p.documented, &cx.release, &real);
             if documented != real {
                 findings.push(serde_json::json!({"runbook": rb.name, "placeholder": ph, "documented": documented, "real": real}));
             }
@@ -69,19 +69,29 @@ impl RunRunbook {
             let os: Vec<std::ffi::OsString> = args.iter().map(Into::into).collect();
             let shown = format!("kubectl {}", args[..args.len() - 2].join(" "));
             let command = crate::process::run_command(&kubectl, &os, &env, None, self.command_timeout);
+            // A literal command that does not complete is guide drift: what happened, and what
+            // an operator must do instead.
+            let mut stuck = |why: String| {
+                let instead = st.instead.as_deref().map(|i| format!("; an operator must instead: {i}")).unwrap_or_default();
+                findings.push(serde_json::json!({"drift": format!(
+                    "runbook {}: `{shown}`, as the guide writes it, does not complete ({why}){instead}",
+                    rb.name
+                )}));
+                commands.push(serde_json::json!({"command": shown, "completed": false, "note": why}));
+            };
             let out = tokio::select! {
                 r = command => r,
                 // A command that waits for what nothing will do is stopped as soon as that is
                 // known, rather than at its timeout.
                 why = cannot_complete(cx, &args, self.command_timeout) => {
-                    commands.push(serde_json::json!({"command": shown, "completed": false, "note": why}));
+                    stuck(why);
                     continue;
                 }
             };
             let out = match out {
                 Ok(o) => o,
                 Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                    commands.push(serde_json::json!({"command": shown, "completed": false, "note": format!("stopped after {}s", self.command_timeout.as_secs())}));
+                    stuck(format!("stopped after {}s", self.command_timeout.as_secs()));
                     continue;
                 }
                 Err(e) => {
@@ -102,7 +112,7 @@ impl RunRunbook {
                     StepError::failed(format!("runbook {}: `kubectl {}` printed no match for /{re}/", rb.name, args.join(" ")))
                 })?;
                 if let Some(p) = rb.placeholders.get(ph) {
-                    let documented = runbook::documented_name(&p.documented, &cx.release);
+                    let documented = runbook::documented_name(&p.documented, &cx.release, &v);
                     if documented != v {
                         findings.push(serde_json::json!({"runbook": rb.name, "placeholder": ph, "documented": documented, "real": v}));
                     }
