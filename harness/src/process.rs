@@ -25,6 +25,23 @@ pub enum ProcessError {
     Exited { name: String, status: String, log: PathBuf, tail: String },
 }
 
+/// The end of a tool's output: its last `max_lines` non-empty lines, at most `max_chars`
+/// characters (cut at a line start), trimmed. What a failed tool's message carries.
+pub fn tail_of(text: &str, max_lines: usize, max_chars: usize) -> String {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let mut out: Vec<&str> = Vec::new();
+    let mut len = 0;
+    for l in lines.iter().rev().take(max_lines) {
+        if len + l.len() + 1 > max_chars && !out.is_empty() {
+            break;
+        }
+        len += l.len() + 1;
+        out.push(l);
+    }
+    out.reverse();
+    out.join("\n").trim().to_string()
+}
+
 fn tail_suffix(tail: &str) -> String {
     if tail.trim().is_empty() {
         String::new()

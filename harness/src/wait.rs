@@ -32,6 +32,9 @@ pub enum WaitError {
     /// The watch stream ended before the condition held.
     #[error("watch ended while waiting for {what}")]
     Ended { what: String },
+    /// A part of the condition can no longer hold (e.g. a claim bound to another volume).
+    #[error("{what} will not happen: {condition}")]
+    Settled { what: String, condition: String },
 }
 
 /// A short, single-line summary of an object for "last seen" messages: its name and status.
@@ -82,6 +85,93 @@ where
             last_seen: last.lock().unwrap().clone().unwrap_or_else(|| "nothing (no watch event arrived)".into()),
         }
         .into()),
+    }
+}
+
+/// One part of a condition: what it wants, what was seen, whether it holds. A timeout of
+/// [`until_parts`] lists every part, so the reader sees which one was not met.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Part {
+    pub name: String,
+    pub want: String,
+    pub seen: String,
+    pub met: bool,
+    /// Not met, and it never will be: the wait ends at once.
+    pub settled: bool,
+}
+
+impl Part {
+    /// `name` wants `want`; `seen` is what the object has.
+    pub fn eq(name: &str, want: &str, seen: &str) -> Part {
+        Part { name: name.to_string(), want: want.to_string(), seen: seen.to_string(), met: want == seen, settled: false }
+    }
+    /// `name` wants anything but `not`, and something.
+    pub fn ne(name: &str, not: &str, seen: &str) -> Part {
+        Part { name: name.to_string(), want: format!("not {not}"), seen: seen.to_string(), met: seen != not && !seen.is_empty(), settled: false }
+    }
+    /// A yes/no part.
+    pub fn holds(name: &str, met: bool, seen: &str) -> Part {
+        Part { name: name.to_string(), want: "yes".into(), seen: seen.to_string(), met, settled: false }
+    }
+    /// When `settled`, an unmet part never will be met.
+    pub fn settled_if(mut self, settled: bool) -> Part {
+        self.settled = settled && !self.met;
+        self
+    }
+}
+
+/// `phase Bound: met; volume: wanted pvc-A, saw pvc-B`.
+pub fn describe_parts(parts: &[Part]) -> String {
+    parts
+        .iter()
+        .map(|p| {
+            if p.met {
+                format!("{} {}: met", p.name, p.want)
+            } else {
+                let seen = if p.seen.is_empty() { "nothing" } else { p.seen.as_str() };
+                format!("{}: wanted {}, saw {seen}", p.name, p.want)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Like [`until`], for a condition made of parts: `parts` returns them for the object
+/// (`None` when it does not exist) and the wait ends when every part holds. A timeout says
+/// the whole condition, which parts were not met, and the last state seen.
+pub async fn until_parts<K, C>(api: &Api<K>, name: &str, what: &str, timeout: Duration, parts: C) -> Result<K>
+where
+    K: Clone + Debug + Send + Sync + DeserializeOwned + Serialize + Resource + 'static,
+    C: Fn(&K) -> Vec<Part> + Send + Sync + 'static,
+{
+    let last: Arc<Mutex<Option<String>>> = Arc::default();
+    let seen = last.clone();
+    let parts = Arc::new(parts);
+    let parts_again = parts.clone();
+    let r = until(api, name, what, timeout, move |obj: Option<&K>| {
+        let Some(o) = obj else {
+            *seen.lock().unwrap() = Some(format!("{name} does not exist"));
+            return false;
+        };
+        let ps = parts(o);
+        *seen.lock().unwrap() = Some(describe_parts(&ps));
+        ps.iter().all(|p| p.met) || ps.iter().any(|p| p.settled)
+    })
+    .await;
+    match r {
+        Ok(Some(o)) => {
+            let ps = (*parts_again)(&o);
+            if ps.iter().any(|p| p.settled) {
+                return Err(WaitError::Settled { what: what.to_string(), condition: describe_parts(&ps) }.into());
+            }
+            Ok(o)
+        }
+        Ok(None) => Err(WaitError::Ended { what: what.to_string() }.into()),
+        Err(crate::Error::Wait(WaitError::Timeout { what, after, last_seen })) => {
+            let condition = last.lock().unwrap().clone().unwrap_or_else(|| "not evaluated (no watch event arrived)".into());
+            Err(WaitError::Timeout { what, after, last_seen: format!("condition: {condition}; object: {last_seen}") }.into())
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -166,5 +256,20 @@ where
     match res {
         Ok(r) => r,
         Err(_) => Err(WaitError::Timeout { what: what.to_string(), after: timeout, last_seen: last }.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_condition_says_which_part_was_not_met() {
+        let parts = [Part::eq("phase", "Bound", "Bound"), Part::eq("volume", "pvc-a", "pvc-b").settled_if(true)];
+        assert_eq!(describe_parts(&parts), "phase Bound: met; volume: wanted pvc-a, saw pvc-b");
+        assert!(parts[1].settled && !parts[1].met);
+        // A met part is never settled; an empty value reads as "nothing".
+        assert!(!Part::eq("phase", "Bound", "Bound").settled_if(true).settled);
+        assert_eq!(describe_parts(&[Part::ne("volume", "pvc-a", "")]), "volume: wanted not pvc-a, saw nothing");
     }
 }

@@ -211,9 +211,9 @@ impl Helm {
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         if !out.status.success() {
             // Only stderr: stdout may hold rendered manifests, secrets included.
-            let said = stderr.trim();
-            let said = if said.is_empty() { "(helm printed nothing on stderr)" } else { said };
-            return Err(HelmError::Failed { command: cmd.shown(), status: out.status.to_string(), stderr: said.to_string() }.into());
+            let said = crate::process::tail_of(&stderr, 30, 6000);
+            let said = if said.is_empty() { "(helm printed nothing on stderr)".to_string() } else { said };
+            return Err(HelmError::Failed { command: cmd.shown(), status: out.status.to_string(), stderr: said }.into());
         }
         if !stderr.trim().is_empty() {
             tracing::debug!(cmd = %cmd.shown(), stderr = %stderr.trim(), "helm warnings");

@@ -417,3 +417,47 @@ mod tests {
         assert!(!rolled_out(&s));
     }
 }
+
+/// When the datastore claim `claim` does not hold `volume` (the volume it had before an
+/// upgrade): if that volume is still bound to another claim of the namespace, the upgrade
+/// renamed the StatefulSet and orphaned the datastore. Returns that chart finding, naming
+/// the rename, the orphaned claim and its volume, and the new claim and its volume.
+pub async fn orphaned_datastore(cx: &CaseCx<'_>, claim: &str, volume: &str) -> Result<Option<StepError>, Error> {
+    use k8s_openapi::api::core::v1::PersistentVolume;
+    let Some(pv) = Api::<PersistentVolume>::all(cx.client()).get_opt(volume).await.map_err(Error::kube(format!("get volume {volume}")))? else {
+        return Ok(None);
+    };
+    let Some(old_claim) = pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref()).and_then(|r| r.name.clone()) else {
+        return Ok(None);
+    };
+    if old_claim == claim {
+        return Ok(None);
+    }
+    let pvcs = Api::<PersistentVolumeClaim>::namespaced(cx.client(), &cx.namespace);
+    if pvcs.get_opt(&old_claim).await.map_err(Error::kube(format!("get claim {old_claim}")))?.is_none() {
+        return Ok(None);
+    }
+    let new_volume = pvcs
+        .get_opt(claim)
+        .await
+        .map_err(Error::kube(format!("get claim {claim}")))?
+        .and_then(|c| c.spec.and_then(|s| s.volume_name))
+        .unwrap_or_else(|| "none yet".into());
+    let sts_of = |c: &str| {
+        let rest = c.strip_prefix(&format!("{}-", crate::contract::DATASTORE_CLAIM_TEMPLATE)).unwrap_or(c);
+        rest.rsplit_once('-').map(|(s, _)| s.to_string()).unwrap_or_else(|| rest.to_string())
+    };
+    let (old_sts, new_sts) = (sts_of(&old_claim), sts_of(claim));
+    let renamed = if old_sts != new_sts {
+        format!("the upgrade renamed StatefulSet {old_sts} to {new_sts}, so its datastore claim changed")
+    } else {
+        "the datastore claim changed".to_string()
+    };
+    Ok(Some(StepError::chart(
+        format!("StatefulSet {new_sts} (was {old_sts})"),
+        format!(
+            "the upgrade orphans the datastore: {renamed}; claim {old_claim} (volume {volume}) is orphaned with its data, and the new claim {claim} is on a new volume ({new_volume})"
+        ),
+        format!("keep the StatefulSet's name stable across chart versions, or ship a migration that moves volume {volume}'s data to the new claim; until then, operators must not upgrade across the rename"),
+    )))
+}

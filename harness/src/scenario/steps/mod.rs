@@ -78,7 +78,7 @@ impl From<Error> for StepError {
     /// cluster's doing; everything else is the harness's.
     fn from(e: Error) -> StepError {
         match e {
-            Error::Wait(WaitError::Timeout { .. }) => StepError::Failed(crate::error::chain(&e)),
+            Error::Wait(WaitError::Timeout { .. } | WaitError::Settled { .. }) => StepError::Failed(crate::error::chain(&e)),
             Error::Helm(ref h) if h.render_failure().is_some() => {
                 let (template, said) = h.render_failure().unwrap_or_default();
                 StepError::chart(

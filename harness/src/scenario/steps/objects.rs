@@ -16,7 +16,7 @@ use crate::error::Error;
 use crate::labels::ZONE_LABEL;
 use crate::scenario::compile::LoadError;
 use crate::scenario::model;
-use crate::wait::WaitError;
+use crate::wait::{Part, WaitError};
 
 #[derive(Debug)]
 pub struct ExpectPod {
@@ -181,19 +181,41 @@ impl ExpectClaim {
         let name = cx.fill_or(&self.name, "claim")?;
         let (volume, not_volume, zone_want) = (cx.fill_opt(&self.volume)?, cx.fill_opt(&self.not_volume)?, cx.fill_opt(&self.zone)?);
         let api = Api::<PersistentVolumeClaim>::namespaced(cx.client(), &cx.namespace);
-        let what = format!("claim {name}{}", self.phase.as_ref().map(|p| format!(" phase={p}")).unwrap_or_default());
+        let mut want = Vec::new();
+        if let Some(p) = &self.phase {
+            want.push(format!("phase {p}"));
+        }
+        if let Some(v) = &volume {
+            want.push(format!("volume {v}"));
+        }
+        if let Some(v) = &not_volume {
+            want.push(format!("a volume other than {v}"));
+        }
+        let what = format!("claim {name}{}", if want.is_empty() { String::new() } else { format!(" ({})", want.join(", ")) });
         let (want_phase, want_volume, want_not_volume) = (self.phase.clone(), volume.clone(), not_volume.clone());
-        let pvc = crate::wait::until(&api, &name, &what, self.timeout, move |c: Option<&PersistentVolumeClaim>| {
-            let Some(c) = c else { return false };
+        let waited = crate::wait::until_parts(&api, &name, &what, self.timeout, move |c: &PersistentVolumeClaim| {
             let phase = c.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
             let vol = c.spec.as_ref().and_then(|s| s.volume_name.clone()).unwrap_or_default();
-            c.metadata.deletion_timestamp.is_none()
-                && want_phase.as_ref().is_none_or(|w| *w == phase)
-                && want_volume.as_ref().is_none_or(|w| *w == vol)
-                && want_not_volume.as_ref().is_none_or(|w| *w != vol && !vol.is_empty())
+            let mut parts = vec![Part::holds("not being deleted", c.metadata.deletion_timestamp.is_none(), "a deletion timestamp")];
+            parts.extend(want_phase.as_ref().map(|w| Part::eq("phase", w, &phase)));
+            // A bound claim keeps its volume: bound to another one, it never gets this one.
+            parts.extend(want_volume.as_ref().map(|w| Part::eq("volume", w, &vol).settled_if(!vol.is_empty())));
+            parts.extend(want_not_volume.as_ref().map(|w| Part::ne("volume", w, &vol)));
+            parts
         })
-        .await?
-        .expect("condition needs the object");
+        .await;
+        let pvc = match waited {
+            Ok(p) => p,
+            // The volume the datastore had is now another claim's business: say what the
+            // upgrade did to it, not only that the wait ran out.
+            Err(e @ Error::Wait(WaitError::Timeout { .. } | WaitError::Settled { .. })) if volume.is_some() => {
+                return Err(match super::helm::orphaned_datastore(cx, &name, volume.as_deref().unwrap_or_default()).await? {
+                    Some(finding) => finding,
+                    None => e.into(),
+                })
+            }
+            Err(e) => return Err(e.into()),
+        };
         let vol = pvc.spec.as_ref().and_then(|s| s.volume_name.clone()).unwrap_or_default();
         let mut zone = None;
         if !vol.is_empty() {
