@@ -27,7 +27,7 @@ pub struct SuiteArgs {
     pub cluster: ClusterArgs,
     /// A chart source: DIR, DIR@X.Y.Z (package DIR as that version), FILE.tgz, or
     /// https://REPO#CHART[@X.Y.Z]. Repeat to serve several versions of one chart as one
-    /// repository. Default: the fixture chart at 0.1.0 and 0.2.0.
+    /// repository. Default: the fixture chart at 0.1.0 and 0.2.0-rc1 (a stable release and a candidate).
     #[arg(long = "chart", value_name = "SRC")]
     pub charts: Vec<String>,
     /// Extra values files given to every install/upgrade, after the scenario's own.

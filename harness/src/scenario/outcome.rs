@@ -15,6 +15,9 @@ pub struct Outcome {
     names: BTreeMap<String, String>,
     counters: BTreeMap<String, usize>,
     pub findings: Vec<Value>,
+    /// Findings whose occurrence depends on timing (a command that did not complete in its
+    /// window): reported with the others, never in the snapshot.
+    pub timing_findings: Vec<Value>,
 }
 
 impl Outcome {
@@ -48,11 +51,17 @@ impl Outcome {
         self.findings.push(serde_json::to_value(value).unwrap_or(Value::Null));
     }
 
+    /// A finding that a run may or may not see, depending on timing: reported, not snapshotted.
+    pub fn timing_finding(&mut self, value: impl Serialize) {
+        self.timing_findings.push(serde_json::to_value(value).unwrap_or(Value::Null));
+    }
+
     /// The conformance findings, one line each, normalised like the outcome.
     pub fn finding_lines(&self) -> Vec<String> {
         let reps = self.replacements();
         self.findings
             .iter()
+            .chain(&self.timing_findings)
             .map(|f| {
                 let line = finding_line(f);
                 let mut v = Value::String(line);
