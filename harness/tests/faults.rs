@@ -62,3 +62,27 @@ async fn node_affinity_conflict_without_a_zone_change_does_not_reproduce() {
     assert!(step.contains("expect-event"), "failed at {step}: {message}");
     assert!(message.contains("the fault did not reproduce") && message.contains("FailedScheduling"), "{message}");
 }
+
+/// The upgrade hazard the fixture's 0.0.1 -> 0.1.0 reproduces (as the real chart's 0.1.0 ->
+/// 0.1.1 did): the StatefulSet is renamed, so the datastore claim changes. The `upgrade`
+/// scenario, unchanged, must end in the chart finding that names the rename, the orphaned
+/// claim and its volume, and the new claim; not in a bare timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_that_renames_the_statefulset_orphans_the_datastore() {
+    let text = std::fs::read_to_string(common::layout().root().join("upgrade.yaml")).unwrap();
+    let sc: Scenario = lily_e2e::yaml::from_str(&text).unwrap();
+    let layout = common::layout();
+    let plan = ScenarioPlan::compile(&sc, &layout.root().join("upgrade.yaml"), &layout).expect("the scenario compiles");
+    let mut opts = common::env_options();
+    opts.charts = lily_e2e::helm::fixture_sources(&common::fixture_chart_dir(), &["0.0.1", "0.1.0"]);
+    let env = Env::start(&opts).await.expect("the environment starts");
+    let r = run_case(&env, &plan, &plan.cases[0], Until::End, &Silent, &Default::default()).await;
+    env.teardown().await.unwrap();
+    let CaseOutcome::Failed { step, message } = r.report.outcome else { panic!("the rename was not caught: {:?}", r.report.outcome) };
+    assert!(step.contains("expect-claim"), "failed at {step}: {message}");
+    assert!(message.starts_with("chart finding: StatefulSet lily-lily-dev-mainnet-daemon (was lily-lily)"), "{message}");
+    assert!(message.contains("the upgrade orphans the datastore"), "{message}");
+    assert!(message.contains("renamed StatefulSet lily-lily to lily-lily-dev-mainnet-daemon"), "{message}");
+    assert!(message.contains("claim datastore-volume-lily-lily-0 (volume pvc-"), "{message}");
+    assert!(message.contains("the new claim datastore-volume-lily-lily-dev-mainnet-daemon-0 is on a new volume (pvc-"), "{message}");
+}
