@@ -174,6 +174,11 @@ impl Operation for Drain {
             let pods = api.list(&ListParams::default().fields(&format!("spec.nodeName={node}"))).await.map_err(Error::kube("list pods"))?;
             let mut evicted = Vec::new();
             for p in pods.items {
+                // A disruption budget that can never allow an eviction makes every drain hang:
+                // say so at once instead of retrying an eviction nothing will allow.
+                if let Some(finding) = blocking_budget(cx, &p).await? {
+                    return Err(finding);
+                }
                 api.evict(&p.name_any(), &EvictParams::default()).await.map_err(Error::kube(format!("evict pod {}", p.name_any())))?;
                 evicted.push(p.name_any());
             }
@@ -246,4 +251,49 @@ impl Operation for OutOfService {
         }
         .boxed()
     }
+}
+
+/// A PodDisruptionBudget selecting `pod` that no eviction can ever satisfy: it wants at
+/// least as many healthy pods as it expects (`minAvailable` >= the workload's replicas), so
+/// `kubectl drain` never completes. That is the chart's doing: returned as its finding.
+async fn blocking_budget(cx: &CaseCx<'_>, pod: &Pod) -> Result<Option<StepError>, Error> {
+    use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    let pdbs = Api::<PodDisruptionBudget>::namespaced(cx.client(), &cx.namespace)
+        .list(&ListParams::default())
+        .await
+        .map_err(Error::kube("list poddisruptionbudgets"))?;
+    let labels = pod.labels();
+    for pdb in pdbs.items {
+        let Some(spec) = &pdb.spec else { continue };
+        let selects = spec.selector.as_ref().and_then(|s| s.match_labels.as_ref()).is_some_and(|m| {
+            !m.is_empty() && m.iter().all(|(k, v)| labels.get(k) == Some(v))
+        });
+        if !selects {
+            continue;
+        }
+        let Some(status) = &pdb.status else { continue };
+        if status.expected_pods > 0 && status.desired_healthy >= status.expected_pods && status.disruptions_allowed == 0 {
+            let budget = match &spec.min_available {
+                Some(IntOrString::Int(n)) => format!("minAvailable {n}"),
+                Some(IntOrString::String(s)) => format!("minAvailable {s}"),
+                None => match &spec.max_unavailable {
+                    Some(IntOrString::Int(n)) => format!("maxUnavailable {n}"),
+                    Some(IntOrString::String(s)) => format!("maxUnavailable {s}"),
+                    None => "no budget".into(),
+                },
+            };
+            return Ok(Some(StepError::chart(
+                format!("PodDisruptionBudget {}", pdb.name_any()),
+                format!(
+                    "{budget} with {} pod(s) expected: it needs {} healthy and allows no disruption, so pod {} can never be evicted and `kubectl drain` never completes",
+                    status.expected_pods,
+                    status.desired_healthy,
+                    pod.name_any()
+                ),
+                "keep the budget below the replicas (render the PodDisruptionBudget only when replicas exceed minAvailable, or use maxUnavailable: 1), and read the values key operators set for it",
+            )));
+        }
+    }
+    Ok(None)
 }
