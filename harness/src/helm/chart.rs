@@ -24,7 +24,7 @@ use crate::error::{Error, Result};
 pub use semver::Version;
 
 /// The versions the fixture chart is served at.
-pub const FIXTURE_VERSIONS: [&str; 3] = ["0.1.0", "0.2.0", "0.3.0"];
+pub const FIXTURE_VERSIONS: [&str; 4] = ["0.0.1", "0.1.0", "0.2.0", "0.3.0"];
 
 /// What to write after a bad chart argument.
 const SYNTAX_HINT: &str = "pass a chart directory, a .tgz, DIR@X.Y.Z, or https://REPO_URL#CHART[@X.Y.Z]";
