@@ -23,6 +23,16 @@ pub const MAIN_CONTAINER: &str = "daemon";
 /// `debug.disableNetworkSync` is true.
 pub const INIT_CONTAINERS: &[&str] = &["init-datastore", "init-sync"];
 
+/// The optional sidecar (`debug.sidecar.enabled`): Lily's image idling next to `daemon`, with
+/// the same env and mounts.
+pub const DEBUG_CONTAINER: &str = "debug";
+
+/// Whether a container of a Lily pod runs Lily: the init containers, `daemon` and `debug`.
+/// Each gets the chart's common env (the storage URLs among it) and mounts `config-volume`.
+pub fn is_lily_container(name: &str) -> bool {
+    name == MAIN_CONTAINER || name == DEBUG_CONTAINER || INIT_CONTAINERS.contains(&name)
+}
+
 /// The StatefulSet's claim template for the datastore, when `volumes.datastore.enabled`.
 pub const DATASTORE_CLAIM_TEMPLATE: &str = "datastore-volume";
 
@@ -138,6 +148,11 @@ pub mod config {
     pub const APPLICATION_NAME: &str = "ApplicationName";
     pub const POOL_SIZE: &str = "PoolSize";
     pub const ALLOW_UPSERT: &str = "AllowUpsert";
+
+    /// The table of storage entry `name`, as written in `config.toml`.
+    pub fn storage_table(name: &str) -> String {
+        format!("[{}.{}.{name}]", STORAGE_TABLE[0], STORAGE_TABLE[1])
+    }
 }
 
 #[cfg(test)]
@@ -159,5 +174,8 @@ mod tests {
         assert!(is_storage_url_env("LILY_STORAGE_POSTGRESQL_DB_URL") && !is_storage_url_env("LILY_STORAGE_POSTGRESQL__URL"));
         assert_eq!(instance_types("cluster"), Some(&["notifier", "worker"][..]));
         assert_eq!(values::storage_postgresql("cluster"), "cluster.storage.postgresql");
+        assert_eq!(config::storage_table("db"), "[Storage.Postgresql.db]");
+        assert!(["init-datastore", "init-sync", "daemon", "debug"].into_iter().all(is_lily_container));
+        assert!(!is_lily_container("init-database") && !is_lily_container("exporter"));
     }
 }

@@ -216,6 +216,12 @@ impl DbUrl {
     }
 }
 
+/// Whether `text` sets `sslmode` itself. Without it [`DbUrl::parse`] (like libpq) takes
+/// `prefer`, which falls back to an unencrypted session when the server offers no TLS.
+pub fn names_sslmode(text: &str) -> bool {
+    url::Url::parse(text.trim()).is_ok_and(|u| u.query_pairs().any(|(k, _)| k == "sslmode"))
+}
+
 impl std::fmt::Display for DbUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.redacted())
@@ -326,6 +332,16 @@ mod tests {
         let all = format!("{e} {e:?} {:?}", std::error::Error::source(&e).map(|s| s.to_string()));
         assert!(all.contains(needle), "{all}");
         assert!(!all.contains("s3cret"), "{all}");
+    }
+
+    #[rstest]
+    #[case::given("postgres://u:p@h:1/d?sslmode=require", true)]
+    #[case::given_disable("postgres://u:p@h:1/d?application_name=x&sslmode=disable", true)]
+    #[case::absent("postgres://u:p@h:1/d", false)]
+    #[case::other_params_only("postgres://u:p@h:1/d?application_name=sslmode", false)]
+    #[case::not_a_url("not a url", false)]
+    fn postgres_sslmode_given_or_not(#[case] text: &str, #[case] given: bool) {
+        assert_eq!(names_sslmode(text), given);
     }
 
     #[test]

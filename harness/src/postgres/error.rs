@@ -8,7 +8,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::container::IMAGE_ENV;
-use super::contract::SecretRef;
 use super::dsn::SslMode;
 use super::local::{BIN_ENV, UNPRIVILEGED_USER};
 
@@ -99,18 +98,18 @@ pub enum PostgresError {
     #[error("sslmode `{mode}` is not one of disable, allow, prefer, require, verify-ca, verify-full")]
     BadSslMode { mode: String },
 
-    /// The chart's objects, or the session they lead to, break the database contract.
+    /// The chart's objects, or the Secret's URL they lead to, break the database contract:
+    /// `object` (a pod's container, a config map's table, a Secret's key, a storage entry's
+    /// role) gets `problem` wrong and `fix` says what to do instead. The `contract-check`
+    /// step reports it as a chart finding. Neither part ever holds a URL or a password.
+    #[error("{object}: {problem}; fix: {fix}")]
+    ContractViolation { object: String, problem: String, fix: String },
+    /// The session the chart's objects lead to is not what the check expects (the pod is
+    /// gone, the session is not encrypted or shows under another name): an expectation not
+    /// met, whoever is to blame.
     #[error("{0}")]
     Contract(String),
-    /// The Secret's value is not a usable URL.
-    #[error("{secret}: the value is not a usable postgresql url")]
-    SecretUrl {
-        secret: SecretRef,
-        #[source]
-        source: Box<PostgresError>,
-    },
-    /// The check cannot tell what to check without being told (which storage entry, which
-    /// application name).
+    /// The check cannot tell what to check without being told (which storage entry).
     #[error("{0}")]
     Ambiguous(String),
 

@@ -32,11 +32,11 @@ use crate::error::{Error, Result};
 use crate::run::{RunId, RUN_LABEL};
 
 /// The Secret key the guide uses.
-pub const SECRET_KEY: &str = "url";
+pub const SECRET_KEY: &str = crate::contract::values::DEFAULT_SECRET_KEY;
 /// The storage entry's name in the guide's values (`LILY_STORAGE_POSTGRESQL_DB_URL`).
 pub const DEFAULT_STORAGE_NAME: &str = "db";
 /// The schema and application name the guide's values use.
-pub const DEFAULT_SCHEMA: &str = "lily";
+pub const DEFAULT_SCHEMA: &str = crate::contract::values::DEFAULT_SCHEMA;
 pub const DEFAULT_APPLICATION_NAME: &str = "lily";
 
 /// One `daemon.storage.postgresql[]` entry.
@@ -81,7 +81,7 @@ impl StorageBinding {
 
 /// `LILY_STORAGE_POSTGRESQL_<NAME>_URL` for storage entry `name`.
 pub fn env_name(name: &str) -> String {
-    format!("LILY_STORAGE_POSTGRESQL_{}_URL", name.to_uppercase())
+    crate::contract::storage_url_env(name)
 }
 
 /// The values fragment for several entries.

@@ -97,7 +97,9 @@ pub enum Step {
     ExpectEvent(ExpectEvent),
     /// Assert that no matching event arrives within a window (for negative tests).
     ExpectNoEvent(ExpectEvent),
-    /// The database contract check (the chart's init-database step, performed by the harness).
+    /// The database contract check: the pod's storage wiring (config map table, env from the
+    /// Secret in every Lily container, the URL's sslmode) followed to the database, where the
+    /// harness performs `lily migrate`'s schema creation.
     ContractCheck(ContractCheck),
     /// Run a documented runbook from `scenarios/runbooks/` with the pinned kubectl.
     Runbook(RunbookStep),
@@ -299,13 +301,25 @@ pub struct ExpectEvent {
     pub timeout: Option<String>,
 }
 
+/// The database contract check. From the pod: the `[Storage.Postgresql.<storage>]` table
+/// of the `config.toml` its `config-volume` mounts (`SchemaName`, `ApplicationName` set),
+/// the env its `URLEnv` names in every Lily container (`init-datastore`, `init-sync`,
+/// `daemon`, `debug`; from a `secretKeyRef`), and that Secret key's URL (`sslmode` set, not
+/// `disable`). The harness then connects as the pod would, with the table's
+/// `ApplicationName`, creates its `SchemaName` as `lily migrate` would (the chart runs no
+/// migration) and sees the session in `pg_stat_activity`. What the chart's objects get wrong
+/// fails the case as a chart finding naming the object and key.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ContractCheck {
-    /// Default `${pod}`.
+    /// The pod (default `${pod}`).
     #[serde(default)]
     pub pod: Option<String>,
-    /// The application name the chart's values give (default `lily`).
+    /// The storage entry (`storage.postgresql[].name`); default: the only one.
+    #[serde(default)]
+    pub storage: Option<String>,
+    /// The entry's `applicationName` as the values give it: the table's `ApplicationName`
+    /// must be it. Unset: whatever the table says.
     #[serde(default)]
     pub application_name: Option<String>,
 }

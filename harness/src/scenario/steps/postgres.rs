@@ -1,12 +1,15 @@
 //! Storage steps: `postgres` (the scenario's database and the guide's storage Secret) and
-//! `contract-check` (the database contract, checked from the objects the chart created).
+//! `contract-check` (the database contract, checked from the objects the chart created: the
+//! pod's storage wiring followed to the database, where the harness performs the schema
+//! creation of `lily migrate`; see [`crate::postgres::contract`]).
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
 
 use super::{CaseCx, Cx, Operation, StepError, StepResult, Tpl};
 use crate::error::Error;
-use crate::postgres::secret::{StorageBinding, DEFAULT_APPLICATION_NAME};
+use crate::postgres::secret::StorageBinding;
+use crate::postgres::PostgresError;
 use crate::scenario::compile::LoadError;
 use crate::scenario::model;
 
@@ -48,7 +51,8 @@ impl Operation for CreateStorage {
 #[derive(Debug)]
 pub struct ContractCheck {
     pod: Option<Tpl>,
-    application_name: String,
+    storage: Option<String>,
+    application_name: Option<String>,
 }
 
 impl ContractCheck {
@@ -58,7 +62,8 @@ impl ContractCheck {
         }
         Ok(Box::new(ContractCheck {
             pod: cx.opt_tpl("pod", &s.pod)?,
-            application_name: s.application_name.clone().unwrap_or_else(|| DEFAULT_APPLICATION_NAME.to_string()),
+            storage: s.storage.clone(),
+            application_name: s.application_name.clone(),
         }))
     }
 }
@@ -68,7 +73,8 @@ impl Operation for ContractCheck {
         async move {
             let pod = cx.fill_or(&self.pod, "pod")?;
             let opts = crate::postgres::contract::PodCheck {
-                application_name: Some(self.application_name.clone()),
+                storage: self.storage.clone(),
+                application_name: self.application_name.clone(),
                 ca_pem: cx.env.postgres.ca_pem().map(str::to_string),
                 ..Default::default()
             };
@@ -81,12 +87,13 @@ impl Operation for ContractCheck {
     }
 }
 
-/// What the chart's objects wire up is the chart's to get right: a
-/// [`PostgresError`](crate::postgres::PostgresError) (the objects break the contract, or
-/// the session their Secret's URL leads to does) fails the case; the Kubernetes API or the
-/// machine breaking is an error.
+/// What the chart's objects wire up is the chart's to get right: a contract violation (the
+/// object, the problem, the fix) is a chart finding; any other
+/// [`PostgresError`] (the session the Secret's URL leads to cannot be opened, or is not what
+/// it should be) fails the case; the Kubernetes API or the machine breaking is an error.
 fn contract_step_error(e: Error) -> StepError {
     match e {
+        Error::Postgres(PostgresError::ContractViolation { object, problem, fix }) => StepError::chart(object, problem, fix),
         Error::Kube { .. } | Error::Io { .. } => StepError::Errored(e),
         e => StepError::failed(crate::error::chain(&e)),
     }
@@ -105,10 +112,22 @@ pub fn database_name(namespace: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::postgres::PostgresError;
 
     #[test]
     fn contract_mismatches_fail_the_case_and_breakdowns_are_errors() {
+        let violation = contract_step_error(
+            PostgresError::ContractViolation {
+                object: "Secret lily/lily-db key `url`".into(),
+                problem: "the url has sslmode=disable".into(),
+                fix: "end the url with ?sslmode=require".into(),
+            }
+            .into(),
+        );
+        assert!(
+            matches!(&violation, StepError::Chart(f) if f.to_string()
+                == "chart finding: Secret lily/lily-db key `url`: the url has sslmode=disable; fix: end the url with ?sslmode=require"),
+            "{violation:?}"
+        );
         let mismatch = contract_step_error(PostgresError::Contract("pod lily/x does not exist".into()).into());
         assert!(matches!(&mismatch, StepError::Failed(m) if m == "pod lily/x does not exist"), "{mismatch:?}");
         let ambiguous = contract_step_error(PostgresError::Ambiguous("name the storage entry".into()).into());
