@@ -7,8 +7,11 @@
 //! sets `local,container` once `ci/docker.sh` has an engine answering and
 //! `ci/postgres-image.sh` has built the image named by `LILY_E2E_POSTGRES_IMAGE`.
 //!
-//! The Kubernetes half of the contract check needs the local control plane's tools; that
-//! test skips, saying why, when they are not installed.
+//! The contract check's synthetic objects follow the real chart's shape: Lily containers
+//! `init-datastore`, `init-sync` and `daemon`, each with `LILY_STORAGE_POSTGRESQL_DB_URL`
+//! from the Secret, and the config map mounted as `config-volume` whose `config.toml` holds
+//! the `[Storage.Postgresql.db]` table. The Kubernetes half of the check needs the local
+//! control plane's tools; that test skips, saying why, when they are not installed.
 
 use std::error::Error as _;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -17,7 +20,7 @@ use std::time::{Duration, Instant};
 use lily_e2e::engine::Engine;
 use lily_e2e::postgres::contract::{self, ContractSummary, Expect, PodCheck, SecretRef};
 use lily_e2e::postgres::secret::{self, StorageBinding};
-use lily_e2e::postgres::{container, DbUrl, HostKind, Password, Postgres, PostgresProvider, PostgresSpec, SslMode};
+use lily_e2e::postgres::{container, DbUrl, HostKind, Password, Postgres, PostgresError, PostgresProvider, PostgresSpec, SslMode};
 use lily_e2e::reap;
 use lily_e2e::run::{self, Run};
 use rstest::rstest;
@@ -85,7 +88,28 @@ fn source() -> SecretRef {
 }
 
 fn expect(ca: Option<&str>) -> Expect {
-    Expect { schema: "lily".into(), application_name: "lily".into(), ca_pem: ca.map(str::to_string), timeout: Duration::from_secs(10) }
+    Expect {
+        storage: "db".into(),
+        schema: "lily".into(),
+        application_name: "lily".into(),
+        ca_pem: ca.map(str::to_string),
+        timeout: Duration::from_secs(10),
+    }
+}
+
+/// The (object, problem, fix) of a contract violation (a chart finding in a scenario).
+fn violation(e: &lily_e2e::Error) -> (&str, &str, &str) {
+    match e {
+        lily_e2e::Error::Postgres(PostgresError::ContractViolation { object, problem, fix }) => (object, problem, fix),
+        other => panic!("expected a contract violation, got {other:?}"),
+    }
+}
+
+/// Whether schema `schema` exists in database `database` (asked as the superuser).
+async fn schema_exists(pg: &Postgres, database: &str, schema: &str) -> bool {
+    let url = DbUrl { database: database.into(), ..pg.superuser_url() };
+    let admin = lily_e2e::postgres::tls::connect(&url, None, None, Duration::from_secs(10)).await.unwrap();
+    admin.query_one("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)", &[&schema]).await.unwrap().get(0)
 }
 
 async fn start(provider: &dyn PostgresProvider, run: &Run, tls: bool) -> Postgres {
@@ -181,9 +205,12 @@ async fn serves_the_contract(pg: &Postgres, run: &Run) {
     assert_eq!(
         summary,
         ContractSummary {
+            storage: "db".into(),
+            config_map: None,
+            env: None,
+            containers: vec![],
             secret_name: "lily-db".into(),
             secret_key: "url".into(),
-            env: None,
             user: "scenario_a_user".into(),
             database: "scenario_a".into(),
             host: HostKind::Loopback,
@@ -191,6 +218,7 @@ async fn serves_the_contract(pg: &Postgres, run: &Run) {
             sslmode: SslMode::Require,
             tls_in_use: true,
             application_name: "lily".into(),
+            migration: "performed by the harness (lily migrate --schema lily: CREATE SCHEMA IF NOT EXISTS)".into(),
         }
     );
     contract::check_url(&source(), &text, &expect(None)).await.unwrap();
@@ -227,30 +255,33 @@ async fn serves_the_contract(pg: &Postgres, run: &Run) {
         errors.push(all);
     }
 
+    // sslmode=disable is refused before any session: a finding on the Secret's key that
+    // never quotes the url.
+    let e = contract::check_url(&source(), &db.url(SslMode::Disable).expose(), &expect(None)).await.unwrap_err();
+    let (object, problem, fix) = violation(&e);
+    assert_eq!(object, "Secret lily/lily-db key `url`");
+    assert_eq!(problem, "the url has sslmode=disable: Lily's session would not be encrypted");
+    assert!(fix.contains("?sslmode=require"), "{fix}");
+    errors.push(everything(&e));
+
     // Bad input: each error names the Secret and key and what failed.
     let wrong_password = DbUrl::new(&db.user, Some(Password::new("wr@ng/p%ss:word")), pg.host(), pg.port(), &db.name, SslMode::Require);
     let closed = DbUrl::new(&db.user, Some(db.password.clone()), "127.0.0.1", closed_port(), &db.name, SslMode::Require);
     let cases = [
         ("wrong password", wrong_password.expose(), "the password was refused"),
         ("unreachable host", closed.expose(), "cannot connect to database `scenario_a`"),
-        (
-            "sslmode=disable",
-            db.url(SslMode::Disable).expose(),
-            "the server accepts only TLS connections and sslmode=disable does not use TLS",
-        ),
         ("no such database", DbUrl { database: "nope".into(), ..url.clone() }.expose(), "cannot connect to database `nope`"),
         ("not a url", format!("{}{}", db.password.expose(), "garbage"), "is not a usable postgresql url"),
     ];
     for (what, u, needle) in cases {
         let e = contract::check_url(&source(), &u, &expect(None)).await.expect_err(what);
         let all = everything(&e);
-        assert!(e.to_string().starts_with("secret lily/lily-db key `url`: "), "{what}: {e}");
+        assert!(e.to_string().starts_with("Secret lily/lily-db key `url`: "), "{what}: {e}");
         assert!(all.contains(needle), "{what}: {all}");
         errors.push(all);
     }
-    assert!(errors[errors.len() - 5].contains("password authentication failed"), "{}", errors[errors.len() - 5]);
-    assert!(errors[errors.len() - 4].to_lowercase().contains("connection refused"), "{}", errors[errors.len() - 4]);
-    assert!(errors[errors.len() - 3].contains("no encryption"), "{}", errors[errors.len() - 3]);
+    assert!(errors[errors.len() - 4].contains("password authentication failed"), "{}", errors[errors.len() - 4]);
+    assert!(errors[errors.len() - 3].to_lowercase().contains("connection refused"), "{}", errors[errors.len() - 3]);
     for e in &errors {
         assert_hidden(&db.password, e);
         assert!(!e.contains("wr@ng/p%ss:word") && !e.contains("wr%40ng"), "{e}");
@@ -302,15 +333,62 @@ async fn sslmode_require_refuses_a_server_without_tls(#[case] provider: &str) {
 
     let e = contract::check_url(&source(), &db.url(SslMode::Require).expose(), &expect(None)).await.unwrap_err();
     let all = everything(&e);
-    assert!(e.to_string().starts_with("secret lily/lily-db key `url`: cannot connect to database `plain`"), "{e}");
+    assert!(e.to_string().starts_with("Secret lily/lily-db key `url`: cannot connect to database `plain`"), "{e}");
     assert!(all.contains("TLS"), "{all}");
     assert_hidden(&db.password, &all);
 
-    // Without TLS on both sides it connects, and says so.
-    let s = contract::check_url(&source(), &db.url(SslMode::Disable).expose(), &expect(None)).await.unwrap();
-    assert!(!s.tls_in_use);
-    assert_eq!(s.sslmode, SslMode::Disable);
+    // sslmode=disable would connect to this server, but the check refuses it as a finding
+    // before any session: the schema is not created.
+    let e = contract::check_url(&source(), &db.url(SslMode::Disable).expose(), &expect(None)).await.unwrap_err();
+    assert_eq!(violation(&e).0, "Secret lily/lily-db key `url`");
+    assert!(violation(&e).1.contains("sslmode=disable"), "{e}");
+    assert_hidden(&db.password, &everything(&e));
+    assert!(!schema_exists(&pg, "plain", "lily").await, "the check connected with sslmode=disable");
 
+    // sslmode=prefer falls back to a plain session here; the summary says so.
+    let s = contract::check_url(&source(), &db.url(SslMode::Prefer).expose(), &expect(None)).await.unwrap();
+    assert!(!s.tls_in_use);
+    assert_eq!(s.sslmode, SslMode::Prefer);
+    assert!(schema_exists(&pg, "plain", "lily").await);
+
+    pg.teardown().await.unwrap();
+    assert_nothing_left(provider.name(), &run).await;
+}
+
+/// A role that may connect but not create schemas (CREATE on the database revoked): the
+/// check reports it as a finding on the storage entry's role, with PostgreSQL's SQLSTATE and
+/// message, and never the password.
+#[rstest]
+#[case::local("local")]
+#[case::container("container")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_that_cannot_create_the_schema_is_a_finding(#[case] provider: &str) {
+    let Some(provider) = under_test(provider) else {
+        return;
+    };
+    let run = Run::create(false).unwrap();
+    let pg = start(provider.as_ref(), &run, true).await;
+    let db = pg.create_database("nocreate").await.unwrap();
+    let admin = pg.superuser_client().await.unwrap();
+    admin.batch_execute("REVOKE CREATE ON DATABASE nocreate FROM nocreate_user").await.unwrap();
+
+    let e = contract::check_url(&source(), &db.url(SslMode::Require).expose(), &expect(None)).await.unwrap_err();
+    let (object, problem, fix) = violation(&e);
+    assert_eq!(object, "storage entry `db` (role `nocreate_user` of Secret lily/lily-db key `url`)");
+    assert_eq!(
+        problem,
+        "the role cannot create schema `lily` in database `nocreate`: permission denied for database nocreate (SQLSTATE 42501)"
+    );
+    assert!(fix.starts_with("grant the role CREATE on database `nocreate`"), "{fix}");
+    assert_hidden(&db.password, &everything(&e));
+    assert!(!schema_exists(&pg, "nocreate", "lily").await);
+
+    // Given CREATE back, the same url passes.
+    admin.batch_execute("GRANT CREATE ON DATABASE nocreate TO nocreate_user").await.unwrap();
+    let s = contract::check_url(&source(), &db.url(SslMode::Require).expose(), &expect(None)).await.unwrap();
+    assert!(s.tls_in_use);
+    assert!(schema_exists(&pg, "nocreate", "lily").await);
+    drop(admin);
     pg.teardown().await.unwrap();
     assert_nothing_left(provider.name(), &run).await;
 }
@@ -467,56 +545,121 @@ async fn contract_check_follows_the_chart_pod_to_its_secret(#[case] provider: &s
     let ns = "default";
 
     let binding = StorageBinding { application_name: "lily-k".into(), ..StorageBinding::new("lily-db") };
-    let url = db.url_with_host(&secret::pod_host(cluster.provider, &pg).unwrap(), SslMode::Require);
+    let host = secret::pod_host(cluster.provider, &pg).unwrap();
+    let url = db.url_with_host(&host, SslMode::Require);
     binding.secret(ns, run.id(), &url).create(&client).await.unwrap();
+    let plain = StorageBinding { secret_name: "lily-db-plain".into(), ..binding.clone() };
+    plain.secret(ns, run.id(), &db.url_with_host(&host, SslMode::Disable)).create(&client).await.unwrap();
+
+    // The instance's config map, as the chart renders it for storage entry `db`.
+    let env = binding.env_name();
     let config = format!(
-        "[Storage]\n  [Storage.Postgresql]\n    [Storage.Postgresql.db]\n      SchemaName = \"lily\"\n      URLEnv = \"{}\"\n      ApplicationName = \"lily-k\"\n      PoolSize = 20\n",
-        binding.env_name()
+        "[API]\n  ListenAddress = \"/ip4/0.0.0.0/tcp/1234/http\"\n[Storage]\n  [Storage.Postgresql]\n    [Storage.Postgresql.db]\n      SchemaName = \"lily\"\n      URLEnv = \"{env}\"\n      ApplicationName = \"lily-k\"\n      PoolSize = 20\n      AllowUpsert = false\n"
     );
+    let config_map = lily_e2e::contract::config_map_name("lily-rel-dev-mainnet", "daemon");
     let cm: ConfigMap = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "lily-config", "labels": {run::RUN_LABEL: run.id().as_str()}},
+        "metadata": {"name": config_map, "labels": {run::RUN_LABEL: run.id().as_str()}},
         "data": {"config.toml": config}
     }))
     .unwrap();
     Api::<ConfigMap>::namespaced(client.clone(), ns).create(&PostParams::default(), &cm).await.unwrap();
-    let pod = |name: &str, secret: &str, key: &str| -> Pod {
+
+    // The chart's pod: every Lily container takes the env from the Secret and mounts the
+    // config; `lacking` names containers that do not get the env.
+    let pod = |name: &str, secret: &str, key: &str, lacking: &[&str]| -> Pod {
+        let container = |c: &str| {
+            let mut envs = vec![serde_json::json!({"name": "LILY_CONFIG", "value": "/var/lib/lily/config.toml"})];
+            if !lacking.contains(&c) {
+                envs.push(serde_json::json!({"name": env, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}));
+            }
+            serde_json::json!({
+                "name": c, "image": "filecoin/lily", "env": envs,
+                "volumeMounts": [{"name": "config-volume", "mountPath": "/var/lib/lily/config.toml", "subPath": "config.toml", "readOnly": true}]
+            })
+        };
         serde_json::from_value(serde_json::json!({
             "metadata": {"name": name, "labels": {run::RUN_LABEL: run.id().as_str()}},
             "spec": {
-                "initContainers": [{
-                    "name": "init-database", "image": "lily", "command": ["/bin/sh", "-c"],
-                    "args": ["echo \"Checking for database readiness for db...\"\nLILY_DB=$LILY_STORAGE_POSTGRESQL_DB_URL lily migrate --schema \"lily\"\n"],
-                    "env": [{"name": "LILY_STORAGE_POSTGRESQL_DB_URL", "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}]
-                }],
-                "containers": [{"name": "daemon", "image": "lily"}],
-                "volumes": [{"name": "config-volume", "configMap": {"name": "lily-config"}}]
+                "initContainers": [container("init-datastore"), container("init-sync")],
+                "containers": [container("daemon")],
+                "volumes": [
+                    {"name": "config-volume", "configMap": {"name": config_map, "items": [{"key": "config.toml", "path": "config.toml"}]}},
+                    {"name": "repo-volume", "emptyDir": {}}
+                ]
             }
         }))
         .unwrap()
     };
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    for (name, secret, key) in [("lily-daemon-0", "lily-db", "url"), ("wrong-key", "lily-db", "uri"), ("no-secret", "absent", "url")] {
-        pods.create(&PostParams::default(), &pod(name, secret, key)).await.unwrap();
+    for (name, secret, key, lacking) in [
+        ("lily-rel-dev-mainnet-daemon-0", "lily-db", "url", &[][..]),
+        ("wrong-key", "lily-db", "uri", &[]),
+        ("no-secret", "absent", "url", &[]),
+        ("plain", "lily-db-plain", "url", &[]),
+        ("daemon-lacks", "lily-db", "url", &["daemon"]),
+    ] {
+        pods.create(&PostParams::default(), &pod(name, secret, key, lacking)).await.unwrap();
     }
 
-    let s = contract::check_pod(&client, ns, "lily-daemon-0", &PodCheck::default()).await.unwrap();
-    assert_eq!(s.env.as_deref(), Some("LILY_STORAGE_POSTGRESQL_DB_URL"));
+    // The happy path: the session shows under the table's ApplicationName, over TLS, and the
+    // schema exists.
+    let s = contract::check_pod(&client, ns, "lily-rel-dev-mainnet-daemon-0", &PodCheck::default()).await.unwrap();
+    assert_eq!(s.env.as_deref(), Some(env.as_str()));
+    assert_eq!(s.config_map.as_deref(), Some(config_map.as_str()));
+    assert_eq!(s.containers, ["init-datastore", "init-sync", "daemon"]);
     assert_eq!((s.secret_name.as_str(), s.secret_key.as_str()), ("lily-db", "url"));
-    assert_eq!(s.application_name, "lily-k", "read from the rendered config");
+    assert_eq!(s.application_name, "lily-k", "seen in pg_stat_activity under the table's ApplicationName");
     assert!(s.tls_in_use);
+    assert_eq!((s.storage.as_str(), s.schema.as_str()), ("db", "lily"));
+    assert_eq!(s.migration, "performed by the harness (lily migrate --schema lily: CREATE SCHEMA IF NOT EXISTS)");
     assert_eq!(s.host, HostKind::Loopback);
+    assert!(schema_exists(&pg, "scenario_k", "lily").await);
+    let named = PodCheck { storage: Some("db".into()), application_name: Some("lily-k".into()), ..Default::default() };
+    assert_eq!(contract::check_pod(&client, ns, "lily-rel-dev-mainnet-daemon-0", &named).await.unwrap(), s);
 
+    let table = format!("ConfigMap default/{config_map} config.toml [Storage.Postgresql.db]");
     let mut errors = Vec::new();
-    for (pod_name, opts, needle) in [
-        ("wrong-key", PodCheck::default(), "secret default/lily-db (named by env LILY_STORAGE_POSTGRESQL_DB_URL of `init-database` in pod default/wrong-key) has no key `uri` (it has: url)"),
-        ("no-secret", PodCheck::default(), "secret default/absent (named by env LILY_STORAGE_POSTGRESQL_DB_URL of `init-database` in pod default/no-secret) does not exist"),
-        ("missing-pod", PodCheck::default(), "pod default/missing-pod does not exist"),
-        ("lily-daemon-0", PodCheck { storage: Some("other".into()), ..Default::default() }, "has no env LILY_STORAGE_POSTGRESQL_OTHER_URL"),
+    for (pod_name, opts, object, problem) in [
+        ("wrong-key", PodCheck::default(), "Secret default/lily-db key `uri`".to_string(), "is missing (the Secret has: url)".to_string()),
+        (
+            "no-secret",
+            PodCheck::default(),
+            "Secret default/absent".into(),
+            format!("does not exist (env {env} of pod default/no-secret takes the storage url from it)"),
+        ),
+        (
+            "plain",
+            PodCheck::default(),
+            "Secret default/lily-db-plain key `url`".into(),
+            "the url has sslmode=disable: Lily's session would not be encrypted".into(),
+        ),
+        (
+            "daemon-lacks",
+            PodCheck::default(),
+            "pod default/daemon-lacks container daemon".into(),
+            format!("lacks env {env}, the URLEnv of [Storage.Postgresql.db] in ConfigMap default/{config_map}"),
+        ),
+        (
+            "lily-rel-dev-mainnet-daemon-0",
+            PodCheck { storage: Some("other".into()), ..Default::default() },
+            format!("ConfigMap default/{config_map} config.toml"),
+            "has no [Storage.Postgresql.other] table (it has: db)".into(),
+        ),
+        (
+            "lily-rel-dev-mainnet-daemon-0",
+            PodCheck { application_name: Some("lily".into()), ..Default::default() },
+            table.clone(),
+            "ApplicationName is `lily-k`, the storage entry's applicationName is `lily`".into(),
+        ),
     ] {
         let e = contract::check_pod(&client, ns, pod_name, &opts).await.unwrap_err();
-        assert!(e.to_string().contains(needle), "{pod_name}: {e}");
+        let (o, p, fix) = violation(&e);
+        assert_eq!((o, p), (object.as_str(), problem.as_str()), "{pod_name}");
+        assert!(!fix.is_empty(), "{pod_name}");
         errors.push(everything(&e));
     }
+    let e = contract::check_pod(&client, ns, "missing-pod", &PodCheck::default()).await.unwrap_err();
+    assert!(matches!(&e, lily_e2e::Error::Postgres(PostgresError::Contract(m)) if m == "pod default/missing-pod does not exist"), "{e:?}");
     for e in &errors {
         assert_hidden(&db.password, e);
     }
