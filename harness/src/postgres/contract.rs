@@ -798,9 +798,12 @@ mod tests {
         assert_eq!(config_map_names(&two), vec![CM.to_string(), "other".to_string()], "config-volume first");
     }
 
+    /// What, the config maps, the storage entry, the object and the start of the problem.
+    type Case<'a> = (&'a str, Vec<ConfigMap>, Option<&'a str>, &'a str, &'a str);
+
     #[test]
     fn postgres_config_map_findings_name_the_map_and_table() {
-        let cases: Vec<(&str, Vec<ConfigMap>, Option<&str>, &str, &str)> = vec![
+        let cases: Vec<Case<'_>> = vec![
             ("missing map", vec![], None, "ConfigMap lily/lily-rel-dev-mainnet-daemon-config", "does not exist (pod lily/lily-rel-dev-mainnet-daemon-0 mounts it as its config)"),
             ("no config.toml", vec![serde_json::from_value(serde_json::json!({"metadata": {"name": CM}, "data": {"lily.toml": ""}})).unwrap()], None, "ConfigMap lily/lily-rel-dev-mainnet-daemon-config", "has no key `config.toml`"),
             ("bad toml", vec![config_map(CM, "[API]\nListenAddress = \n")], None, "ConfigMap lily/lily-rel-dev-mainnet-daemon-config config.toml", "is not valid TOML: "),

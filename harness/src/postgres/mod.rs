@@ -12,8 +12,12 @@
 //!   [`Password`] (which prints as `***` everywhere);
 //! - [`secret`] builds the Secret exactly as `kubectl create secret generic` would and the
 //!   matching chart values;
-//! - [`contract`] performs the chart's `init-database` step from the objects the chart
-//!   created (pods on simulated nodes run no containers) and returns a redacted summary.
+//! - [`contract`] follows the storage wiring of the chart's pod (the `config.toml` table of
+//!   its `config-volume`, the `URLEnv` env every Lily container takes from the Secret, the
+//!   Secret's URL and its `sslmode`) to the database, connects as the pod would, performs
+//!   the schema creation of `lily migrate` itself (pods on simulated nodes run no containers,
+//!   and the chart runs no migration) and returns a redacted summary; what the chart's objects
+//!   get wrong is a [`PostgresError::ContractViolation`] naming the object and the fix.
 //!
 //! Passwords never reach a log, an error, a `Debug` print or a snapshot: roles get their
 //! password as a SCRAM verifier computed here, so not even the server's log can hold it.
