@@ -107,7 +107,13 @@ impl Part {
     }
     /// `name` wants anything but `not`, and something.
     pub fn ne(name: &str, not: &str, seen: &str) -> Part {
-        Part { name: name.to_string(), want: format!("not {not}"), seen: seen.to_string(), met: seen != not && !seen.is_empty(), settled: false }
+        Part {
+            name: name.to_string(),
+            want: format!("not {not}"),
+            seen: seen.to_string(),
+            met: seen != not && !seen.is_empty(),
+            settled: false,
+        }
     }
     /// A yes/no part.
     pub fn holds(name: &str, met: bool, seen: &str) -> Part {

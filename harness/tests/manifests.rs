@@ -227,7 +227,10 @@ async fn the_statefulset_is_renamed_between_0_0_1_and_0_1_0() {
     assert_eq!(statefulset(&old)["metadata"]["name"], "rel-lily");
     assert_eq!(statefulset(&new)["metadata"]["name"], "lily-rel-dev-mainnet-daemon");
     for d in [&old, &new] {
-        assert_eq!(statefulset(d).pointer("/spec/volumeClaimTemplates/0/metadata/name").unwrap(), lily_e2e::contract::DATASTORE_CLAIM_TEMPLATE);
+        assert_eq!(
+            statefulset(d).pointer("/spec/volumeClaimTemplates/0/metadata/name").unwrap(),
+            lily_e2e::contract::DATASTORE_CLAIM_TEMPLATE
+        );
     }
 }
 
@@ -240,7 +243,17 @@ async fn scheduling_knobs_render_from_0_1_0_and_break_0_0_1() {
     let helm = helm(tmp.path());
     let knobs: [(&str, &[&str]); 3] = [
         ("nodeSelector", &["nodeSelector:", "  lily-e2e.io/node-pool: pool-a"]),
-        ("affinity", &["affinity:", "  nodeAffinity:", "    requiredDuringSchedulingIgnoredDuringExecution:", "      nodeSelectorTerms:", "        - matchExpressions:", "            - {key: topology.kubernetes.io/zone, operator: In, values: [zone-a]}"]),
+        (
+            "affinity",
+            &[
+                "affinity:",
+                "  nodeAffinity:",
+                "    requiredDuringSchedulingIgnoredDuringExecution:",
+                "      nodeSelectorTerms:",
+                "        - matchExpressions:",
+                "            - {key: topology.kubernetes.io/zone, operator: In, values: [zone-a]}",
+            ],
+        ),
         ("tolerations", &["tolerations:", "  - {key: dedicated, operator: Equal, value: lily, effect: NoSchedule}"]),
     ];
     for (knob, set) in knobs {
@@ -251,7 +264,8 @@ async fn scheduling_knobs_render_from_0_1_0_and_break_0_0_1() {
         if knob == "nodeSelector" {
             let e = old.expect_err("0.0.1 cannot render a nodeSelector");
             assert!(
-                e.contains("YAML parse error on lily/templates/statefulset.yaml") && e.contains("mapping values are not allowed in this context"),
+                e.contains("YAML parse error on lily/templates/statefulset.yaml")
+                    && e.contains("mapping values are not allowed in this context"),
                 "{knob}: {e}"
             );
         } else {
@@ -277,7 +291,12 @@ async fn every_lily_container_reads_the_storage_url_from_the_secret() {
     for group in ["initContainers", "containers"] {
         for c in spec[group].as_array().unwrap() {
             names.push(c["name"].as_str().unwrap().to_string());
-            let var = c["env"].as_array().unwrap().iter().find(|e| e["name"] == env.as_str()).unwrap_or_else(|| panic!("{} lacks {env}", c["name"]));
+            let var = c["env"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["name"] == env.as_str())
+                .unwrap_or_else(|| panic!("{} lacks {env}", c["name"]));
             assert_eq!(var.pointer("/valueFrom/secretKeyRef/name").unwrap(), "lily-db");
             assert_eq!(var.pointer("/valueFrom/secretKeyRef/key").unwrap(), "url");
         }

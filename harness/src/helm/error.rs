@@ -77,7 +77,9 @@ mod tests {
         let exec = HelmError::Failed {
             command: "helm template".into(),
             status: "exit status: 1".into(),
-            stderr: "Error: template: lily/templates/app.yaml:2:4: executing \"lily/templates/app.yaml\" at <include>: error calling include".into(),
+            stderr:
+                "Error: template: lily/templates/app.yaml:2:4: executing \"lily/templates/app.yaml\" at <include>: error calling include"
+                    .into(),
         };
         assert_eq!(exec.render_failure().map(|(t, _)| t).as_deref(), Some("lily/templates/app.yaml"));
         assert!(f.render_failure().is_none());

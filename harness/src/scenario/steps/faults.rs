@@ -119,7 +119,13 @@ async fn cordon(cx: &mut CaseCx<'_>, node: &str) -> Result<(), Error> {
 
 async fn set_unschedulable(cx: &CaseCx<'_>, node: &str, on: bool) -> Result<(), Error> {
     let what = if on { "cordon node" } else { "uncordon node" };
-    patch_node(cx, node, serde_json::json!({"spec": {"unschedulable": if on { serde_json::json!(true) } else { serde_json::Value::Null }}}), what).await
+    patch_node(
+        cx,
+        node,
+        serde_json::json!({"spec": {"unschedulable": if on { serde_json::json!(true) } else { serde_json::Value::Null }}}),
+        what,
+    )
+    .await
 }
 
 impl Operation for Cordon {
@@ -266,9 +272,11 @@ async fn blocking_budget(cx: &CaseCx<'_>, pod: &Pod) -> Result<Option<StepError>
     let labels = pod.labels();
     for pdb in pdbs.items {
         let Some(spec) = &pdb.spec else { continue };
-        let selects = spec.selector.as_ref().and_then(|s| s.match_labels.as_ref()).is_some_and(|m| {
-            !m.is_empty() && m.iter().all(|(k, v)| labels.get(k) == Some(v))
-        });
+        let selects = spec
+            .selector
+            .as_ref()
+            .and_then(|s| s.match_labels.as_ref())
+            .is_some_and(|m| !m.is_empty() && m.iter().all(|(k, v)| labels.get(k) == Some(v)));
         if !selects {
             continue;
         }

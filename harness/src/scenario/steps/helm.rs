@@ -398,33 +398,14 @@ pub fn rolled_out(s: &StatefulSet) -> bool {
         && st.current_revision == st.update_revision
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rollout_needs_current_equal_update_revision() {
-        let mut s: StatefulSet = serde_json::from_value(serde_json::json!({
-            "metadata": {"generation": 2},
-            "spec": {"replicas": 1, "selector": {}, "serviceName": "x", "template": {}},
-            "status": {"observedGeneration": 2, "replicas": 1, "readyReplicas": 1, "updatedReplicas": 1, "currentRevision": "a", "updateRevision": "b"}
-        }))
-        .unwrap();
-        assert!(!rolled_out(&s));
-        s.status.as_mut().unwrap().current_revision = Some("b".into());
-        assert!(rolled_out(&s));
-        s.status.as_mut().unwrap().observed_generation = Some(1);
-        assert!(!rolled_out(&s));
-    }
-}
-
 /// When the datastore claim `claim` does not hold `volume` (the volume it had before an
 /// upgrade): if that volume is still bound to another claim of the namespace, the upgrade
 /// renamed the StatefulSet and orphaned the datastore. Returns that chart finding, naming
 /// the rename, the orphaned claim and its volume, and the new claim and its volume.
 pub async fn orphaned_datastore(cx: &CaseCx<'_>, claim: &str, volume: &str) -> Result<Option<StepError>, Error> {
     use k8s_openapi::api::core::v1::PersistentVolume;
-    let Some(pv) = Api::<PersistentVolume>::all(cx.client()).get_opt(volume).await.map_err(Error::kube(format!("get volume {volume}")))? else {
+    let Some(pv) = Api::<PersistentVolume>::all(cx.client()).get_opt(volume).await.map_err(Error::kube(format!("get volume {volume}")))?
+    else {
         return Ok(None);
     };
     let Some(old_claim) = pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref()).and_then(|r| r.name.clone()) else {
@@ -460,4 +441,24 @@ pub async fn orphaned_datastore(cx: &CaseCx<'_>, claim: &str, volume: &str) -> R
         ),
         format!("keep the StatefulSet's name stable across chart versions, or ship a migration that moves volume {volume}'s data to the new claim; until then, operators must not upgrade across the rename"),
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rollout_needs_current_equal_update_revision() {
+        let mut s: StatefulSet = serde_json::from_value(serde_json::json!({
+            "metadata": {"generation": 2},
+            "spec": {"replicas": 1, "selector": {}, "serviceName": "x", "template": {}},
+            "status": {"observedGeneration": 2, "replicas": 1, "readyReplicas": 1, "updatedReplicas": 1, "currentRevision": "a", "updateRevision": "b"}
+        }))
+        .unwrap();
+        assert!(!rolled_out(&s));
+        s.status.as_mut().unwrap().current_revision = Some("b".into());
+        assert!(rolled_out(&s));
+        s.status.as_mut().unwrap().observed_generation = Some(1);
+        assert!(!rolled_out(&s));
+    }
 }
