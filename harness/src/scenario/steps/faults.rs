@@ -272,12 +272,14 @@ async fn blocking_budget(cx: &CaseCx<'_>, pod: &Pod) -> Result<Option<StepError>
     let labels = pod.labels();
     for pdb in pdbs.items {
         let Some(spec) = &pdb.spec else { continue };
-        let selects = spec
-            .selector
-            .as_ref()
-            .and_then(|s| s.match_labels.as_ref())
-            .is_some_and(|m| !m.is_empty() && m.iter().all(|(k, v)| labels.get(k) == Some(v)));
-        if !selects {
+        // policy/v1: a null selector selects no pod, an empty one every pod of the namespace.
+        let Some(selector) = &spec.selector else { continue };
+        if selector.match_expressions.as_ref().is_some_and(|e| !e.is_empty()) {
+            continue; // not what a Lily chart renders; the eviction itself will say
+        }
+        let match_labels = selector.match_labels.clone().unwrap_or_default();
+        let empty = match_labels.is_empty();
+        if !match_labels.iter().all(|(k, v)| labels.get(k) == Some(v)) {
             continue;
         }
         let Some(status) = &pdb.status else { continue };
@@ -294,10 +296,15 @@ async fn blocking_budget(cx: &CaseCx<'_>, pod: &Pod) -> Result<Option<StepError>
             return Ok(Some(StepError::chart(
                 format!("PodDisruptionBudget {}", pdb.name_any()),
                 format!(
-                    "{budget} with {} pod(s) expected: it needs {} healthy and allows no disruption, so pod {} can never be evicted and `kubectl drain` never completes",
+                    "{budget} with {} pod(s) expected: it needs {} healthy and allows no disruption, so pod {} can never be evicted and `kubectl drain` never completes{}",
                     status.expected_pods,
                     status.desired_healthy,
-                    pod.name_any()
+                    pod.name_any(),
+                    if empty {
+                        "; its selector is empty, so it selects every pod of the namespace (the selector labels are not under matchLabels)"
+                    } else {
+                        ""
+                    }
                 ),
                 "keep the budget below the replicas (render the PodDisruptionBudget only when replicas exceed minAvailable, or use maxUnavailable: 1), and read the values key operators set for it",
             )));
