@@ -128,6 +128,64 @@ pub enum Step {
     /// Wait until a volume's VolumeAttachments are exactly on the given nodes (none: detached
     /// everywhere).
     ExpectAttachment(ExpectAttachment),
+    /// The scheduling and storage knobs an operator sets, each on its own: the chart renders
+    /// with it, it lands where Kubernetes reads it, and the API server accepts every rendered
+    /// object (server-side dry-run). Installs nothing.
+    ValuesContract(ValuesContract),
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ValuesContract {
+    /// A chart source instead of the served repository's chart: a directory, `DIR@X.Y.Z`, a
+    /// .tgz, or `fixture@X.Y.Z` (as `helm-upgrade`'s `chart`).
+    #[serde(default)]
+    pub chart: Option<String>,
+    /// The served repository's chart version (default: the newest stable). Placeholders such
+    /// as `${chart.previous}` work.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// The instance type whose `resources` and datastore volume the knobs set (default
+    /// `daemon`; `notifier` or `worker` with `deploymentType: cluster`).
+    #[serde(default)]
+    pub instance_type: Option<String>,
+    /// The knobs, each rendered on its own on top of the scenario's values files.
+    pub knobs: Vec<Knob>,
+}
+
+/// One values knob and its value (a map with one key, the knob).
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub enum Knob {
+    /// `nodeSelector`: in every Lily StatefulSet's `spec.template.spec.nodeSelector`.
+    NodeSelector(std::collections::BTreeMap<String, String>),
+    /// `affinity`: in every Lily StatefulSet's `spec.template.spec.affinity`.
+    Affinity(serde_json::Value),
+    /// `tolerations`: in every Lily StatefulSet's `spec.template.spec.tolerations`.
+    Tolerations(Vec<serde_json::Value>),
+    /// `<instance type>.resources` (`daemon.resources`, `cluster.worker.resources`): the
+    /// `daemon` container's `resources`.
+    Resources(serde_json::Value),
+    /// `<instance type>.volumes.datastore.storageClassName`: the datastore claim template's
+    /// `spec.storageClassName`.
+    StorageClassName(String),
+    /// `<instance type>.volumes.datastore.size`: the datastore claim template's
+    /// `spec.resources.requests.storage`.
+    Size(String),
+}
+
+impl Knob {
+    /// The knob as written in the file (`node-selector`).
+    pub fn kind(&self) -> String {
+        let v = serde_json::to_value(self).unwrap_or_default();
+        v.as_object().and_then(|m| m.keys().next().cloned()).unwrap_or_else(|| "knob".into())
+    }
+
+    /// The value it sets.
+    pub fn value(&self) -> serde_json::Value {
+        let v = serde_json::to_value(self).unwrap_or_default();
+        v.as_object().and_then(|m| m.values().next().cloned()).unwrap_or_default()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]

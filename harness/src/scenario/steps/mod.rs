@@ -10,7 +10,8 @@
 //! - [`faults`]: the simulated cloud's faults (zones, heartbeats, unmounts) and node actions;
 //! - [`runbook`]: the guide's runbooks, run with the pinned kubectl;
 //! - [`postgres`]: the storage Secret and the database contract check;
-//! - [`snapshot`]: recording the normalised outcome.
+//! - [`snapshot`]: recording the normalised outcome;
+//! - [`values`]: the values contract (scheduling and storage knobs, rendered and dry-run).
 
 pub mod events;
 pub mod faults;
@@ -19,6 +20,7 @@ pub mod objects;
 pub mod postgres;
 pub mod runbook;
 pub mod snapshot;
+pub mod values;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -284,6 +286,7 @@ pub fn compile(step: &Step, cx: &mut Cx<'_>) -> Result<Box<dyn Operation>, super
         Step::Drain(s) => faults::Drain::compile(s, cx)?,
         Step::UnmountDelay(s) => faults::UnmountDelay::compile(s, cx)?,
         Step::OutOfService(s) => faults::OutOfService::compile(s, cx)?,
+        Step::ValuesContract(s) => values::ValuesContract::compile(s, cx)?,
     })
 }
 
