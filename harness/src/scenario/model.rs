@@ -141,7 +141,7 @@ pub struct ValuesContract {
     /// .tgz, or `fixture@X.Y.Z` (as `helm-upgrade`'s `chart`).
     #[serde(default)]
     pub chart: Option<String>,
-    /// The served repository's chart version (default: the newest stable). Placeholders such
+    /// The served repository's chart version (default: the candidate, the newest version served). Placeholders such
     /// as `${chart.previous}` work.
     #[serde(default)]
     pub version: Option<String>,

@@ -39,7 +39,7 @@ use crate::scenario::model::{self, Knob};
 /// Where the step takes its chart from.
 #[derive(Debug)]
 enum Chart {
-    /// The served repository's chart at `version` (default: the newest stable version).
+    /// The served repository's chart at `version` (default: the candidate, the newest served).
     Repo { version: Option<Tpl> },
     /// A chart directory or .tgz (and `fixture@X.Y.Z`, as a directory at that version).
     Source(ChartSource),
@@ -169,7 +169,8 @@ impl ValuesContract {
                 let repo = &cx.env.repo;
                 let v = match cx.fill_opt(version)? {
                     Some(v) => repo.version(&v)?.clone(),
-                    None => repo.latest_stable().clone(),
+                    // The candidate under test, as every scenario but `install` takes it.
+                    None => repo.latest().clone(),
                 };
                 repo.archive(&v).ok_or_else(|| Error::Invalid(format!("the chart repository has no archive of {v}")))?.to_path_buf()
             }
@@ -290,7 +291,11 @@ fn documents(text: &str) -> Result<Vec<Value>, StepError> {
 fn lily_statefulsets(docs: &[Value]) -> Vec<&Value> {
     docs.iter()
         .filter(|d| d["kind"] == "StatefulSet")
-        .filter(|d| d.pointer("/spec/template/spec/containers").and_then(Value::as_array).is_some_and(|c| c.iter().any(|c| c["name"] == MAIN_CONTAINER)))
+        .filter(|d| {
+            d.pointer("/spec/template/spec/containers")
+                .and_then(Value::as_array)
+                .is_some_and(|c| c.iter().any(|c| c["name"] == MAIN_CONTAINER))
+        })
         .collect()
 }
 
@@ -338,7 +343,10 @@ fn landing(knob: &Knob, instance_type: &str, label: &str, key: &str, docs: &[Val
                     Knob::Size(_) => ("resources.requests.storage", "/spec/resources/requests/storage"),
                     _ => ("storageClassName", "/spec/storageClassName"),
                 };
-                (format!("spec.volumeClaimTemplates[{DATASTORE_CLAIM_TEMPLATE}].spec.{field}"), vct.and_then(|t| t.pointer(pointer)).cloned())
+                (
+                    format!("spec.volumeClaimTemplates[{DATASTORE_CLAIM_TEMPLATE}].spec.{field}"),
+                    vct.and_then(|t| t.pointer(pointer)).cloned(),
+                )
             }
         };
         let landed = got.as_ref().is_some_and(|g| contains(g, &want));
@@ -473,7 +481,8 @@ mod tests {
     }
 
     fn daemon_pod(extra: Value) -> Value {
-        let mut p = json!({"containers": [{"name": "daemon", "resources": {"requests": {"cpu": 2, "memory": "4Gi"}, "limits": {"cpu": "2"}}}]});
+        let mut p =
+            json!({"containers": [{"name": "daemon", "resources": {"requests": {"cpu": 2, "memory": "4Gi"}, "limits": {"cpu": "2"}}}]});
         for (k, v) in extra.as_object().unwrap() {
             p[k] = v.clone();
         }
@@ -516,7 +525,10 @@ mod tests {
         let ns = Knob::NodeSelector([("pool".to_string(), "a".to_string())].into());
         let (sites, f) = landing(&ns, "daemon", "nodeSelector", "nodeSelector", &docs);
         assert!(f.is_empty(), "{f:?}");
-        assert_eq!(sites.iter().map(Site::id).collect::<Vec<_>>(), ["StatefulSet/lily-rel-dev-mainnet-daemon spec.template.spec.nodeSelector"]);
+        assert_eq!(
+            sites.iter().map(Site::id).collect::<Vec<_>>(),
+            ["StatefulSet/lily-rel-dev-mainnet-daemon spec.template.spec.nodeSelector"]
+        );
         let res = Knob::Resources(json!({"requests": {"cpu": "2"}}));
         assert!(landing(&res, "daemon", "r", "daemon.resources", &docs).1.is_empty());
         assert!(landing(&Knob::Size("20Gi".into()), "daemon", "s", "k", &docs).1.is_empty());
@@ -546,7 +558,10 @@ mod tests {
         assert!(msg.contains("knob nodeSelector={}") && msg.contains("knob affinity={}") && msg.contains("line 33"), "{msg}");
         assert_eq!(msg.matches("make lily/templates/app.yaml render").count(), 2, "one fix per knob key: {msg}");
         let one = combine(&f[..1], 6).to_string();
-        assert!(one.starts_with("chart finding: template lily/templates/app.yaml: helm cannot render knob nodeSelector={}: YAML parse error"), "{one}");
+        assert!(
+            one.starts_with("chart finding: template lily/templates/app.yaml: helm cannot render knob nodeSelector={}: YAML parse error"),
+            "{one}"
+        );
         assert!(one.contains("fix: make lily/templates/app.yaml render valid YAML when `nodeSelector` is set (an include"), "{one}");
     }
 
