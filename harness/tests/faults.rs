@@ -86,3 +86,34 @@ async fn an_upgrade_that_renames_the_statefulset_orphans_the_datastore() {
     assert!(message.contains("claim datastore-volume-lily-lily-0 (volume pvc-"), "{message}");
     assert!(message.contains("the new claim datastore-volume-lily-lily-dev-mainnet-daemon-0 is on a new volume (pvc-"), "{message}");
 }
+
+/// The values-contract scenario must be able to fail: on the fixture's 0.0.1 (the real
+/// chart's scheduling defect) the nodeSelector knob cannot render, and the case fails as a
+/// chart finding with helm's own words, the template and the line, while affinity and
+/// tolerations render (0.0.1 also predates the contract's StatefulSet name, so the knobs
+/// checked on the `daemon` StatefulSet are reported too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_values_contract_fails_on_the_nodeselector_defect() {
+    let text = std::fs::read_to_string(common::layout().root().join("values-contract.yaml")).unwrap();
+    let mut sc: Scenario = lily_e2e::yaml::from_str(&text).unwrap();
+    let mut knobs = 0;
+    for s in sc.steps.iter_mut() {
+        if let Step::ValuesContract(v) = s {
+            v.chart = Some("fixture@0.0.1".into());
+            knobs = v.knobs.len();
+        }
+    }
+    assert_eq!(knobs, 6, "the scenario sets six knobs");
+    let layout = common::layout();
+    let plan = ScenarioPlan::compile(&sc, &layout.root().join("values-contract.yaml"), &layout).expect("the scenario compiles");
+    let env = Env::start(&common::env_options()).await.expect("the environment starts");
+    let r = run_case(&env, &plan, &plan.cases[0], Until::End, &Silent, &Default::default()).await;
+    env.teardown().await.unwrap();
+    let CaseOutcome::Failed { step, message } = r.report.outcome else { panic!("the defect was not caught: {:?}", r.report.outcome) };
+    assert!(step.contains("values-contract"), "failed at {step}: {message}");
+    assert!(message.starts_with("chart finding: template lily/templates/statefulset.yaml"), "{message}");
+    assert!(message.contains("knob nodeSelector"), "{message}");
+    assert!(message.contains("YAML parse error on lily/templates/statefulset.yaml") && message.contains("line "), "{message}");
+    assert!(message.contains("mapping values are not allowed in this context"), "{message}");
+    assert!(!message.contains("knob affinity") && !message.contains("tolerations="), "only the nodeSelector breaks: {message}");
+}
