@@ -227,7 +227,7 @@ fn knob_problem(k: &Knob) -> Option<String> {
     let empty = match k {
         Knob::NodeSelector(m) => m.is_empty(),
         Knob::Affinity(v) => v.as_object().is_none_or(|o| o.is_empty()),
-        Knob::Tolerations(v) => v.is_empty() || v.iter().any(|t| !t.as_object().is_some_and(|o| !o.is_empty())),
+        Knob::Tolerations(v) => v.is_empty() || v.iter().any(|t| t.as_object().is_none_or(|o| o.is_empty())),
         Knob::Resources(v) => {
             let Some(o) = v.as_object().filter(|o| !o.is_empty()) else { return Some("give `requests` and/or `limits`".into()) };
             if let Some(other) = o.keys().find(|k| *k != "requests" && *k != "limits") {
