@@ -233,7 +233,7 @@ fn knob_problem(k: &Knob) -> Option<String> {
             if let Some(other) = o.keys().find(|k| *k != "requests" && *k != "limits") {
                 return Some(format!("`{other}` is not a key of resources (requests, limits)"));
             }
-            o.values().any(|x| !x.as_object().is_some_and(|m| !m.is_empty()))
+            o.values().any(|x| x.as_object().is_none_or(|m| m.is_empty()))
         }
         Knob::StorageClassName(s) => s.trim().is_empty(),
         Knob::Size(s) => {
