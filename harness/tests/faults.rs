@@ -20,15 +20,21 @@ fn case(file: &str, case: &str) -> (Scenario, Vec<Step>) {
 async fn failure_of(sc: &Scenario, name: &str, steps: &[Step]) -> (String, String) {
     let mut sc = sc.clone();
     sc.cases = vec![Case { name: name.rsplit('/').next().unwrap().to_string(), summary: String::new(), steps: steps.to_vec() }];
-    let layout = common::layout();
-    let plan = ScenarioPlan::compile(&sc, &layout.root().join("changed.yaml"), &layout).expect("the changed scenario compiles");
-    let env = Env::start(&common::env_options()).await.expect("the environment starts");
-    let r = run_case(&env, &plan, &plan.cases[0], Until::End, &Silent, &Default::default()).await;
-    env.teardown().await.unwrap();
-    match r.report.outcome {
+    match outcome_of(&sc, "changed.yaml", &common::env_options()).await {
         CaseOutcome::Failed { step, message } => (step, message),
         other => panic!("{name} did not fail without its fault: {other:?}"),
     }
+}
+
+/// Compiles `sc` (as if from `file`), runs its first case on a fresh environment of `opts`,
+/// tears it down, and returns how the case ended.
+async fn outcome_of(sc: &Scenario, file: &str, opts: &lily_e2e::scenario::env::EnvOptions) -> CaseOutcome {
+    let layout = common::layout();
+    let plan = ScenarioPlan::compile(sc, &layout.root().join(file), &layout).expect("the scenario compiles");
+    let env = Env::start(opts).await.expect("the environment starts");
+    let r = run_case(&env, &plan, &plan.cases[0], Until::End, &Silent, &Default::default()).await;
+    env.teardown().await.unwrap();
+    r.report.outcome
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -71,14 +77,10 @@ async fn node_affinity_conflict_without_a_zone_change_does_not_reproduce() {
 async fn an_upgrade_that_renames_the_statefulset_orphans_the_datastore() {
     let text = std::fs::read_to_string(common::layout().root().join("upgrade.yaml")).unwrap();
     let sc: Scenario = lily_e2e::yaml::from_str(&text).unwrap();
-    let layout = common::layout();
-    let plan = ScenarioPlan::compile(&sc, &layout.root().join("upgrade.yaml"), &layout).expect("the scenario compiles");
     let mut opts = common::env_options();
     opts.charts = lily_e2e::helm::fixture_sources(&common::fixture_chart_dir(), &["0.0.1", "0.1.0"]);
-    let env = Env::start(&opts).await.expect("the environment starts");
-    let r = run_case(&env, &plan, &plan.cases[0], Until::End, &Silent, &Default::default()).await;
-    env.teardown().await.unwrap();
-    let CaseOutcome::Failed { step, message } = r.report.outcome else { panic!("the rename was not caught: {:?}", r.report.outcome) };
+    let outcome = outcome_of(&sc, "upgrade.yaml", &opts).await;
+    let CaseOutcome::Failed { step, message } = outcome else { panic!("the rename was not caught: {outcome:?}") };
     assert!(step.contains("expect-claim"), "failed at {step}: {message}");
     assert!(message.starts_with("chart finding: StatefulSet lily-lily-dev-mainnet-daemon (was lily-lily)"), "{message}");
     assert!(message.contains("the upgrade orphans the datastore"), "{message}");
@@ -104,12 +106,8 @@ async fn the_values_contract_fails_on_the_nodeselector_defect() {
         }
     }
     assert_eq!(knobs, 6, "the scenario sets six knobs");
-    let layout = common::layout();
-    let plan = ScenarioPlan::compile(&sc, &layout.root().join("values-contract.yaml"), &layout).expect("the scenario compiles");
-    let env = Env::start(&common::env_options()).await.expect("the environment starts");
-    let r = run_case(&env, &plan, &plan.cases[0], Until::End, &Silent, &Default::default()).await;
-    env.teardown().await.unwrap();
-    let CaseOutcome::Failed { step, message } = r.report.outcome else { panic!("the defect was not caught: {:?}", r.report.outcome) };
+    let outcome = outcome_of(&sc, "values-contract.yaml", &common::env_options()).await;
+    let CaseOutcome::Failed { step, message } = outcome else { panic!("the defect was not caught: {outcome:?}") };
     assert!(step.contains("values-contract"), "failed at {step}: {message}");
     assert!(message.starts_with("chart finding: template lily/templates/statefulset.yaml"), "{message}");
     assert!(message.contains("knob nodeSelector"), "{message}");
