@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up for a fresh machine: system packages, the lily-e2e binary, pinned tools.
-# Everything is cached: a second run does (almost) nothing.
+# Everything is cached: a second run does (almost) nothing. Arguments go to `lily-e2e tools
+# install` (e.g. `--kubernetes all` also builds every other pinned Kubernetes version).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,4 +30,4 @@ log "building lily-e2e"
 cargo build -q -p lily-e2e --bin lily-e2e
 
 log "installing pinned tools (cached under ${LILY_E2E_CACHE:-$HOME/.cache/lily-e2e}/tools)"
-./target/debug/lily-e2e tools install
+./target/debug/lily-e2e tools install "$@"

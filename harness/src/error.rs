@@ -36,8 +36,8 @@ pub enum Error {
         source: serde_json::Error,
     },
 
-    #[error("{tool} {version} is not installed (looked in {}); run `lily-e2e tools install`", .path.display())]
-    ToolMissing { tool: String, version: String, path: PathBuf },
+    #[error("{tool} {version} is not installed (looked in {}); run `{install}`", .path.display())]
+    ToolMissing { tool: String, version: String, path: PathBuf, install: String },
 
     #[error("{what}")]
     Tool {

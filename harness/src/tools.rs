@@ -35,7 +35,25 @@ pub struct ToolPin {
     #[serde(default)]
     pub ldflags: Vec<String>,
     pub binaries: Vec<BinaryPin>,
+    /// Other versions of the same tool, built on request (`--kubernetes VERSION`).
+    #[serde(default)]
+    pub other: Vec<OtherVersion>,
 }
+
+/// Another pinned version of a tool: the same module, binaries and flags.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtherVersion {
+    pub version: String,
+    #[serde(default)]
+    pub staging_version: Option<String>,
+    /// An etcd version of its own, when the default etcd does not serve it.
+    #[serde(default)]
+    pub etcd: Option<String>,
+}
+
+/// The tool whose versions `--kubernetes` chooses between.
+pub const KUBERNETES: &str = "kubernetes";
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -54,6 +72,79 @@ impl Lock {
     pub fn pin_for(&self, bin: &str) -> Option<(&ToolPin, &BinaryPin)> {
         self.tool.iter().find_map(|t| t.binaries.iter().find(|b| b.name == bin).map(|b| (t, b)))
     }
+
+    fn tool(&self, name: &str) -> Option<&ToolPin> {
+        self.tool.iter().find(|t| t.name == name)
+    }
+
+    /// The default Kubernetes version (what runs without `--kubernetes`).
+    pub fn default_kubernetes(&self) -> &str {
+        self.tool(KUBERNETES).map(|t| t.version.as_str()).unwrap_or("unknown")
+    }
+
+    /// Every pinned Kubernetes version, oldest first.
+    pub fn kubernetes_versions(&self) -> Vec<String> {
+        let Some(k) = self.tool(KUBERNETES) else { return Vec::new() };
+        let mut v: Vec<String> = std::iter::once(k.version.clone()).chain(k.other.iter().map(|o| o.version.clone())).collect();
+        v.sort_by_key(|s| version_key(s));
+        v
+    }
+
+    /// The pinned Kubernetes version `spec` names: exact (`v1.32.13`, `1.32.13`) or by minor
+    /// (`1.32`, `v1.32`) when one pinned version has that minor.
+    pub fn resolve_kubernetes(&self, spec: &str) -> Result<String> {
+        let want = spec.trim().trim_start_matches('v');
+        let pinned = self.kubernetes_versions();
+        let hits: Vec<&String> = pinned
+            .iter()
+            .filter(|v| {
+                let v = v.trim_start_matches('v');
+                v == want || v.strip_prefix(want).is_some_and(|rest| rest.starts_with('.')) && want.matches('.').count() == 1
+            })
+            .collect();
+        match hits.as_slice() {
+            [one] => Ok((*one).clone()),
+            _ => Err(Error::Invalid(format!(
+                "--kubernetes {spec}: not a pinned Kubernetes version; pinned: {} (default {}); add a `[[tool.other]]` to tools.lock.toml for another",
+                pinned.join(", "),
+                self.default_kubernetes()
+            ))),
+        }
+    }
+
+    /// This lock with Kubernetes at `version` (a pinned one): the kubernetes tool's version
+    /// and staging version replaced, and etcd too if that version names its own.
+    pub fn at_kubernetes(&self, version: &str) -> Result<Lock> {
+        let version = self.resolve_kubernetes(version)?;
+        let mut lock = self.clone();
+        if version == self.default_kubernetes() {
+            return Ok(lock);
+        }
+        let k = lock.tool.iter_mut().find(|t| t.name == KUBERNETES).expect("resolve found kubernetes");
+        let other = k.other.iter().find(|o| o.version == version).cloned().expect("resolve found the version");
+        k.version = other.version.clone();
+        k.staging_version = other.staging_version.clone();
+        if let Some(e) = &other.etcd {
+            if let Some(etcd) = lock.tool.iter_mut().find(|t| t.name == "etcd") {
+                etcd.version = e.clone();
+            }
+        }
+        Ok(lock)
+    }
+}
+
+/// The command that installs `tool` at its version.
+fn install_command(tool: &ToolPin) -> String {
+    if tool.name == KUBERNETES && tool.version != Lock::load().default_kubernetes() {
+        format!("lily-e2e tools install --kubernetes {}", tool.version)
+    } else {
+        "lily-e2e tools install".to_string()
+    }
+}
+
+/// `v1.32.13` as (1, 32, 13), for ordering.
+fn version_key(v: &str) -> Vec<u64> {
+    v.trim_start_matches('v').split('.').map(|p| p.parse().unwrap_or(0)).collect()
 }
 
 impl ToolPin {
@@ -88,8 +179,20 @@ pub struct Tools {
 }
 
 impl Tools {
+    /// The tools at their default versions.
     pub fn new() -> Self {
         Tools { lock: Lock::load() }
+    }
+
+    /// The tools with Kubernetes at `version` (a pinned one; `None` is the default).
+    pub fn at_kubernetes(version: Option<&str>) -> Result<Self> {
+        let lock = Lock::load();
+        Ok(Tools {
+            lock: match version {
+                Some(v) => lock.at_kubernetes(v)?,
+                None => lock,
+            },
+        })
     }
 
     /// The path of binary `bin`, or an error naming the command that installs it.
@@ -99,8 +202,17 @@ impl Tools {
         if tool.is_installed() {
             Ok(p)
         } else {
-            Err(Error::ToolMissing { tool: bin.to_string(), version: tool.version.clone(), path: p })
+            Err(Error::ToolMissing { tool: bin.to_string(), version: tool.version.clone(), path: p, install: install_command(tool) })
         }
+    }
+
+    /// Every binary of the cluster's control plane, checked installed (the first missing one
+    /// is the error).
+    pub fn check_kubernetes(&self) -> Result<()> {
+        for bin in ["kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "etcd"] {
+            self.path(bin)?;
+        }
+        Ok(())
     }
 
     /// The directory to put first on PATH so `kubectl` and `helm` are the pinned ones.
@@ -109,7 +221,7 @@ impl Tools {
     }
 
     pub fn kubernetes_version(&self) -> &str {
-        self.lock.tool.iter().find(|t| t.name == "kubernetes").map(|t| t.version.as_str()).unwrap_or("unknown")
+        self.lock.default_kubernetes()
     }
 
     pub fn lock(&self) -> &Lock {
@@ -132,38 +244,79 @@ pub struct Installed {
     pub seconds: f64,
 }
 
-/// Builds every pinned tool that is not in the cache yet. `only` limits it to some names.
-pub async fn install(only: &[String], progress: &indicatif::MultiProgress) -> Result<Vec<Installed>> {
+/// Which Kubernetes versions `install` builds besides the default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum KubernetesVersions {
+    /// Only the default.
+    #[default]
+    Default,
+    /// The default and these (each a pinned version, `1.32` or `v1.32.13`).
+    Also(Vec<String>),
+    /// Every pinned version.
+    All,
+}
+
+/// The tool pins `install` builds: every pinned tool (or those `only` names) at its
+/// default version, plus the kubernetes tool at each further version asked for.
+pub fn install_plan(only: &[String], kubernetes: &KubernetesVersions) -> Result<Vec<ToolPin>> {
+    let lock = Lock::load();
+    for name in only {
+        if lock.tool(name).is_none() {
+            let names: Vec<&str> = lock.tool.iter().map(|t| t.name.as_str()).collect();
+            return Err(Error::Invalid(format!("`{name}` is not a pinned tool; pinned: {}", names.join(", "))));
+        }
+    }
+    let mut plan: Vec<ToolPin> = lock.tool.iter().filter(|t| only.is_empty() || only.contains(&t.name)).cloned().collect();
+    let extra: Vec<String> = match kubernetes {
+        KubernetesVersions::Default => Vec::new(),
+        KubernetesVersions::All => lock.kubernetes_versions(),
+        KubernetesVersions::Also(specs) => specs.iter().map(|s| lock.resolve_kubernetes(s)).collect::<Result<_>>()?,
+    };
+    for v in extra {
+        // The kubernetes tool at that version, and its own etcd if it names one.
+        let at = lock.at_kubernetes(&v)?;
+        for t in at.tool {
+            let differs = lock.tool(&t.name).is_none_or(|d| d.version != t.version);
+            if differs && !plan.iter().any(|p| p.name == t.name && p.version == t.version) {
+                plan.push(t);
+            }
+        }
+    }
+    Ok(plan)
+}
+
+/// Builds every tool of [`install_plan`] that is not in the cache yet.
+pub async fn install(only: &[String], kubernetes: &KubernetesVersions, progress: &indicatif::MultiProgress) -> Result<Vec<Installed>> {
+    let plan = install_plan(only, kubernetes)?;
     let go = which("go").ok_or_else(|| {
         Error::Invalid("the Go toolchain (`go`) is not on PATH; install Go 1.24 or newer, then run `lily-e2e tools install` again".into())
     })?;
-    let lock = Lock::load();
     // Two builds at a time: a build spends much of its time downloading modules and linking,
-    // which leave cores free for the other's compiles; the longest (kubernetes) starts first.
-    let mut tools: Vec<&ToolPin> = lock.tool.iter().filter(|t| only.is_empty() || only.contains(&t.name)).collect();
+    // which leave cores free for the other's compiles; the longest (kubernetes) start first.
+    let mut tools: Vec<&ToolPin> = plan.iter().collect();
     tools.sort_by_key(|t| std::cmp::Reverse(t.binaries.len()));
     let builds = tools.into_iter().map(|tool| {
         let go = go.clone();
         async move {
             let bar = progress.add(indicatif::ProgressBar::new_spinner());
             bar.set_style(
-                indicatif::ProgressStyle::with_template("{spinner} {prefix:>12} {wide_msg} [{elapsed}]").expect("static template"),
+                indicatif::ProgressStyle::with_template("{spinner} {prefix:>20} {wide_msg} [{elapsed}]").expect("static template"),
             );
-            bar.set_prefix(tool.name.clone());
+            bar.set_prefix(format!("{} {}", tool.name, tool.version));
             bar.enable_steady_tick(Duration::from_millis(200));
             let start = Instant::now();
             if tool.is_installed() {
-                bar.finish_with_message(format!("{} already installed", tool.version));
+                bar.finish_with_message("already installed".to_string());
                 return Ok(Installed { name: tool.name.clone(), version: tool.version.clone(), built: false, seconds: 0.0 });
             }
             match build_tool(&go, tool, &bar).await {
                 Ok(()) => {
                     let secs = start.elapsed().as_secs_f64();
-                    bar.finish_with_message(format!("{} built in {secs:.0}s", tool.version));
+                    bar.finish_with_message(format!("built in {secs:.0}s"));
                     Ok(Installed { name: tool.name.clone(), version: tool.version.clone(), built: true, seconds: secs })
                 }
                 Err(e) => {
-                    bar.abandon_with_message(format!("{} failed", tool.version));
+                    bar.abandon_with_message("failed".to_string());
                     Err(e)
                 }
             }
@@ -174,7 +327,7 @@ pub async fn install(only: &[String], progress: &indicatif::MultiProgress) -> Re
     for r in results {
         done.push(r?);
     }
-    done.sort_by_key(|d| lock.tool.iter().position(|t| t.name == d.name));
+    done.sort_by_key(|d| (plan.iter().position(|t| t.name == d.name), version_key(&d.version)));
     Ok(done)
 }
 
@@ -313,6 +466,61 @@ mod tests {
         let k8s = lock.tool.iter().find(|t| t.name == "kubernetes").unwrap();
         assert!(k8s.version.starts_with("v1.34."));
         assert_eq!(k8s.staging_version.as_deref().map(|s| &s[..5]), Some("v0.34"));
+    }
+
+    #[test]
+    fn kubernetes_versions_resolve_exactly_or_by_minor() {
+        let lock = Lock::load();
+        let all = lock.kubernetes_versions();
+        assert!(all.len() >= 3, "{all:?}");
+        assert!(all.windows(2).all(|w| version_key(&w[0]) < version_key(&w[1])), "oldest first: {all:?}");
+        assert_eq!(lock.resolve_kubernetes("1.32").unwrap(), "v1.32.13");
+        assert_eq!(lock.resolve_kubernetes("v1.32.13").unwrap(), "v1.32.13");
+        assert_eq!(lock.resolve_kubernetes("1.34.4").unwrap(), lock.default_kubernetes());
+        for bad in ["1.33", "v1.3", "1", "1.32.1", "latest", ""] {
+            let e = lock.resolve_kubernetes(bad).unwrap_err().to_string();
+            assert!(e.contains("not a pinned Kubernetes version") && e.contains("v1.32.13"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn another_kubernetes_replaces_only_the_kubernetes_pin() {
+        let lock = Lock::load();
+        let old = lock.at_kubernetes("1.32").unwrap();
+        let k = old.tool(KUBERNETES).unwrap();
+        assert_eq!((k.version.as_str(), k.staging_version.as_deref()), ("v1.32.13", Some("v0.32.13")));
+        assert!(k.ldflags().contains("gitMinor=32 "), "{}", k.ldflags());
+        for name in ["etcd", "helm", "kwok"] {
+            assert_eq!(old.tool(name).unwrap().version, lock.tool(name).unwrap().version, "{name}");
+        }
+        // Every other version has the staging version that matches it.
+        for o in &lock.tool(KUBERNETES).unwrap().other {
+            assert_eq!(o.staging_version.as_deref().map(|s| &s[3..]), Some(&o.version[3..]), "{o:?}");
+        }
+    }
+
+    #[test]
+    fn install_plans_the_default_tools_plus_the_versions_asked_for() {
+        let names = |p: Vec<ToolPin>| p.into_iter().map(|t| format!("{}-{}", t.name, t.version)).collect::<Vec<_>>();
+        let default = names(install_plan(&[], &KubernetesVersions::Default).unwrap());
+        assert_eq!(default.len(), 4, "{default:?}");
+        let all = names(install_plan(&[], &KubernetesVersions::All).unwrap());
+        assert_eq!(all.len(), 4 + Lock::load().kubernetes_versions().len() - 1, "{all:?}");
+        let one = names(install_plan(&["kubernetes".into()], &KubernetesVersions::Also(vec!["1.37".into()])).unwrap());
+        assert_eq!(one, vec!["kubernetes-v1.34.4", "kubernetes-v1.37.2"]);
+        let e = install_plan(&["kubelet".into()], &KubernetesVersions::Default).unwrap_err().to_string();
+        assert!(e.contains("`kubelet` is not a pinned tool"), "{e}");
+        assert!(install_plan(&[], &KubernetesVersions::Also(vec!["1.99".into()])).is_err());
+    }
+
+    #[test]
+    fn a_missing_other_kubernetes_names_its_install_command() {
+        let t = Tools::at_kubernetes(Some("1.37")).unwrap();
+        assert_eq!(install_command(t.lock.tool(KUBERNETES).unwrap()), "lily-e2e tools install --kubernetes v1.37.2");
+        assert_eq!(install_command(t.lock.tool("helm").unwrap()), "lily-e2e tools install");
+        assert_eq!(install_command(Lock::load().tool(KUBERNETES).unwrap()), "lily-e2e tools install");
+        let e = Tools::at_kubernetes(Some("9.9")).unwrap_err().to_string();
+        assert!(e.contains("--kubernetes 9.9"), "{e}");
     }
 
     #[test]

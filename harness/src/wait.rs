@@ -7,9 +7,9 @@ use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use kube::runtime::wait::{await_condition, Condition};
-use kube::runtime::{reflector, watcher};
+use kube::runtime::{reflector, watcher, WatchStreamExt};
 use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -196,18 +196,25 @@ where
     C: Fn(&[Arc<K>]) -> bool,
 {
     let (store, writer) = reflector::store::<K>();
-    let stream = reflector(writer, watcher(api.clone(), config));
+    // A failed watch (the API server restarting, a dropped connection, an expired resource
+    // version) is retried with kube-runtime's default backoff, under the same deadline; the
+    // last failure is part of what a timeout reports.
+    let stream = reflector(writer, watcher(api.clone(), config).default_backoff());
     let mut last = String::from("nothing (no watch event arrived)");
     let fut = async {
         let mut stream = std::pin::pin!(stream);
         let mut listed = false;
         loop {
-            match stream.try_next().await {
-                Ok(Some(watcher::Event::InitDone)) => listed = true,
-                Ok(Some(watcher::Event::Apply(_) | watcher::Event::Delete(_))) => {}
-                Ok(Some(_)) => continue,
-                Ok(None) => return Err(WaitError::Ended { what: what.to_string() }.into()),
-                Err(source) => return Err(WaitError::Watch { what: what.to_string(), source }.into()),
+            match stream.next().await {
+                Some(Ok(watcher::Event::InitDone)) => listed = true,
+                Some(Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_))) => {}
+                Some(Ok(_)) => continue,
+                None => return Err(WaitError::Ended { what: what.to_string() }.into()),
+                Some(Err(source)) => {
+                    tracing::debug!("watch for {what} failed, retrying: {source}");
+                    last = format!("{} (the watch last failed: {source}; retried)", describe_set(&store.state()));
+                    continue;
+                }
             }
             if !listed {
                 continue;

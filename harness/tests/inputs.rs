@@ -41,6 +41,11 @@ fn fixture() -> String {
 #[case::bad_log_filter(&["--log", "lily_e2e=[", "list"], &[], &["is not a log filter"])]
 #[case::unknown_provider(&["suite", "--provider", "sideways"], &[], &["invalid value 'sideways'", "local", "existing"])]
 #[case::bad_postgres_image(&["suite", "--postgres", "container"], &[("LILY_E2E_POSTGRES_IMAGE", "no-tag")], &["`no-tag` is not name:tag"])]
+#[case::kubernetes_not_pinned(&["suite", "--kubernetes", "1.33"], &[], &["--kubernetes 1.33: not a pinned Kubernetes version", "v1.32.13", "v1.37.2"])]
+#[case::kubernetes_not_built(&["run", "install", "--kubernetes", "1.37"], &[("LILY_E2E_CACHE", "/nonexistent/lily-e2e-cache")], &["v1.37.2 is not installed", "lily-e2e tools install --kubernetes v1.37.2"])]
+#[case::kubernetes_on_an_existing_cluster(&["cluster", "exec", "--provider", "existing", "--kubernetes", "1.32", "--", "true"], &[], &["an existing cluster runs its own"])]
+#[case::tools_install_unknown_kubernetes(&["tools", "install", "--kubernetes", "1.99"], &[], &["--kubernetes 1.99: not a pinned Kubernetes version"])]
+#[case::bench_kubernetes_not_pinned(&["bench", "cluster", "--kubernetes", "2.0"], &[], &["--kubernetes 2.0: not a pinned"])]
 #[case::missing_scenarios_dir(&["suite", "--scenarios", "/nonexistent/dir"], &[], &["/nonexistent/dir does not exist", "--scenarios"])]
 fn bad_input_is_named_before_anything_starts(#[case] args: &[&str], #[case] env: &[(&str, &str)], #[case] expected: &[&str]) {
     let file = tempfile::NamedTempFile::new().unwrap();

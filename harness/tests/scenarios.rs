@@ -8,9 +8,8 @@
 use std::sync::Arc;
 
 use libtest_mimic::{Arguments, Failed, Trial};
-use lily_e2e::report::{CaseOutcome, Silent};
 use lily_e2e::scenario::compile;
-use lily_e2e::suite::{PlannedCase, Suite, SuitePlan};
+use lily_e2e::suite::{Suite, SuitePlan};
 
 mod common;
 
@@ -30,7 +29,7 @@ fn main() {
         let (rt, suite, case) = (rt.clone(), suite.clone(), case.clone());
         let ignored = case.skip.is_some();
         trials.push(
-            Trial::test(case.name().to_string(), move || rt.block_on(run_one(&suite, &case)))
+            Trial::test(case.name().to_string(), move || rt.block_on(common::run_and_snapshot(&suite, &case)))
                 .with_kind("scenario")
                 .with_ignored_flag(ignored),
         );
@@ -57,38 +56,4 @@ fn main() {
         drop(env);
     }
     conclusion.exit();
-}
-
-async fn run_one(suite: &Suite, case: &PlannedCase) -> Result<(), Failed> {
-    let name = case.name().to_string();
-    let run = suite.run_one(case, &Silent).await;
-    for n in &run.report.notes {
-        eprintln!("{name}: {n}");
-    }
-    let artifacts = run.report.artifacts.as_ref().map(|a| format!("\nartifacts: {}", a.display())).unwrap_or_default();
-    match &run.report.outcome {
-        CaseOutcome::Failed { step, message } => return Err(Failed::from(format!("step {step} failed: {message}{artifacts}"))),
-        CaseOutcome::Errored { step, message } => {
-            return Err(Failed::from(format!("error (harness) in step {step}: {message}{artifacts}")))
-        }
-        CaseOutcome::Skipped { reason } => return Err(Failed::from(format!("{name} was skipped: {reason}"))),
-        CaseOutcome::Passed => {}
-    }
-    let Some(text) = run.snapshot else {
-        return Err(Failed::from(format!("{name} has no snapshot step: every scenario must record its outcome")));
-    };
-    let snap_name = name.replace('/', "__");
-    let mut settings = insta::Settings::clone_current();
-    settings.set_snapshot_path(common::repo_root().join("snapshots/scenarios"));
-    settings.set_prepend_module_to_snapshot(false);
-    settings.set_omit_expression(true);
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        settings.bind(|| insta::assert_snapshot!(snap_name.as_str(), text.as_str()));
-    }));
-    if outcome.is_err() {
-        return Err(Failed::from(format!(
-            "the outcome of {name} differs from snapshots/scenarios/{snap_name}.snap (review with `cargo insta review`)"
-        )));
-    }
-    Ok(())
 }

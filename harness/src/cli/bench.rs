@@ -21,8 +21,8 @@ fn stats(mut v: Vec<f64>) -> (f64, f64, f64) {
     (v[0], v[v.len() / 2], v[v.len() - 1])
 }
 
-pub async fn cluster(runs: usize, spec: ClusterSpec) -> anyhow::Result<ExitCode> {
-    let provider = cluster::local::Local::new(lily_e2e::tools::Tools::new());
+pub async fn cluster(runs: usize, spec: ClusterSpec, tools: lily_e2e::tools::Tools) -> anyhow::Result<ExitCode> {
+    let provider = cluster::local::Local::new(tools);
     let (mut start, mut stop, mut rss) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..runs {
         let run = Run::create(false)?;

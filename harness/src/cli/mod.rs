@@ -127,6 +127,9 @@ enum BenchCommand {
         nodes: usize,
         #[arg(long, default_value_t = 2)]
         zones: usize,
+        /// Kubernetes version (a pinned one, e.g. 1.32); default the pinned default.
+        #[arg(long, value_name = "VERSION", env = "LILY_E2E_KUBERNETES")]
+        kubernetes: Option<String>,
     },
     /// Start to ready (a TLS session accepted) and teardown of PostgreSQL providers, runs
     /// interleaved.
@@ -143,6 +146,10 @@ enum BenchCommand {
 enum ToolsCommand {
     /// Build every pinned tool into the cache (skips what is there).
     Install {
+        /// Also build these pinned Kubernetes versions (comma-separated, `v1.32.13` or `1.32`),
+        /// or `all` of them; the default version is always built.
+        #[arg(long, value_name = "VERSION,...|all", value_delimiter = ',')]
+        kubernetes: Vec<String>,
         /// Only these tools (kubernetes, etcd, helm, kwok).
         names: Vec<String>,
     },
@@ -308,19 +315,38 @@ pub struct ClusterArgs {
     /// Context in that kubeconfig (existing provider).
     #[arg(long)]
     pub context: Option<String>,
+    /// Kubernetes version of the local control plane: a pinned one (`lily-e2e tools list`),
+    /// exact (v1.32.13) or by minor (1.32). Default: the pinned default.
+    #[arg(long, value_name = "VERSION", env = "LILY_E2E_KUBERNETES")]
+    pub kubernetes: Option<String>,
 }
 
 impl ClusterArgs {
     pub fn spec(&self) -> ClusterSpec {
         ClusterSpec { nodes: self.nodes, zones: self.zones, apiserver_port: self.apiserver_port, ..Default::default() }
     }
-    pub fn provider(&self) -> Box<dyn cluster::ClusterProvider> {
-        match self.provider {
-            ProviderArg::Local => Box::new(cluster::local::Local::new(Tools::new())),
+
+    /// The pinned Kubernetes version `--kubernetes` names (`None`: the default), checked to be
+    /// pinned and installed before anything starts.
+    pub fn kubernetes(&self) -> anyhow::Result<Option<String>> {
+        let Some(spec) = self.kubernetes.as_deref().filter(|s| !s.trim().is_empty()) else { return Ok(None) };
+        anyhow::ensure!(
+            self.provider == ProviderArg::Local,
+            "--kubernetes {spec} chooses the local control plane's version; an existing cluster runs its own (drop --kubernetes)"
+        );
+        let version = lily_e2e::tools::Lock::load().resolve_kubernetes(spec)?;
+        Tools::at_kubernetes(Some(&version))?.check_kubernetes()?;
+        Ok(Some(version))
+    }
+
+    pub fn provider(&self) -> anyhow::Result<Box<dyn cluster::ClusterProvider>> {
+        let kubernetes = self.kubernetes()?;
+        Ok(match self.provider {
+            ProviderArg::Local => Box::new(cluster::local::Local::new(Tools::at_kubernetes(kubernetes.as_deref())?)),
             ProviderArg::Existing => {
                 Box::new(cluster::existing::Existing { kubeconfig: self.kubeconfig.clone(), context: self.context.clone() })
             }
-        }
+        })
     }
 }
 
@@ -368,9 +394,15 @@ pub fn main() -> ExitCode {
 
 async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
     match cmd {
-        Command::Tools { command: ToolsCommand::Install { names } } => {
+        Command::Tools { command: ToolsCommand::Install { kubernetes, names } } => {
+            use lily_e2e::tools::KubernetesVersions;
+            let versions = match kubernetes.as_slice() {
+                [] => KubernetesVersions::Default,
+                [all] if all == "all" => KubernetesVersions::All,
+                v => KubernetesVersions::Also(v.to_vec()),
+            };
             let mp = indicatif::MultiProgress::new();
-            let done = lily_e2e::tools::install(&names, &mp).await.context("tools install failed")?;
+            let done = lily_e2e::tools::install(&names, &versions, &mp).await.context("tools install failed")?;
             for d in done {
                 if d.built {
                     println!("{} {}: built in {:.0}s", d.name, d.version, d.seconds);
@@ -386,6 +418,8 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Tools { command: ToolsCommand::List } => {
+            let lock = lily_e2e::tools::Lock::load();
+            let default = lock.default_kubernetes().to_string();
             let tools = Tools::new();
             for t in &tools.lock().tool {
                 for b in &t.binaries {
@@ -395,14 +429,23 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
                     }
                 }
             }
+            for v in lock.kubernetes_versions().into_iter().filter(|v| *v != default) {
+                let state = match Tools::at_kubernetes(Some(&v))?.check_kubernetes() {
+                    Ok(()) => "installed".to_string(),
+                    Err(_) => format!("not installed (lily-e2e tools install --kubernetes {v})"),
+                };
+                println!("{:<24} {:<10} {state}", "kubernetes (--kubernetes)", v);
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Cluster { command: ClusterCommand::Exec { cluster, keep, cmd } } => cluster_exec(cluster, keep, cmd).await,
         Command::List { scenarios } => scenarios::list(&scenarios),
         Command::Check { scenarios } => scenarios::check(&scenarios),
         Command::Schema => scenarios::schema(),
-        Command::Bench { command: BenchCommand::Cluster { runs, nodes, zones } } => {
-            bench::cluster(runs as usize, ClusterSpec { nodes, zones, ..Default::default() }).await
+        Command::Bench { command: BenchCommand::Cluster { runs, nodes, zones, kubernetes } } => {
+            let tools = Tools::at_kubernetes(kubernetes.as_deref())?;
+            tools.check_kubernetes()?;
+            bench::cluster(runs as usize, ClusterSpec { nodes, zones, ..Default::default() }, tools).await
         }
         Command::Bench { command: BenchCommand::Postgres { runs, providers } } => {
             let names: Vec<String> = providers.iter().map(|p| lily_e2e::scenario::env::PostgresKind::from(*p).name().to_string()).collect();
@@ -446,7 +489,7 @@ fn interrupted_status() -> ExitCode {
 }
 
 async fn cluster_exec(args: ClusterArgs, keep: bool, cmd: Vec<OsString>) -> anyhow::Result<ExitCode> {
-    let provider = args.provider();
+    let provider = args.provider()?;
     let mut run = Run::create(false)?;
     let spec = args.spec();
     let started = tokio::select! {
@@ -464,7 +507,7 @@ async fn cluster_exec(args: ClusterArgs, keep: bool, cmd: Vec<OsString>) -> anyh
     };
     eprintln!("cluster up: Kubernetes {} ({}), KUBECONFIG={}", cluster.version, cluster.provider, cluster.kubeconfig.display());
 
-    let tools = Tools::new();
+    let tools = Tools::at_kubernetes(args.kubernetes()?.as_deref())?;
     let mut path: Vec<PathBuf> = tools.bin_dirs();
     if let Some(p) = std::env::var_os("PATH") {
         path.extend(std::env::split_paths(&p));

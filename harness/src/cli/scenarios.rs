@@ -83,6 +83,7 @@ impl SuiteArgs {
         opts.existing =
             lily_e2e::cluster::existing::Existing { kubeconfig: self.cluster.kubeconfig.clone(), context: self.cluster.context.clone() };
         opts.cluster = self.cluster.spec();
+        opts.kubernetes = self.cluster.kubernetes()?;
         opts.charts = charts;
         opts.postgres = self.postgres.into();
         opts.artifacts = self.artifacts_dir();
@@ -246,8 +247,11 @@ pub async fn suite(args: SuiteArgs, names: Vec<String>, keep: bool) -> anyhow::R
         p.finish();
     }
     print!("{}", report::summary(&run.reports));
-    println!("wall time {:.1}s", run.wall.as_secs_f64());
-    let meta = report::junit::RunMeta::now(run.wall);
+    match &run.kubernetes {
+        Some(v) => println!("wall time {:.1}s on Kubernetes {v}", run.wall.as_secs_f64()),
+        None => println!("wall time {:.1}s", run.wall.as_secs_f64()),
+    }
+    let meta = report::junit::RunMeta::now(run.wall).on_kubernetes(run.kubernetes.clone());
     if let Some(j) = &args.junit {
         report::write_junit(j, &run.reports, &meta)?;
         println!("junit report: {}", j.display());

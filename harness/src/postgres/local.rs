@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 use nix::sys::signal::Signal;
 
-use super::{dsn::DbUrl, free_port, tls, Endpoint, Password, Postgres, PostgresProvider, PostgresSpec, Running};
+use super::{dsn::DbUrl, tls, Endpoint, Password, Postgres, PostgresProvider, PostgresSpec, Running};
 use super::{PostgresError, HARNESS_APPLICATION_NAME, START_TIMEOUT};
 use crate::error::{Error, Result};
 use crate::fsutil::write_private;
@@ -147,7 +147,10 @@ impl PostgresProvider for Local {
 
             let mut last_err = None;
             for _ in 0..PORT_ATTEMPTS {
-                let port = free_port()?;
+                // Held until just before the server binds it (no other bind(0) in this
+                // process is handed it meanwhile); a loss in the short window left is retried.
+                let mut reserved = crate::cluster::ports::Reservation::new();
+                let port = reserved.take(None, "postgresql")?;
                 let child = ChildSpec::new("postgres", bin.join("postgres"))
                     .args([OsString::from("-D"), data.clone().into(), "-p".into(), port.to_string().into()])
                     .env("LC_ALL", "C")
@@ -156,7 +159,9 @@ impl PostgresProvider for Local {
                 if let Some((uid, gid)) = owner {
                     child = child.user(uid, gid);
                 }
-                let mut server = Supervised::spawn(child, run.id(), &run.subdir("logs")?)?;
+                let logs = run.subdir("logs")?;
+                reserved.release("postgresql");
+                let mut server = Supervised::spawn(child, run.id(), &logs)?;
                 let endpoint = Endpoint {
                     host: "127.0.0.1".into(),
                     port,

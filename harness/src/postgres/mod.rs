@@ -37,7 +37,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::run::Run;
 
 pub use dsn::{DbUrl, HostKind, SslMode};
@@ -331,12 +331,6 @@ pub fn validate_identifier(name: &str, what: &str) -> Result<()> {
 /// `name` as a double-quoted SQL identifier.
 pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-/// A free port on 127.0.0.1 (bound, then released: the caller retries if it is taken).
-pub(crate) fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind(("127.0.0.1", 0)).map_err(Error::io("bind a loopback port for postgresql"))?;
-    Ok(l.local_addr().map_err(Error::io("read a socket address"))?.port())
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ pub fn write_outcomes(path: &Path, results: &[CaseReport], meta: &RunMeta) -> Re
             };
             json!({
                 "name": r.name,
+                "test": meta.test_name(&r.name),
                 "outcome": outcome,
                 "step": step,
                 "message": message,
@@ -37,6 +38,7 @@ pub fn write_outcomes(path: &Path, results: &[CaseReport], meta: &RunMeta) -> Re
         "started": meta.started.to_rfc3339(),
         "seconds": meta.wall.as_secs_f64(),
         "hostname": meta.hostname,
+        "kubernetes": meta.kubernetes,
         "counts": {"passed": c.passed, "failed": c.failed, "errored": c.errored, "skipped": c.skipped},
         "cases": cases,
     });

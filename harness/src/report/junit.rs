@@ -1,5 +1,6 @@
 //! JUnit XML for chart CI: one testsuite `lily-e2e`, one testcase per scenario case, with a
-//! stable classname (`lily-e2e.<scenario>`) and name (the case, or the scenario). Failed
+//! stable classname (`lily-e2e.<scenario>`) and name (the case, or the scenario, with the
+//! Kubernetes version it ran on: `slow-unmount@1.32`). Failed
 //! cases are `<failure>`, errored ones `<error>`, skipped ones `<skipped>` with the reason.
 
 use std::path::Path;
@@ -17,6 +18,8 @@ pub struct RunMeta {
     pub started: chrono::DateTime<chrono::FixedOffset>,
     pub wall: Duration,
     pub hostname: String,
+    /// The Kubernetes version the cases ran on (`v1.32.13`), when known.
+    pub kubernetes: Option<String>,
 }
 
 impl RunMeta {
@@ -25,7 +28,20 @@ impl RunMeta {
         let now = chrono::Local::now().fixed_offset();
         let started = now - chrono::Duration::from_std(wall).unwrap_or_default();
         let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
-        RunMeta { started, wall, hostname }
+        RunMeta { started, wall, hostname, kubernetes: None }
+    }
+
+    pub fn on_kubernetes(mut self, version: Option<String>) -> RunMeta {
+        self.kubernetes = version;
+        self
+    }
+
+    /// `NAME@1.32`, or `NAME` when the version is not known.
+    pub fn test_name(&self, name: &str) -> String {
+        match &self.kubernetes {
+            Some(v) => format!("{name}@{}", crate::scenario::catalogue::major_minor(v)),
+            None => name.to_string(),
+        }
     }
 }
 
@@ -36,6 +52,9 @@ pub fn write_junit(path: &Path, results: &[CaseReport], meta: &RunMeta) -> Resul
     suite.set_time(meta.wall);
     if !meta.hostname.is_empty() {
         suite.extra.insert("hostname".into(), meta.hostname.clone().into());
+    }
+    if let Some(v) = &meta.kubernetes {
+        suite.add_property(Property::new("kubernetes", v.clone()));
     }
     report.set_timestamp(meta.started);
     report.set_time(meta.wall);
@@ -59,7 +78,7 @@ pub fn write_junit(path: &Path, results: &[CaseReport], meta: &RunMeta) -> Resul
                 s
             }
         };
-        let mut tc = TestCase::new(case.to_string(), status);
+        let mut tc = TestCase::new(meta.test_name(case), status);
         tc.set_classname(format!("lily-e2e.{scenario}"));
         tc.set_time(r.duration);
         // What a reader of the CI report needs besides the verdict: findings (also as
@@ -127,5 +146,18 @@ mod tests {
         assert!(xml.contains("timestamp=") && xml.contains(r#"time="9"#), "{xml}");
         assert!(xml.contains(r#"<property name="finding.1""#) && xml.contains("<system-out>guide drift"), "{xml}");
         assert!(xml.contains("pod Running 1.2s after runbook"), "{xml}");
+    }
+
+    #[test]
+    fn test_names_carry_the_kubernetes_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("j.xml");
+        let results = vec![case("install", CaseOutcome::Passed), case("multi-attach/slow-unmount", CaseOutcome::Passed)];
+        let meta = RunMeta::now(Duration::from_secs(9)).on_kubernetes(Some("v1.32.13".into()));
+        write_junit(&p, &results, &meta).unwrap();
+        let xml = std::fs::read_to_string(&p).unwrap();
+        assert!(xml.contains(r#"name="install@1.32""#) && xml.contains(r#"name="slow-unmount@1.32""#), "{xml}");
+        assert!(xml.contains(r#"classname="lily-e2e.multi-attach""#), "{xml}");
+        assert!(xml.contains(r#"<property name="kubernetes" value="v1.32.13""#), "{xml}");
     }
 }

@@ -63,6 +63,8 @@ pub struct EnvOptions {
     pub provider: ProviderKind,
     pub existing: cluster::existing::Existing,
     pub cluster: ClusterSpec,
+    /// The local control plane's Kubernetes version (a pinned one); `None` is the default.
+    pub kubernetes: Option<String>,
     /// Chart sources; empty means the layout's fixture chart at its suite versions.
     pub charts: Vec<ChartSource>,
     pub postgres: PostgresKind,
@@ -81,6 +83,7 @@ impl EnvOptions {
             provider: ProviderKind::Local,
             existing: Default::default(),
             cluster: ClusterSpec::default(),
+            kubernetes: None,
             charts: Vec::new(),
             postgres: PostgresKind::Local,
             artifacts: std::env::temp_dir().join("lily-e2e-artifacts"),
@@ -114,10 +117,13 @@ pub struct Env {
 impl Env {
     /// Starts the cluster, PostgreSQL and the chart repository, concurrently.
     pub async fn start(opts: &EnvOptions) -> Result<Env> {
-        let tools = Tools::new();
+        let tools = Tools::at_kubernetes(opts.kubernetes.as_deref())?;
         // Fail fast, before starting anything, on what the user can fix.
         tools.path("helm")?;
         tools.path("kubectl")?;
+        if opts.provider == ProviderKind::Local {
+            tools.check_kubernetes()?;
+        }
         let charts = opts.chart_sources();
         for c in &charts {
             c.check()?;

@@ -18,6 +18,9 @@ pub struct Outcome {
     /// Findings whose occurrence depends on timing (a command that did not complete in its
     /// window): reported with the others, never in the snapshot.
     pub timing_findings: Vec<Value>,
+    /// Findings that hold for some Kubernetes versions only (the guide's wording no longer
+    /// used): reported, never in the snapshot, which holds for every version.
+    pub version_findings: Vec<Value>,
 }
 
 impl Outcome {
@@ -56,12 +59,18 @@ impl Outcome {
         self.timing_findings.push(serde_json::to_value(value).unwrap_or(Value::Null));
     }
 
+    /// A finding that depends on the cluster's Kubernetes version: reported, not snapshotted.
+    pub fn version_finding(&mut self, value: impl Serialize) {
+        self.version_findings.push(serde_json::to_value(value).unwrap_or(Value::Null));
+    }
+
     /// The conformance findings, one line each, normalised like the outcome.
     pub fn finding_lines(&self) -> Vec<String> {
         let reps = self.replacements();
         self.findings
             .iter()
             .chain(&self.timing_findings)
+            .chain(&self.version_findings)
             .map(|f| {
                 let line = finding_line(f);
                 let mut v = Value::String(line);

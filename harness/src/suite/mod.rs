@@ -148,6 +148,8 @@ pub struct EnvPool {
     opts: EnvOptions,
     shared: tokio::sync::Mutex<Option<Result<Arc<Env>, String>>>,
     next: AtomicUsize,
+    /// The Kubernetes version the first environment reported.
+    kubernetes: std::sync::Mutex<Option<String>>,
 }
 
 /// An environment lent to cases.
@@ -168,11 +170,23 @@ impl std::ops::Deref for Lease {
 
 impl EnvPool {
     pub fn new(opts: EnvOptions) -> EnvPool {
-        EnvPool { opts, shared: tokio::sync::Mutex::new(None), next: AtomicUsize::new(1) }
+        EnvPool { opts, shared: tokio::sync::Mutex::new(None), next: AtomicUsize::new(1), kubernetes: Default::default() }
     }
 
     pub fn options(&self) -> &EnvOptions {
         &self.opts
+    }
+
+    /// The Kubernetes version the cases ran on: what a started environment reported, else
+    /// the version the local provider would run.
+    pub fn kubernetes(&self) -> Option<String> {
+        let seen = self.kubernetes.lock().expect("not poisoned").clone();
+        seen.or_else(|| match self.opts.provider {
+            crate::scenario::env::ProviderKind::Local => {
+                Some(self.opts.kubernetes.clone().unwrap_or_else(|| crate::tools::Lock::load().default_kubernetes().to_string()))
+            }
+            _ => None,
+        })
     }
 
     async fn start(&self, cases: &[String], reporter: &dyn Reporter) -> Result<Env, String> {
@@ -180,6 +194,7 @@ impl EnvPool {
         reporter.on(&Event::EnvStarting { env: id, cases });
         let env = Env::start(&self.opts).await.map_err(|e| format!("cannot start the environment: {}", chain(&e)))?;
         reporter.on(&Event::EnvUp { env: id, run_id: env.run.id().as_str(), kubeconfig: env.cluster.kubeconfig() });
+        self.kubernetes.lock().expect("not poisoned").get_or_insert_with(|| env.cluster.version.clone());
         Ok(env)
     }
 
@@ -238,6 +253,8 @@ pub struct SuiteRun {
     /// Environments kept (`--keep`); tear them down when done.
     pub kept: Vec<Env>,
     pub wall: Duration,
+    /// The Kubernetes version the cases ran on, when known.
+    pub kubernetes: Option<String>,
 }
 
 /// The engine.
@@ -327,7 +344,13 @@ impl Suite {
                     let runnable: Vec<PlannedCase> = plan.cases.iter().filter(|c| c.skip.is_none()).cloned().collect();
                     reports.extend(not_started(&runnable, &why, reporter));
                     reports.sort_by(|a, b| a.name.cmp(&b.name));
-                    return SuiteRun { reports, namespaces: Vec::new(), kept: Vec::new(), wall: started.elapsed() };
+                    return SuiteRun {
+                        reports,
+                        namespaces: Vec::new(),
+                        kept: Vec::new(),
+                        wall: started.elapsed(),
+                        kubernetes: self.pool.kubernetes(),
+                    };
                 }
             };
             for f in &failed {
@@ -384,7 +407,7 @@ impl Suite {
         drop(batches);
         // Batches finish in any order; reports list cases by name.
         reports.sort_by(|a, b| a.name.cmp(&b.name));
-        SuiteRun { reports, namespaces, kept, wall: started.elapsed() }
+        SuiteRun { reports, namespaces, kept, wall: started.elapsed(), kubernetes: self.pool.kubernetes() }
     }
 }
 

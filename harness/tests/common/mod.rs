@@ -94,3 +94,41 @@ pub fn install_settings() {
         keep_containers: var("TESTCONTAINERS_COMMAND").is_some_and(|v| v == "keep"),
     });
 }
+
+/// Runs one planned case on the suite and checks its outcome against
+/// `snapshots/scenarios/<case>.snap`: a libtest trial's body.
+pub async fn run_and_snapshot(suite: &lily_e2e::suite::Suite, case: &lily_e2e::suite::PlannedCase) -> Result<(), libtest_mimic::Failed> {
+    use libtest_mimic::Failed;
+    use lily_e2e::report::{CaseOutcome, Silent};
+    let name = case.name().to_string();
+    let run = suite.run_one(case, &Silent).await;
+    for n in &run.report.notes {
+        eprintln!("{name}: {n}");
+    }
+    let artifacts = run.report.artifacts.as_ref().map(|a| format!("\nartifacts: {}", a.display())).unwrap_or_default();
+    match &run.report.outcome {
+        CaseOutcome::Failed { step, message } => return Err(Failed::from(format!("step {step} failed: {message}{artifacts}"))),
+        CaseOutcome::Errored { step, message } => {
+            return Err(Failed::from(format!("error (harness) in step {step}: {message}{artifacts}")))
+        }
+        CaseOutcome::Skipped { reason } => return Err(Failed::from(format!("{name} was skipped: {reason}"))),
+        CaseOutcome::Passed => {}
+    }
+    let Some(text) = run.snapshot else {
+        return Err(Failed::from(format!("{name} has no snapshot step: every scenario must record its outcome")));
+    };
+    let snap_name = name.replace('/', "__");
+    let mut settings = insta::Settings::clone_current();
+    settings.set_snapshot_path(repo_root().join("snapshots/scenarios"));
+    settings.set_prepend_module_to_snapshot(false);
+    settings.set_omit_expression(true);
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        settings.bind(|| insta::assert_snapshot!(snap_name.as_str(), text.as_str()));
+    }));
+    if outcome.is_err() {
+        return Err(Failed::from(format!(
+            "the outcome of {name} differs from snapshots/scenarios/{snap_name}.snap (review with `cargo insta review`)"
+        )));
+    }
+    Ok(())
+}

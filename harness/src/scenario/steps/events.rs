@@ -67,11 +67,11 @@ impl ExpectEvent {
     }
 
     /// Which wording (if any) a message matches.
-    fn wording(&self, version: &str, message: &str) -> Option<String> {
+    fn wording(&self, version: &str, message: &str) -> Option<Matched> {
         match &self.matcher {
-            Match::Catalogue(entry) => catalogue::matching(entry, version, message).map(|w| w.source.to_string()),
-            Match::Regex(r) => r.is_match(message).then(|| "regex".to_string()),
-            Match::Any => Some("any".to_string()),
+            Match::Catalogue(entry) => catalogue::matching(entry, version, message).map(Matched::Catalogued),
+            Match::Regex(r) => r.is_match(message).then_some(Matched::Other("regex")),
+            Match::Any => Some(Matched::Other("any")),
         }
     }
 
@@ -91,7 +91,8 @@ impl ExpectEvent {
             _ => None,
         };
         let api = Api::<Event>::namespaced(cx.client(), &cx.namespace);
-        let cfg = watcher::Config::default().fields(&format!("involvedObject.kind={kind},involvedObject.name={name}"));
+        let selector = format!("involvedObject.kind={kind},involvedObject.name={name}");
+        let cfg = watcher::Config::default().fields(&selector);
         let what = format!(
             "a {} event on {kind}/{name}{}",
             self.reason,
@@ -104,22 +105,74 @@ impl ExpectEvent {
             (false, Ok(evs)) => {
                 let e = evs.iter().find(|e| hit(e)).expect("the condition found one");
                 let msg = e.message.clone().unwrap_or_default();
-                let source = self.wording(&version, &msg);
                 let mut norm = msg.clone();
                 let vol_re = Regex::new(r#"volume "(pvc-[0-9a-f-]+)""#).expect("static regex");
                 if let Some(c) = vol_re.captures(&msg) {
                     let p = cx.outcome.generated("volume", &c[1]);
                     norm = norm.replace(&c[1], &p);
                 }
-                cx.outcome.record(
-                    "event",
-                    serde_json::json!({"object": format!("{kind}/{name}"), "reason": self.reason, "catalogue": catalogue, "wording": source, "message": norm}),
-                );
+                let object = format!("{kind}/{name}");
+                match (self.wording(&version, &msg), &catalogue) {
+                    (Some(Matched::Catalogued(w)), Some(entry)) => {
+                        // The snapshot holds what is the same on every version (which
+                        // component, which case); the version's own wording and the message,
+                        // which differ between versions, go to the case's notes.
+                        cx.outcome.record(
+                            "event",
+                            serde_json::json!({"object": object, "reason": self.reason, "catalogue": entry, "wording": w.origin}),
+                        );
+                        cx.notes.push(format!(
+                            "{} on {object}: Kubernetes {version} words it as {} ({}): {norm}",
+                            self.reason, w.origin, w.versions
+                        ));
+                        if !w.as_guide {
+                            let guide = catalogue::entry(entry).map(|e| e.guide).unwrap_or_default();
+                            cx.outcome.version_finding(serde_json::json!({"drift": format!(
+                                "the guide quotes \"{guide}\"; Kubernetes {version} says \"{norm}\" ({}, {})",
+                                w.origin, w.versions
+                            )}));
+                        }
+                    }
+                    (m, _) => {
+                        let how = match m {
+                            Some(Matched::Other(h)) => h,
+                            _ => "any",
+                        };
+                        cx.outcome
+                            .record("event", serde_json::json!({"object": object, "reason": self.reason, "wording": how, "message": norm}));
+                    }
+                }
                 Ok(())
             }
-            (false, Err(Error::Wait(WaitError::Timeout { what, after, last_seen }))) if catalogue.is_some() => Err(StepError::failed(
-                format!("the fault did not reproduce: no {what} within {}s (events seen on the object: {last_seen})", after.as_secs()),
-            )),
+            (false, Err(Error::Wait(WaitError::Timeout { what, after, last_seen }))) if catalogue.is_some() => {
+                let entry = catalogue.as_deref().expect("a catalogue entry");
+                // Events of the reason whose wording this version's catalogue does not know:
+                // the case fails with the text seen, and says which version's wording it is.
+                let seen = api.list(&kube::api::ListParams::default().fields(&selector)).await.map(|l| l.items).unwrap_or_default();
+                let unknown: Vec<String> = seen
+                    .iter()
+                    .filter(|e| e.reason.as_deref() == Some(&self.reason))
+                    .filter_map(|e| e.message.clone())
+                    .filter(|m| {
+                        catalogue::matching_elsewhere(entry, m).is_some()
+                            || catalogue::entry(entry).is_some_and(|e| looks_like(e.reason, m))
+                    })
+                    .collect();
+                if let Some(m) = unknown.first() {
+                    let elsewhere = catalogue::matching_elsewhere(entry, m)
+                        .map(|w| format!("; it is the wording catalogued for {} ({})", w.versions, w.origin))
+                        .unwrap_or_else(|| "; no version's wording in the catalogue matches it".to_string());
+                    return Err(StepError::failed(format!(
+                        "Kubernetes {version} reported {} on {kind}/{name} as \"{m}\", which no wording of catalogue entry {entry} for {} matches{elsewhere}: add the wording to the catalogue (src/scenario/catalogue.rs) with the versions that use it",
+                        self.reason,
+                        catalogue::major_minor(&version)
+                    )));
+                }
+                Err(StepError::failed(format!(
+                    "the fault did not reproduce: no {what} within {}s (events seen on the object: {last_seen})",
+                    after.as_secs()
+                )))
+            }
             (false, Err(e)) => Err(e.into()),
             (true, Ok(evs)) => {
                 let e = evs.iter().find(|e| e.reason.as_deref() == Some(&self.reason)).map(|e| e.message.clone().unwrap_or_default());
@@ -134,6 +187,24 @@ impl ExpectEvent {
             }
             (true, Err(e)) => Err(e.into()),
         }
+    }
+}
+
+/// What a message matched.
+enum Matched {
+    Catalogued(catalogue::Wording),
+    Other(&'static str),
+}
+
+/// Whether a message of `reason` is about what the entry catalogues even if no wording
+/// matches it (a rewording): the scheduler's volume conflicts, the attach controller's
+/// refusals to attach.
+fn looks_like(reason: &str, message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    match reason {
+        "FailedScheduling" => m.contains("persistentvolume") || m.contains("volume node affinity"),
+        "FailedAttachVolume" => m.contains("already") && (m.contains("attached") || m.contains("used by")),
+        _ => false,
     }
 }
 
