@@ -32,6 +32,10 @@ pub struct ToolPin {
     pub version: String,
     #[serde(default)]
     pub staging_version: Option<String>,
+    /// Staging modules taken at another version than `staging_version` (one the module
+    /// proxy does not serve, whose code is the same in the version named here).
+    #[serde(default)]
+    pub staging_overrides: std::collections::BTreeMap<String, String>,
     #[serde(default)]
     pub ldflags: Vec<String>,
     pub binaries: Vec<BinaryPin>,
@@ -47,6 +51,8 @@ pub struct OtherVersion {
     pub version: String,
     #[serde(default)]
     pub staging_version: Option<String>,
+    #[serde(default)]
+    pub staging_overrides: std::collections::BTreeMap<String, String>,
     /// An etcd version of its own, when the default etcd does not serve it.
     #[serde(default)]
     pub etcd: Option<String>,
@@ -124,6 +130,7 @@ impl Lock {
         let other = k.other.iter().find(|o| o.version == version).cloned().expect("resolve found the version");
         k.version = other.version.clone();
         k.staging_version = other.staging_version.clone();
+        k.staging_overrides = other.staging_overrides.clone();
         if let Some(e) = &other.etcd {
             if let Some(etcd) = lock.tool.iter_mut().find(|t| t.name == "etcd") {
                 etcd.version = e.clone();
@@ -380,7 +387,8 @@ async fn write_wrapper_module(go: &Path, tool: &ToolPin, src: &Path) -> Result<(
         let modules = staging_modules(go, src, &tool.module, &tool.version).await?;
         gomod.push_str("\nreplace (\n");
         for m in modules {
-            gomod.push_str(&format!("\t{m} => {m} {staging}\n"));
+            let v = tool.staging_overrides.get(&m).unwrap_or(staging);
+            gomod.push_str(&format!("\t{m} => {m} {v}\n"));
         }
         gomod.push_str(")\n");
     }

@@ -122,7 +122,7 @@ impl ExpectEvent {
                             serde_json::json!({"object": object, "reason": self.reason, "catalogue": entry, "wording": w.origin}),
                         );
                         cx.notes.push(format!(
-                            "{} on {object}: Kubernetes {version} words it as {} ({}): {norm}",
+                            "{} on {object}: Kubernetes {version} words it as {}, {}: {norm}",
                             self.reason, w.origin, w.versions
                         ));
                         if !w.as_guide {
@@ -149,24 +149,10 @@ impl ExpectEvent {
                 // Events of the reason whose wording this version's catalogue does not know:
                 // the case fails with the text seen, and says which version's wording it is.
                 let seen = api.list(&kube::api::ListParams::default().fields(&selector)).await.map(|l| l.items).unwrap_or_default();
-                let unknown: Vec<String> = seen
-                    .iter()
-                    .filter(|e| e.reason.as_deref() == Some(&self.reason))
-                    .filter_map(|e| e.message.clone())
-                    .filter(|m| {
-                        catalogue::matching_elsewhere(entry, m).is_some()
-                            || catalogue::entry(entry).is_some_and(|e| looks_like(e.reason, m))
-                    })
-                    .collect();
-                if let Some(m) = unknown.first() {
-                    let elsewhere = catalogue::matching_elsewhere(entry, m)
-                        .map(|w| format!("; it is the wording catalogued for {} ({})", w.versions, w.origin))
-                        .unwrap_or_else(|| "; no version's wording in the catalogue matches it".to_string());
-                    return Err(StepError::failed(format!(
-                        "Kubernetes {version} reported {} on {kind}/{name} as \"{m}\", which no wording of catalogue entry {entry} for {} matches{elsewhere}: add the wording to the catalogue (src/scenario/catalogue.rs) with the versions that use it",
-                        self.reason,
-                        catalogue::major_minor(&version)
-                    )));
+                let messages: Vec<String> =
+                    seen.iter().filter(|e| e.reason.as_deref() == Some(&self.reason)).filter_map(|e| e.message.clone()).collect();
+                if let Some(why) = unknown_wording(entry, &version, &format!("{kind}/{name}"), &messages) {
+                    return Err(StepError::failed(why));
                 }
                 Err(StepError::failed(format!(
                     "the fault did not reproduce: no {what} within {}s (events seen on the object: {last_seen})",
@@ -196,13 +182,34 @@ enum Matched {
     Other(&'static str),
 }
 
+/// Why the case fails when the events of an entry's reason on `object` (their `messages`)
+/// include one about what the entry catalogues in a wording it does not know for `version`:
+/// the text seen, and which versions use that wording if another does.
+pub fn unknown_wording(entry: &str, version: &str, object: &str, messages: &[String]) -> Option<String> {
+    let e = catalogue::entry(entry)?;
+    let m = messages.iter().find(|m| {
+        catalogue::matching(entry, version, m).is_none() && (catalogue::matching_elsewhere(entry, m).is_some() || looks_like(e.reason, m))
+    })?;
+    let elsewhere = catalogue::matching_elsewhere(entry, m)
+        .map(|w| format!("; it is the wording catalogued for {} ({})", w.versions, w.origin))
+        .unwrap_or_else(|| "; no version's wording in the catalogue matches it".to_string());
+    Some(format!(
+        "Kubernetes {version} reported {} on {object} as \"{m}\", which no wording of catalogue entry {entry} for {} matches{elsewhere}: add the wording to the catalogue (src/scenario/catalogue.rs) with the versions that use it",
+        e.reason,
+        catalogue::major_minor(version)
+    ))
+}
+
 /// Whether a message of `reason` is about what the entry catalogues even if no wording
 /// matches it (a rewording): the scheduler's volume conflicts, the attach controller's
 /// refusals to attach.
 fn looks_like(reason: &str, message: &str) -> bool {
     let m = message.to_ascii_lowercase();
     match reason {
-        "FailedScheduling" => m.contains("persistentvolume") || m.contains("volume node affinity"),
+        "FailedScheduling" => {
+            m.contains("volume node affinity")
+                || (m.contains("persistentvolume") && ["affinity", "zone", "topology"].iter().any(|w| m.contains(w)))
+        }
         "FailedAttachVolume" => m.contains("already") && (m.contains("attached") || m.contains("used by")),
         _ => false,
     }
@@ -211,5 +218,45 @@ fn looks_like(reason: &str, message: &str) -> bool {
 impl Operation for ExpectEvent {
     fn run<'a, 'e>(&'a self, cx: &'a mut CaseCx<'e>) -> BoxFuture<'a, StepResult> {
         self.check(cx).boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msgs(m: &[&str]) -> Vec<String> {
+        m.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn an_older_wording_on_a_newer_version_fails_naming_both() {
+        let old =
+            r#"Multi-Attach error for volume "pvc-1" Volume is already exclusively attached to one node and can't be attached to another"#;
+        let why = unknown_wording("multi-attach", "v1.37.2", "Pod/lily-0", &msgs(&[old])).expect("a failure");
+        assert!(why.contains("Kubernetes v1.37.2 reported FailedAttachVolume on Pod/lily-0"), "{why}");
+        assert!(why.contains(old) && why.contains("for 1.37 matches") && why.contains("catalogued for up to 1.36"), "{why}");
+        // The same text on a version that uses it is no failure.
+        assert_eq!(unknown_wording("multi-attach", "v1.34.4", "Pod/lily-0", &msgs(&[old])), None);
+    }
+
+    #[test]
+    fn a_wording_no_version_uses_fails_with_the_text_seen() {
+        let new = "0/3 nodes are available: 3 node(s) had a PersistentVolume zone mismatch.";
+        let why = unknown_wording(
+            "volume-node-affinity-conflict",
+            "v1.34.4",
+            "Pod/p",
+            &msgs(&["0/3 nodes are available: 3 Insufficient cpu.", new]),
+        )
+        .expect("a failure");
+        assert!(why.contains(new) && why.contains("no version's wording in the catalogue matches it"), "{why}");
+    }
+
+    #[test]
+    fn unrelated_events_of_the_reason_are_no_wording() {
+        let other = &["0/3 nodes are available: 3 node(s) were unschedulable.", "pod has unbound immediate PersistentVolumeClaims"];
+        assert_eq!(unknown_wording("volume-node-affinity-conflict", "v1.32.13", "Pod/p", &msgs(other)), None);
+        assert_eq!(unknown_wording("multi-attach", "v1.37.2", "Pod/p", &msgs(&[r#"AttachVolume.Attach failed for volume "pvc-1""#])), None);
     }
 }
