@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # Benchmarks (numbers to read, never asserted by tests):
 #  1. the local cluster: cold start to 3 nodes Ready, teardown, peak RSS of the control
-#     plane, min/median/max over 5 runs;
+#     plane, min/median/max over 10 runs, on each pinned Kubernetes version that is built;
 #  2. PostgreSQL providers, start to ready (local, and container when ci/docker.sh has an
 #     engine), runs interleaved, median of 5;
-#  3. the whole conformance suite's wall time, cluster start included, median of 3.
+#  3. the whole conformance suite's wall time, cluster start included, median of 5
+#     (SUITE_RUNS).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./ci/setup.sh
 bin=./target/debug/lily-e2e
-echo "== local cluster, 5 runs"
-"$bin" bench cluster --runs 5
+for v in $("$bin" tools list | awk '$1 == "kube-apiserver" {print $2} $1 == "kubernetes" && $NF == "installed" {print $3}'); do
+  echo "== local cluster, Kubernetes $v, 10 runs"
+  "$bin" bench cluster --runs 10 --kubernetes "$v"
+done
 if ./ci/docker.sh && ./ci/postgres-image.sh; then
   echo "== postgres providers, 5 runs each"
   LILY_E2E_POSTGRES_IMAGE="${LILY_E2E_POSTGRES_IMAGE:-lily-e2e/postgres:15-bookworm}" "$bin" bench postgres --providers local,container --runs 5
@@ -18,9 +21,10 @@ else
   echo "== postgres provider (local only: no docker engine), 5 runs"
   "$bin" bench postgres --providers local --runs 5
 fi
-echo "== suite wall time, 3 runs"
+runs=${SUITE_RUNS:-5}
+echo "== suite wall time, $runs runs"
 times=()
-for i in 1 2 3; do
+for i in $(seq 1 "$runs"); do
   s=$(date +%s.%N)
   "$bin" suite --junit "target/lily-e2e/bench-junit-$i.xml" >"target/lily-e2e/bench-suite-$i.log" 2>&1 || { echo "suite run $i failed: see target/lily-e2e/bench-suite-$i.log"; exit 1; }
   e=$(date +%s.%N)
