@@ -264,7 +264,7 @@ fn component_args(l: &Layout) -> Vec<String> {
 
 /// kube-controller-manager: signs service-account tokens, and notices dead nodes within
 /// the periods of `t`; without the controllers of the API groups turned off ([`trim`]).
-fn controller_manager_args(l: &Layout, t: &Timings) -> Vec<OsString> {
+fn controller_manager_args(l: &Layout, t: &Timings, minor: u32) -> Vec<OsString> {
     let mut v = component_args(l);
     v.extend([
         format!("--service-account-private-key-file={}", p(&l.sa_key)),
@@ -274,7 +274,7 @@ fn controller_manager_args(l: &Layout, t: &Timings) -> Vec<OsString> {
         format!("--node-monitor-grace-period={}", t.node_monitor_grace_period),
         "--allocate-node-cidrs=false".to_string(),
         "--profiling=false".to_string(),
-        format!("--controllers={}", trim::controllers()),
+        format!("--controllers={}", trim::controllers(minor)),
     ]);
     args(v)
 }
@@ -327,6 +327,7 @@ impl ControlPlane {
         plan: &NodePlan,
     ) -> Result<(Client, PathBuf)> {
         let t = &provider.timings;
+        let minor = crate::scenario::catalogue::minor(provider.tools.kubernetes_version()).unwrap_or(0);
         let dir = run.subdir("cluster")?;
         security::make_private(&dir)?;
         let layout = Layout::new(&dir);
@@ -382,8 +383,9 @@ impl ControlPlane {
         self.children.push(spawn(ChildSpec::new("kwok", &bins.kwok).args(kwok_args(&layout, t)))?);
         self.race(plan.create(&client, run.id(), provider.tools.kubernetes_version())).await?;
         self.api(&client, Up::Ready, START_TIMEOUT).await?;
-        self.children
-            .push(spawn(ChildSpec::new("kube-controller-manager", &bins.controller_manager).args(controller_manager_args(&layout, t)))?);
+        self.children.push(spawn(
+            ChildSpec::new("kube-controller-manager", &bins.controller_manager).args(controller_manager_args(&layout, t, minor)),
+        )?);
 
         let sim = crate::sim::SimCloud::start(&client, run, crate::sim::SimOptions::default());
         let (_, sim) = self.race(futures::future::try_join(Self::settled(&client, run.id(), plan.nodes.len()), sim)).await?;

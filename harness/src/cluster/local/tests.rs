@@ -56,7 +56,7 @@ fn the_apiserver_is_loopback_only_with_client_certificates_and_no_anonymous_acce
 fn the_controller_manager_gets_its_flags_in_order() {
     let t = Timings { node_monitor_period: "2s", node_monitor_grace_period: "9s", ..Timings::default() };
     assert_eq!(
-        strings(controller_manager_args(&layout(), &t)),
+        strings(controller_manager_args(&layout(), &t, 34)),
         [
             "--kubeconfig=/tmp/lily-e2e-r0/cluster/kubeconfig",
             "--leader-elect=false",
@@ -69,7 +69,7 @@ fn the_controller_manager_gets_its_flags_in_order() {
             "--node-monitor-grace-period=9s",
             "--allocate-node-cidrs=false",
             "--profiling=false",
-            &format!("--controllers={}", trim::controllers()),
+            &format!("--controllers={}", trim::controllers(34)),
         ]
     );
 }

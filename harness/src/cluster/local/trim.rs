@@ -80,14 +80,26 @@ pub(super) const CONTROLLERS_OFF: &[&str] = &[
     "legacy-serviceaccount-token-cleaner-controller",
 ];
 
+/// Controllers turned off from the Kubernetes minor version that has them (an unknown name
+/// in `--controllers` stops the controller manager, so each is named only where it exists):
+/// - `podcertificaterequest-cleaner-controller` (from 1.34): it watches
+///   certificates.k8s.io PodCertificateRequests, whose group is off; on 1.37, where the
+///   feature is on by default, it would fail to list them over and over.
+pub(super) const CONTROLLERS_OFF_FROM: &[(&str, u32)] = &[("podcertificaterequest-cleaner-controller", 34)];
+
 /// `--runtime-config`'s value.
 pub(super) fn runtime_config() -> String {
     API_GROUPS_OFF.iter().map(|g| format!("{g}=false")).collect::<Vec<_>>().join(",")
 }
 
-/// `--controllers`' value: every default controller but [`CONTROLLERS_OFF`].
-pub(super) fn controllers() -> String {
-    std::iter::once("*".to_string()).chain(CONTROLLERS_OFF.iter().map(|c| format!("-{c}"))).collect::<Vec<_>>().join(",")
+/// `--controllers`' value for Kubernetes 1.`minor`: every default controller but
+/// [`CONTROLLERS_OFF`] and those of [`CONTROLLERS_OFF_FROM`] that this version has.
+pub(super) fn controllers(minor: u32) -> String {
+    let versioned = CONTROLLERS_OFF_FROM.iter().filter(|(_, from)| minor >= *from).map(|(c, _)| *c);
+    std::iter::once("*".to_string())
+        .chain(CONTROLLERS_OFF.iter().copied().chain(versioned).map(|c| format!("-{c}")))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 #[cfg(test)]
@@ -125,7 +137,7 @@ mod tests {
 
     #[test]
     fn the_controller_manager_runs_every_default_controller_but_those_of_groups_turned_off() {
-        let c = flag(controller_manager_args(&layout(), &Timings::default()), "controllers").unwrap();
+        let c = flag(controller_manager_args(&layout(), &Timings::default(), 34), "controllers").unwrap();
         assert!(c.starts_with("*,-"), "{c}");
         for kept in [
             "garbage-collector-controller",
@@ -136,6 +148,15 @@ mod tests {
             assert!(!c.contains(kept), "{kept} is needed: {c}");
         }
         assert!(c.split(',').any(|x| x == "-job-controller"), "{c}");
+    }
+
+    #[test]
+    fn a_controller_is_named_only_on_the_versions_that_have_it() {
+        let on = |minor| flag(controller_manager_args(&layout(), &Timings::default(), minor), "controllers").unwrap();
+        assert!(!on(32).contains("podcertificaterequest"), "1.32 has no such controller: {}", on(32));
+        for minor in [34, 37] {
+            assert!(on(minor).split(',').any(|x| x == "-podcertificaterequest-cleaner-controller"), "1.{minor}: {}", on(minor));
+        }
     }
 
     #[test]
