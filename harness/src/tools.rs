@@ -83,8 +83,9 @@ impl Lock {
         self.tool.iter().find(|t| t.name == name)
     }
 
-    /// The default Kubernetes version (what runs without `--kubernetes`).
-    pub fn default_kubernetes(&self) -> &str {
+    /// The Kubernetes version this lock pins: the default for [`Lock::load`], the chosen
+    /// one for [`Lock::at_kubernetes`].
+    pub fn kubernetes_version(&self) -> &str {
         self.tool(KUBERNETES).map(|t| t.version.as_str()).unwrap_or("unknown")
     }
 
@@ -113,7 +114,7 @@ impl Lock {
             _ => Err(Error::Invalid(format!(
                 "--kubernetes {spec}: not a pinned Kubernetes version; pinned: {} (default {}); add a `[[tool.other]]` to tools.lock.toml for another",
                 pinned.join(", "),
-                self.default_kubernetes()
+                self.kubernetes_version()
             ))),
         }
     }
@@ -123,7 +124,7 @@ impl Lock {
     pub fn at_kubernetes(&self, version: &str) -> Result<Lock> {
         let version = self.resolve_kubernetes(version)?;
         let mut lock = self.clone();
-        if version == self.default_kubernetes() {
+        if version == self.kubernetes_version() {
             return Ok(lock);
         }
         let k = lock.tool.iter_mut().find(|t| t.name == KUBERNETES).expect("resolve found kubernetes");
@@ -142,7 +143,7 @@ impl Lock {
 
 /// The command that installs `tool` at its version.
 fn install_command(tool: &ToolPin) -> String {
-    if tool.name == KUBERNETES && tool.version != Lock::load().default_kubernetes() {
+    if tool.name == KUBERNETES && tool.version != Lock::load().kubernetes_version() {
         format!("lily-e2e tools install --kubernetes {}", tool.version)
     } else {
         "lily-e2e tools install".to_string()
@@ -213,11 +214,13 @@ impl Tools {
         }
     }
 
-    /// Every binary of the cluster's control plane, checked installed (the first missing one
-    /// is the error).
+    /// Every binary of the cluster's control plane (the kubernetes pin's and etcd's), checked
+    /// installed (the first missing one is the error).
     pub fn check_kubernetes(&self) -> Result<()> {
-        for bin in ["kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "etcd"] {
-            self.path(bin)?;
+        for tool in [KUBERNETES, "etcd"] {
+            for b in self.lock.tool(tool).map(|t| t.binaries.as_slice()).unwrap_or_default() {
+                self.path(&b.name)?;
+            }
         }
         Ok(())
     }
@@ -228,7 +231,7 @@ impl Tools {
     }
 
     pub fn kubernetes_version(&self) -> &str {
-        self.lock.default_kubernetes()
+        self.lock.kubernetes_version()
     }
 
     pub fn lock(&self) -> &Lock {
@@ -484,7 +487,7 @@ mod tests {
         assert!(all.windows(2).all(|w| version_key(&w[0]) < version_key(&w[1])), "oldest first: {all:?}");
         assert_eq!(lock.resolve_kubernetes("1.32").unwrap(), "v1.32.13");
         assert_eq!(lock.resolve_kubernetes("v1.32.13").unwrap(), "v1.32.13");
-        assert_eq!(lock.resolve_kubernetes("1.34.4").unwrap(), lock.default_kubernetes());
+        assert_eq!(lock.resolve_kubernetes("1.34.4").unwrap(), lock.kubernetes_version());
         for bad in ["1.33", "v1.3", "1", "1.32.1", "latest", ""] {
             let e = lock.resolve_kubernetes(bad).unwrap_err().to_string();
             assert!(e.contains("not a pinned Kubernetes version") && e.contains("v1.32.13"), "{bad}: {e}");

@@ -13,7 +13,6 @@ use std::sync::Arc;
 
 use libtest_mimic::{Arguments, Failed, Trial};
 use lily_e2e::scenario::catalogue::major_minor;
-use lily_e2e::scenario::compile;
 use lily_e2e::suite::{Suite, SuitePlan};
 use lily_e2e::tools::{Lock, Tools};
 
@@ -24,20 +23,14 @@ const MATRIX: [&str; 3] = ["install", "pvc-node-affinity-conflict", "multi-attac
 
 fn main() {
     let args = Arguments::from_args();
-    let rt = Arc::new(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a runtime"));
-    let cancel = lily_e2e::interrupt::install(rt.handle());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(std::env::var("LILY_E2E_LOG").unwrap_or_else(|_| "lily_e2e=warn".into()))
-        .with_test_writer()
-        .try_init();
-    let plans = compile::discover(&common::layout()).expect("the scenario files compile");
+    let (rt, cancel, plans) = common::scenario_harness();
     let names: Vec<String> = MATRIX.iter().map(|s| s.to_string()).collect();
     let plan = SuitePlan::select(&plans, &names, false, lily_e2e::scenario::env::SUITE_FIXTURE_VERSIONS.len()).expect("the matrix cases");
     let lock = Lock::load();
     let ci = std::env::var("CI").is_ok_and(|v| v == "true");
     let mut trials = Vec::new();
     let mut suites = Vec::new();
-    for version in lock.kubernetes_versions().into_iter().filter(|v| v != lock.default_kubernetes()) {
+    for version in lock.kubernetes_versions().into_iter().filter(|v| v != lock.kubernetes_version()) {
         let mm = major_minor(&version);
         let missing = Tools::at_kubernetes(Some(&version)).and_then(|t| t.check_kubernetes()).err().map(|e| e.to_string());
         if let (Some(why), false) = (&missing, ci) {

@@ -8,20 +8,13 @@
 use std::sync::Arc;
 
 use libtest_mimic::{Arguments, Failed, Trial};
-use lily_e2e::scenario::compile;
 use lily_e2e::suite::{Suite, SuitePlan};
 
 mod common;
 
 fn main() {
     let args = Arguments::from_args();
-    let rt = Arc::new(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a runtime"));
-    let cancel = lily_e2e::interrupt::install(rt.handle());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(std::env::var("LILY_E2E_LOG").unwrap_or_else(|_| "lily_e2e=warn".into()))
-        .with_test_writer()
-        .try_init();
-    let plans = compile::discover(&common::layout()).expect("the scenario files compile");
+    let (rt, cancel, plans) = common::scenario_harness();
     let plan = SuitePlan::select(&plans, &[], false, lily_e2e::scenario::env::SUITE_FIXTURE_VERSIONS.len()).expect("all cases");
     let suite = Arc::new(Suite::new(common::env_options(), cancel));
     let mut trials = Vec::new();

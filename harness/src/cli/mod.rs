@@ -339,10 +339,10 @@ impl ClusterArgs {
         Ok(Some(version))
     }
 
-    pub fn provider(&self) -> anyhow::Result<Box<dyn cluster::ClusterProvider>> {
-        let kubernetes = self.kubernetes()?;
+    /// The provider, with the local control plane at `kubernetes` (from [`Self::kubernetes`]).
+    pub fn provider(&self, kubernetes: Option<&str>) -> anyhow::Result<Box<dyn cluster::ClusterProvider>> {
         Ok(match self.provider {
-            ProviderArg::Local => Box::new(cluster::local::Local::new(Tools::at_kubernetes(kubernetes.as_deref())?)),
+            ProviderArg::Local => Box::new(cluster::local::Local::new(Tools::at_kubernetes(kubernetes)?)),
             ProviderArg::Existing => {
                 Box::new(cluster::existing::Existing { kubeconfig: self.kubeconfig.clone(), context: self.context.clone() })
             }
@@ -419,7 +419,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Tools { command: ToolsCommand::List } => {
             let lock = lily_e2e::tools::Lock::load();
-            let default = lock.default_kubernetes().to_string();
+            let default = lock.kubernetes_version().to_string();
             let tools = Tools::new();
             for t in &tools.lock().tool {
                 for b in &t.binaries {
@@ -489,7 +489,8 @@ fn interrupted_status() -> ExitCode {
 }
 
 async fn cluster_exec(args: ClusterArgs, keep: bool, cmd: Vec<OsString>) -> anyhow::Result<ExitCode> {
-    let provider = args.provider()?;
+    let kubernetes = args.kubernetes()?;
+    let provider = args.provider(kubernetes.as_deref())?;
     let mut run = Run::create(false)?;
     let spec = args.spec();
     let started = tokio::select! {
@@ -507,7 +508,7 @@ async fn cluster_exec(args: ClusterArgs, keep: bool, cmd: Vec<OsString>) -> anyh
     };
     eprintln!("cluster up: Kubernetes {} ({}), KUBECONFIG={}", cluster.version, cluster.provider, cluster.kubeconfig.display());
 
-    let tools = Tools::at_kubernetes(args.kubernetes()?.as_deref())?;
+    let tools = Tools::at_kubernetes(kubernetes.as_deref())?;
     let mut path: Vec<PathBuf> = tools.bin_dirs();
     if let Some(p) = std::env::var_os("PATH") {
         path.extend(std::env::split_paths(&p));

@@ -183,7 +183,7 @@ impl EnvPool {
         let seen = self.kubernetes.lock().expect("not poisoned").clone();
         seen.or_else(|| match self.opts.provider {
             crate::scenario::env::ProviderKind::Local => {
-                Some(self.opts.kubernetes.clone().unwrap_or_else(|| crate::tools::Lock::load().default_kubernetes().to_string()))
+                Some(self.opts.kubernetes.clone().unwrap_or_else(|| crate::tools::Lock::load().kubernetes_version().to_string()))
             }
             _ => None,
         })

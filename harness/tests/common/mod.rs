@@ -95,6 +95,24 @@ pub fn install_settings() {
     });
 }
 
+/// What a libtest-mimic harness of scenario cases starts with: a 2-thread runtime, the
+/// interrupt token installed on it, test logging (`LILY_E2E_LOG`, default warnings), and
+/// every scenario of the layout compiled.
+pub fn scenario_harness() -> (
+    std::sync::Arc<tokio::runtime::Runtime>,
+    tokio_util::sync::CancellationToken,
+    Vec<std::sync::Arc<lily_e2e::scenario::compile::ScenarioPlan>>,
+) {
+    let rt = std::sync::Arc::new(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a runtime"));
+    let cancel = lily_e2e::interrupt::install(rt.handle());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("LILY_E2E_LOG").unwrap_or_else(|_| "lily_e2e=warn".into()))
+        .with_test_writer()
+        .try_init();
+    let plans = lily_e2e::scenario::compile::discover(&layout()).expect("the scenario files compile");
+    (rt, cancel, plans)
+}
+
 /// Runs one planned case on the suite and checks its outcome against
 /// `snapshots/scenarios/<case>.snap`: a libtest trial's body.
 pub async fn run_and_snapshot(suite: &lily_e2e::suite::Suite, case: &lily_e2e::suite::PlannedCase) -> Result<(), libtest_mimic::Failed> {

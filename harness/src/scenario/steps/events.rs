@@ -91,8 +91,7 @@ impl ExpectEvent {
             _ => None,
         };
         let api = Api::<Event>::namespaced(cx.client(), &cx.namespace);
-        let selector = format!("involvedObject.kind={kind},involvedObject.name={name}");
-        let cfg = watcher::Config::default().fields(&selector);
+        let cfg = watcher::Config::default().fields(&format!("involvedObject.kind={kind},involvedObject.name={name}"));
         let what = format!(
             "a {} event on {kind}/{name}{}",
             self.reason,
@@ -100,7 +99,14 @@ impl ExpectEvent {
         );
         let reason = self.reason.clone();
         let hit = |e: &Event| e.reason.as_deref() == Some(&reason) && self.wording(&version, e.message.as_deref().unwrap_or("")).is_some();
-        let found = crate::wait::until_list(&api, cfg, &what, self.timeout, |evs: &[Arc<Event>]| evs.iter().any(|e| hit(e))).await;
+        // The messages of the reason last seen, for a timeout to say which wording came instead.
+        let seen = std::sync::Mutex::new(Vec::<String>::new());
+        let found = crate::wait::until_list(&api, cfg, &what, self.timeout, |evs: &[Arc<Event>]| {
+            *seen.lock().expect("not poisoned") =
+                evs.iter().filter(|e| e.reason.as_deref() == Some(&reason)).filter_map(|e| e.message.clone()).collect();
+            evs.iter().any(|e| hit(e))
+        })
+        .await;
         match (self.absent, found) {
             (false, Ok(evs)) => {
                 let e = evs.iter().find(|e| hit(e)).expect("the condition found one");
@@ -148,9 +154,7 @@ impl ExpectEvent {
                 let entry = catalogue.as_deref().expect("a catalogue entry");
                 // Events of the reason whose wording this version's catalogue does not know:
                 // the case fails with the text seen, and says which version's wording it is.
-                let seen = api.list(&kube::api::ListParams::default().fields(&selector)).await.map(|l| l.items).unwrap_or_default();
-                let messages: Vec<String> =
-                    seen.iter().filter(|e| e.reason.as_deref() == Some(&self.reason)).filter_map(|e| e.message.clone()).collect();
+                let messages = std::mem::take(&mut *seen.lock().expect("not poisoned"));
                 if let Some(why) = unknown_wording(entry, &version, &format!("{kind}/{name}"), &messages) {
                     return Err(StepError::failed(why));
                 }
