@@ -99,15 +99,23 @@ impl Engine {
         docker.map_err(|e| Error::Tool { what: "cannot make a docker client".into(), source: Some(Box::new(e)) })
     }
 
-    /// Containers (running or not) that carry the run label.
+    /// Containers (running or not) that carry the run label, and the node containers of the
+    /// kind clusters the kind provider made (kind labels them with their cluster's name,
+    /// which carries the run id; they have no owner label).
     pub async fn run_containers(&self) -> Result<Vec<RunContainer>> {
         let docker = self.client()?;
-        let filters = HashMap::from([("label".to_string(), vec![RUN_LABEL.to_string()])]);
-        let list = docker
-            .list_containers(Some(ListContainersOptions { all: true, filters: Some(filters), ..Default::default() }))
-            .await
-            .map_err(|e| Error::Tool { what: "cannot list containers".into(), source: Some(Box::new(e)) })?;
-        Ok(list
+        let list = |label: &str| {
+            let filters = HashMap::from([("label".to_string(), vec![label.to_string()])]);
+            let docker = docker.clone();
+            async move {
+                docker
+                    .list_containers(Some(ListContainersOptions { all: true, filters: Some(filters), ..Default::default() }))
+                    .await
+                    .map_err(|e| Error::Tool { what: "cannot list containers".into(), source: Some(Box::new(e)) })
+            }
+        };
+        let mut out: Vec<RunContainer> = list(RUN_LABEL)
+            .await?
             .into_iter()
             .filter_map(|c| {
                 let labels = c.labels.as_ref()?;
@@ -115,7 +123,13 @@ impl Engine {
                 let owner = labels.get(OWNER_LABEL).cloned();
                 Some(RunContainer { id: c.id?, run, owner })
             })
-            .collect())
+            .collect();
+        let kind = crate::cluster::kind::KIND_CLUSTER_LABEL;
+        out.extend(list(kind).await?.into_iter().filter_map(|c| {
+            let run = crate::cluster::kind::run_of_cluster(c.labels.as_ref()?.get(kind)?)?.to_string();
+            Some(RunContainer { id: c.id?, run, owner: None })
+        }));
+        Ok(out)
     }
 
     /// Force-removes (with their anonymous volumes) the run containers `which` selects;

@@ -28,8 +28,18 @@ pub struct Lock {
 #[serde(deny_unknown_fields)]
 pub struct ToolPin {
     pub name: String,
+    /// Empty in the file when `like` names the tool it is taken from.
+    #[serde(default)]
     pub module: String,
+    #[serde(default)]
     pub version: String,
+    /// A tool whose module, version, staging versions and flags this one shares (another
+    /// set of binaries of the same module): `kubernetes-node` is `like = "kubernetes"`.
+    #[serde(default)]
+    pub like: Option<String>,
+    /// The set a tool belongs to when a plain install does not build it (`kind`).
+    #[serde(default)]
+    pub set: Option<String>,
     #[serde(default)]
     pub staging_version: Option<String>,
     /// Staging modules taken at another version than `staging_version` (one the module
@@ -69,9 +79,43 @@ pub struct BinaryPin {
     pub version_args: Vec<String>,
 }
 
+/// The optional sets of tools (`ToolPin::set`), each built on request.
+pub const SETS: [&str; 1] = ["kind"];
+
 impl Lock {
     pub fn load() -> Self {
-        toml::from_str(LOCK).expect("tools.lock.toml is valid (checked by a unit test)")
+        Self::parse(LOCK).expect("tools.lock.toml is valid (checked by a unit test)")
+    }
+
+    /// A lock file's text, with each `like` tool filled in from the tool it names.
+    pub fn parse(text: &str) -> std::result::Result<Self, String> {
+        let mut lock: Lock = toml::from_str(text).map_err(|e| e.to_string())?;
+        let base = lock.clone();
+        for t in lock.tool.iter_mut() {
+            if let Some(like) = &t.like {
+                let from = base.tool(like).ok_or_else(|| format!("tool `{}`: like = \"{like}\" names no tool", t.name))?;
+                if from.like.is_some() {
+                    return Err(format!("tool `{}`: like = \"{like}\" names a tool that is itself `like` another", t.name));
+                }
+                if !t.module.is_empty() || !t.version.is_empty() {
+                    return Err(format!("tool `{}`: a `like` tool takes module and version from `{like}`; drop them", t.name));
+                }
+                t.module = from.module.clone();
+                t.version = from.version.clone();
+                t.staging_version = from.staging_version.clone();
+                t.staging_overrides = from.staging_overrides.clone();
+                t.ldflags = from.ldflags.clone();
+            }
+            if t.module.is_empty() || t.version.is_empty() {
+                return Err(format!("tool `{}` needs a module and a version (or `like`)", t.name));
+            }
+            if let Some(set) = &t.set {
+                if !SETS.contains(&set.as_str()) {
+                    return Err(format!("tool `{}`: set `{set}` is not one of {}", t.name, SETS.join(", ")));
+                }
+            }
+        }
+        Ok(lock)
     }
 
     /// The pin that provides binary `bin`.
@@ -132,6 +176,11 @@ impl Lock {
         k.version = other.version.clone();
         k.staging_version = other.staging_version.clone();
         k.staging_overrides = other.staging_overrides.clone();
+        for t in lock.tool.iter_mut().filter(|t| t.like.as_deref() == Some(KUBERNETES)) {
+            t.version = other.version.clone();
+            t.staging_version = other.staging_version.clone();
+            t.staging_overrides = other.staging_overrides.clone();
+        }
         if let Some(e) = &other.etcd {
             if let Some(etcd) = lock.tool.iter_mut().find(|t| t.name == "etcd") {
                 etcd.version = e.clone();
@@ -143,11 +192,15 @@ impl Lock {
 
 /// The command that installs `tool` at its version.
 fn install_command(tool: &ToolPin) -> String {
-    if tool.name == KUBERNETES && tool.version != Lock::load().kubernetes_version() {
-        format!("lily-e2e tools install --kubernetes {}", tool.version)
-    } else {
-        "lily-e2e tools install".to_string()
+    let mut cmd = "lily-e2e tools install".to_string();
+    if let Some(set) = &tool.set {
+        cmd.push_str(&format!(" --{set}"));
     }
+    let is_kubernetes = tool.name == KUBERNETES || tool.like.as_deref() == Some(KUBERNETES);
+    if is_kubernetes && tool.version != Lock::load().kubernetes_version() {
+        cmd.push_str(&format!(" --kubernetes {}", tool.version));
+    }
+    cmd
 }
 
 /// `v1.32.13` as (1, 32, 13), for ordering.
@@ -268,7 +321,10 @@ pub enum KubernetesVersions {
 
 /// The tool pins `install` builds: every pinned tool (or those `only` names) at its
 /// default version, plus the kubernetes tool at each further version asked for.
-pub fn install_plan(only: &[String], kubernetes: &KubernetesVersions) -> Result<Vec<ToolPin>> {
+///
+/// A tool of an optional set (`kind`) is in the plan when `sets` names its set or `only`
+/// names the tool.
+pub fn install_plan(only: &[String], kubernetes: &KubernetesVersions, sets: &[String]) -> Result<Vec<ToolPin>> {
     let lock = Lock::load();
     for name in only {
         if lock.tool(name).is_none() {
@@ -276,7 +332,19 @@ pub fn install_plan(only: &[String], kubernetes: &KubernetesVersions) -> Result<
             return Err(Error::Invalid(format!("`{name}` is not a pinned tool; pinned: {}", names.join(", "))));
         }
     }
-    let mut plan: Vec<ToolPin> = lock.tool.iter().filter(|t| only.is_empty() || only.contains(&t.name)).cloned().collect();
+    for set in sets {
+        if !SETS.contains(&set.as_str()) {
+            return Err(Error::Invalid(format!("`{set}` is not a set of tools; sets: {}", SETS.join(", "))));
+        }
+    }
+    let wanted = |t: &ToolPin| {
+        if only.is_empty() {
+            t.set.as_ref().is_none_or(|s| sets.contains(s))
+        } else {
+            only.contains(&t.name)
+        }
+    };
+    let mut plan: Vec<ToolPin> = lock.tool.iter().filter(|t| wanted(t)).cloned().collect();
     let extra: Vec<String> = match kubernetes {
         KubernetesVersions::Default => Vec::new(),
         KubernetesVersions::All => lock.kubernetes_versions(),
@@ -287,7 +355,7 @@ pub fn install_plan(only: &[String], kubernetes: &KubernetesVersions) -> Result<
         let at = lock.at_kubernetes(&v)?;
         for t in at.tool {
             let differs = lock.tool(&t.name).is_none_or(|d| d.version != t.version);
-            if differs && !plan.iter().any(|p| p.name == t.name && p.version == t.version) {
+            if differs && wanted(&t) && !plan.iter().any(|p| p.name == t.name && p.version == t.version) {
                 plan.push(t);
             }
         }
@@ -296,8 +364,13 @@ pub fn install_plan(only: &[String], kubernetes: &KubernetesVersions) -> Result<
 }
 
 /// Builds every tool of [`install_plan`] that is not in the cache yet.
-pub async fn install(only: &[String], kubernetes: &KubernetesVersions, progress: &indicatif::MultiProgress) -> Result<Vec<Installed>> {
-    let plan = install_plan(only, kubernetes)?;
+pub async fn install(
+    only: &[String],
+    kubernetes: &KubernetesVersions,
+    sets: &[String],
+    progress: &indicatif::MultiProgress,
+) -> Result<Vec<Installed>> {
+    let plan = install_plan(only, kubernetes, sets)?;
     let go = which("go").ok_or_else(|| {
         Error::Invalid("the Go toolchain (`go`) is not on PATH; install Go 1.24 or newer, then run `lily-e2e tools install` again".into())
     })?;
@@ -353,23 +426,29 @@ async fn build_tool(go: &Path, tool: &ToolPin, bar: &indicatif::ProgressBar) -> 
         write_wrapper_module(go, tool, &src).await?;
         bar.set_message("resolving modules");
         go_cmd(go, &src, &["mod", "tidy", "-e"], Duration::from_secs(900)).await?;
+        // One `go build` for all of a tool's binaries: they share most packages, and go links
+        // them in parallel while it compiles the rest (one build per binary linked one by one).
+        let names: Vec<&str> = tool.binaries.iter().map(|b| b.name.as_str()).collect();
+        bar.set_message(format!("building {}", names.join(", ")));
+        let out_dir = staging.join("out");
+        std::fs::create_dir_all(&out_dir).map_err(Error::io(format!("create {}", out_dir.display())))?;
+        let mut args: Vec<String> = vec!["build".into(), "-trimpath".into(), "-ldflags".into(), tool.ldflags(), "-o".into()];
+        if tool.binaries.len() == 1 {
+            args.push(out_dir.join(&tool.binaries[0].name).display().to_string());
+        } else {
+            args.push(format!("{}/", out_dir.display()));
+        }
+        args.extend(tool.binaries.iter().map(|b| b.package.clone()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        go_cmd(go, &src, &args, Duration::from_secs(3600)).await?;
         for b in &tool.binaries {
-            bar.set_message(format!("building {}", b.name));
+            let built = if tool.binaries.len() == 1 { out_dir.join(&b.name) } else { out_dir.join(go_binary_name(&b.package)) };
             let out = staging.join("bin").join(&b.name);
-            let args: Vec<String> = vec![
-                "build".into(),
-                "-trimpath".into(),
-                "-ldflags".into(),
-                tool.ldflags(),
-                "-o".into(),
-                out.display().to_string(),
-                b.package.clone(),
-            ];
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            go_cmd(go, &src, &args, Duration::from_secs(3600)).await?;
+            std::fs::rename(&built, &out).map_err(Error::io(format!("move {} to {}", built.display(), out.display())))?;
             bar.set_message(format!("checking {} version", b.name));
             check_version(&out, b, &tool.version).await?;
         }
+        let _ = std::fs::remove_dir(&out_dir);
         std::fs::write(staging.join(".complete"), format!("{} {}\n", tool.module, tool.version))
             .map_err(Error::io("write the completion marker"))?;
         let dest = tool.dir();
@@ -382,6 +461,19 @@ async fn build_tool(go: &Path, tool: &ToolPin, bar: &indicatif::ProgressBar) -> 
         let _ = std::fs::remove_dir_all(&staging);
     }
     result
+}
+
+/// The file name `go build -o DIR/` gives a main package: its last path element, or the one
+/// before a major-version suffix (`example.com/cmd/v2` -> `cmd`).
+fn go_binary_name(package: &str) -> &str {
+    let mut parts = package.rsplit('/');
+    let last = parts.next().unwrap_or(package);
+    let is_major = last.len() > 1 && last.starts_with('v') && last[1..].bytes().all(|c| c.is_ascii_digit());
+    if is_major {
+        parts.next().unwrap_or(last)
+    } else {
+        last
+    }
 }
 
 async fn write_wrapper_module(go: &Path, tool: &ToolPin, src: &Path) -> Result<()> {
@@ -513,15 +605,61 @@ mod tests {
     #[test]
     fn install_plans_the_default_tools_plus_the_versions_asked_for() {
         let names = |p: Vec<ToolPin>| p.into_iter().map(|t| format!("{}-{}", t.name, t.version)).collect::<Vec<_>>();
-        let default = names(install_plan(&[], &KubernetesVersions::Default).unwrap());
+        let none: &[String] = &[];
+        let default = names(install_plan(&[], &KubernetesVersions::Default, none).unwrap());
         assert_eq!(default.len(), 4, "{default:?}");
-        let all = names(install_plan(&[], &KubernetesVersions::All).unwrap());
+        let all = names(install_plan(&[], &KubernetesVersions::All, none).unwrap());
         assert_eq!(all.len(), 4 + Lock::load().kubernetes_versions().len() - 1, "{all:?}");
-        let one = names(install_plan(&["kubernetes".into()], &KubernetesVersions::Also(vec!["1.37".into()])).unwrap());
+        let one = names(install_plan(&["kubernetes".into()], &KubernetesVersions::Also(vec!["1.37".into()]), none).unwrap());
         assert_eq!(one, vec!["kubernetes-v1.34.4", "kubernetes-v1.37.2"]);
-        let e = install_plan(&["kubelet".into()], &KubernetesVersions::Default).unwrap_err().to_string();
+        let e = install_plan(&["kubelet".into()], &KubernetesVersions::Default, none).unwrap_err().to_string();
         assert!(e.contains("`kubelet` is not a pinned tool"), "{e}");
-        assert!(install_plan(&[], &KubernetesVersions::Also(vec!["1.99".into()])).is_err());
+        assert!(install_plan(&[], &KubernetesVersions::Also(vec!["1.99".into()]), none).is_err());
+    }
+
+    #[test]
+    fn the_kind_set_is_built_only_when_asked_for() {
+        let names = |p: Vec<ToolPin>| p.into_iter().map(|t| t.name).collect::<Vec<_>>();
+        let kind = vec!["kind".to_string()];
+        let plain = names(install_plan(&[], &KubernetesVersions::Default, &[]).unwrap());
+        assert!(!plain.contains(&"kind".to_string()) && !plain.contains(&"kubernetes-node".to_string()), "{plain:?}");
+        let with = names(install_plan(&[], &KubernetesVersions::Default, &kind).unwrap());
+        for t in ["kubernetes", "etcd", "helm", "kwok", "kind", "kubernetes-node", "coredns", "local-path-provisioner", "cri-tools"] {
+            assert!(with.contains(&t.to_string()), "{t} missing from {with:?}");
+        }
+        // Named, a tool of a set is built without the set.
+        assert_eq!(names(install_plan(&["kind".into()], &KubernetesVersions::Default, &[]).unwrap()), vec!["kind"]);
+        let e = install_plan(&[], &KubernetesVersions::Default, &["gpu".into()]).unwrap_err().to_string();
+        assert!(e.contains("`gpu` is not a set of tools; sets: kind"), "{e}");
+        // Other Kubernetes versions bring their node binaries only with the set.
+        let all = install_plan(&[], &KubernetesVersions::All, &kind).unwrap();
+        let node: Vec<&str> = all.iter().filter(|t| t.name == "kubernetes-node").map(|t| t.version.as_str()).collect();
+        assert_eq!(node.len(), Lock::load().kubernetes_versions().len(), "{node:?}");
+    }
+
+    #[test]
+    fn a_like_tool_shares_its_module_version_and_flags() {
+        let lock = Lock::load();
+        let (node, _) = lock.pin_for("kubelet").unwrap();
+        let k8s = lock.tool(KUBERNETES).unwrap();
+        assert_eq!((node.module.as_str(), node.version.as_str()), (k8s.module.as_str(), k8s.version.as_str()));
+        assert_eq!(node.ldflags(), k8s.ldflags());
+        assert_eq!(node.staging_version, k8s.staging_version);
+        assert_eq!(install_command(node), "lily-e2e tools install --kind");
+        let old = lock.at_kubernetes("1.32").unwrap();
+        let (node, _) = old.pin_for("kubeadm").unwrap();
+        assert_eq!((node.version.as_str(), node.staging_version.as_deref()), ("v1.32.13", Some("v0.32.13")));
+        assert!(node.staging_overrides.contains_key("k8s.io/endpointslice"));
+        assert_eq!(install_command(node), "lily-e2e tools install --kind --kubernetes v1.32.13");
+
+        let bad = |text: &str| Lock::parse(text).unwrap_err();
+        let tool = |extra: &str| format!("[[tool]]\nname = \"a\"\n{extra}binaries = []\n");
+        assert!(bad(&tool("like = \"zz\"\n")).contains("names no tool"));
+        assert!(bad(&tool("")).contains("needs a module and a version"));
+        assert!(bad(&tool("module = \"m\"\nversion = \"v1\"\nset = \"gpu\"\n")).contains("set `gpu` is not one of kind"));
+        let twice =
+            format!("{}[[tool]]\nname = \"b\"\nlike = \"a\"\nmodule = \"x\"\nbinaries = []\n", tool("module = \"m\"\nversion = \"v1\"\n"));
+        assert!(bad(&twice).contains("drop them"), "{}", bad(&twice));
     }
 
     #[test]
@@ -532,6 +670,14 @@ mod tests {
         assert_eq!(install_command(Lock::load().tool(KUBERNETES).unwrap()), "lily-e2e tools install");
         let e = Tools::at_kubernetes(Some("9.9")).unwrap_err().to_string();
         assert!(e.contains("--kubernetes 9.9"), "{e}");
+    }
+
+    #[test]
+    fn go_names_a_binary_after_its_package() {
+        assert_eq!(go_binary_name("k8s.io/kubernetes/cmd/kube-apiserver"), "kube-apiserver");
+        assert_eq!(go_binary_name("go.etcd.io/etcd/server/v3"), "server");
+        assert_eq!(go_binary_name("helm.sh/helm/v3/cmd/helm"), "helm");
+        assert_eq!(go_binary_name("example.com/v"), "v");
     }
 
     #[test]

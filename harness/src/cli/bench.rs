@@ -21,27 +21,43 @@ fn stats(mut v: Vec<f64>) -> (f64, f64, f64) {
     (v[0], v[v.len() / 2], v[v.len() - 1])
 }
 
-pub async fn cluster(runs: usize, spec: ClusterSpec, tools: lily_e2e::tools::Tools) -> anyhow::Result<ExitCode> {
-    let provider = cluster::local::Local::new(tools);
-    let (mut start, mut stop, mut rss) = (Vec::new(), Vec::new(), Vec::new());
+/// Start to every node Ready and teardown of each provider, runs interleaved (run 1 of each,
+/// then run 2, ...), so that both see the same machine. Peak RSS is the harness's child
+/// processes' (the local control plane); kind's nodes are containers, not measured.
+pub async fn cluster(runs: usize, spec: ClusterSpec, providers: &[Box<dyn cluster::ClusterProvider>]) -> anyhow::Result<ExitCode> {
+    let mut times: Vec<(Vec<f64>, Vec<f64>, Vec<f64>)> = vec![(Vec::new(), Vec::new(), Vec::new()); providers.len()];
     for i in 0..runs {
-        let run = Run::create(false)?;
-        let t = Instant::now();
-        let c = cluster::ClusterProvider::start(&provider, &spec, &run).await?;
-        let s = t.elapsed().as_secs_f64();
-        // The sum of each control-plane process's peak RSS, measured just before teardown.
-        let kib: u64 = processes_of(run.id()).into_iter().map(peak_rss_kib).sum();
-        let t = Instant::now();
-        c.teardown(cluster::Teardown::Fast).await?;
-        let d = t.elapsed().as_secs_f64();
-        println!("run {}: start to {} nodes Ready {s:.2}s, teardown {d:.2}s, peak RSS {:.0} MiB", i + 1, spec.nodes, kib as f64 / 1024.0);
-        start.push(s);
-        stop.push(d);
-        rss.push(kib as f64 / 1024.0);
+        for (provider, (start, stop, rss)) in providers.iter().zip(times.iter_mut()) {
+            let run = Run::create(false)?;
+            let t = Instant::now();
+            let c = provider.start(&spec, &run).await?;
+            let s = t.elapsed().as_secs_f64();
+            // The sum of each control-plane process's peak RSS, measured just before teardown.
+            let kib: u64 = processes_of(run.id()).into_iter().map(peak_rss_kib).sum();
+            let t = Instant::now();
+            c.teardown(cluster::Teardown::Fast).await?;
+            let d = t.elapsed().as_secs_f64();
+            let nodes = match provider.name() {
+                "kind" => format!("1 + {} nodes", spec.nodes),
+                _ => format!("{} nodes", spec.nodes),
+            };
+            let mem = if kib > 0 { format!(", peak RSS {:.0} MiB", kib as f64 / 1024.0) } else { String::new() };
+            println!("{} run {}: start to {nodes} Ready {s:.2}s, teardown {d:.2}s{mem}", provider.name(), i + 1);
+            start.push(s);
+            stop.push(d);
+            if kib > 0 {
+                rss.push(kib as f64 / 1024.0);
+            }
+        }
     }
-    for (name, v, unit) in [("start", start, "s"), ("teardown", stop, "s"), ("peak RSS", rss, " MiB")] {
-        let (min, med, max) = stats(v);
-        println!("{name:>9}: min {min:.2}{unit}  median {med:.2}{unit}  max {max:.2}{unit}");
+    for (provider, (start, stop, rss)) in providers.iter().zip(times) {
+        for (name, v, unit) in [("start", start, "s"), ("teardown", stop, "s"), ("peak RSS", rss, " MiB")] {
+            if v.is_empty() {
+                continue;
+            }
+            let (min, med, max) = stats(v);
+            println!("{:>5} {name:>9}: min {min:.2}{unit}  median {med:.2}{unit}  max {max:.2}{unit}", provider.name());
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -119,10 +119,15 @@ enum Command {
 
 #[derive(Subcommand, Debug)]
 enum BenchCommand {
-    /// Cold start to all nodes Ready, teardown, and peak RSS of the local cluster.
+    /// Cold start to all nodes Ready, teardown, and peak RSS of the local cluster (and of
+    /// kind's, with --providers local,kind: runs interleaved).
     Cluster {
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
         runs: u64,
+        /// The cluster providers to measure (local, kind).
+        #[arg(long, value_enum, value_delimiter = ',', default_values_t = [ProviderArg::Local])]
+        providers: Vec<ProviderArg>,
+        /// Nodes (kind: workers, besides the control plane).
         #[arg(long, default_value_t = 3)]
         nodes: usize,
         #[arg(long, default_value_t = 2)]
@@ -150,11 +155,26 @@ enum ToolsCommand {
         /// or `all` of them; the default version is always built.
         #[arg(long, value_name = "VERSION,...|all", value_delimiter = ',')]
         kubernetes: Vec<String>,
-        /// Only these tools (kubernetes, etcd, helm, kwok).
+        /// Also build the tools of `--provider kind` and its node image (kind, kubelet, kubeadm,
+        /// kube-proxy, coredns, local-path-provisioner, crictl).
+        #[arg(long)]
+        kind: bool,
+        /// Only these tools (kubernetes, etcd, helm, kwok; with the kind set: kind,
+        /// kubernetes-node, coredns, local-path-provisioner, cri-tools).
         names: Vec<String>,
     },
     /// Print each pinned tool, its version and where it is installed.
     List,
+    /// Print the path of each named pinned binary (one per line); fails, naming the install
+    /// command, if one is not installed. For scripts (ci/node-image.sh).
+    Path {
+        /// Binaries (kubelet, etcd, ...).
+        #[arg(required = true)]
+        binaries: Vec<String>,
+        /// Print `BINARY VERSION` (the pinned version) instead of the path.
+        #[arg(long)]
+        version: bool,
+    },
     /// Print the hash of the pinned tool versions (a CI cache key for the tool cache).
     Hash,
 }
@@ -224,6 +244,8 @@ pub enum ProviderArg {
     Local,
     /// A cluster you already have (`--kubeconfig`, `--context`).
     Existing,
+    /// kind: real kubelets in Docker containers, from lily-e2e's node image (./ci/node-image.sh).
+    Kind,
 }
 
 impl From<ProviderArg> for lily_e2e::scenario::env::ProviderKind {
@@ -231,6 +253,7 @@ impl From<ProviderArg> for lily_e2e::scenario::env::ProviderKind {
         match p {
             ProviderArg::Local => Self::Local,
             ProviderArg::Existing => Self::Existing,
+            ProviderArg::Kind => Self::Kind,
         }
     }
 }
@@ -300,10 +323,10 @@ pub struct ClusterArgs {
     /// Cluster provider.
     #[arg(long, value_enum, default_value_t = ProviderArg::Local, env = "LILY_E2E_PROVIDER")]
     pub provider: ProviderArg,
-    /// Simulated nodes (local provider).
+    /// Simulated nodes (local provider); worker nodes (kind).
     #[arg(long, default_value_t = 3)]
     pub nodes: usize,
-    /// Zones the simulated nodes are spread across (local provider).
+    /// Zones the nodes are spread across (local and kind providers).
     #[arg(long, default_value_t = 2)]
     pub zones: usize,
     /// API server port (local provider); a free one when omitted.
@@ -331,7 +354,7 @@ impl ClusterArgs {
     pub fn kubernetes(&self) -> anyhow::Result<Option<String>> {
         let Some(spec) = self.kubernetes.as_deref().filter(|s| !s.trim().is_empty()) else { return Ok(None) };
         anyhow::ensure!(
-            self.provider == ProviderArg::Local,
+            self.provider != ProviderArg::Existing,
             "--kubernetes {spec} chooses the local control plane's version; an existing cluster runs its own (drop --kubernetes)"
         );
         let version = lily_e2e::tools::Lock::load().resolve_kubernetes(spec)?;
@@ -346,6 +369,7 @@ impl ClusterArgs {
             ProviderArg::Existing => {
                 Box::new(cluster::existing::Existing { kubeconfig: self.kubeconfig.clone(), context: self.context.clone() })
             }
+            ProviderArg::Kind => Box::new(cluster::kind::Kind::new(Tools::at_kubernetes(kubernetes)?)),
         })
     }
 }
@@ -394,15 +418,16 @@ pub fn main() -> ExitCode {
 
 async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
     match cmd {
-        Command::Tools { command: ToolsCommand::Install { kubernetes, names } } => {
+        Command::Tools { command: ToolsCommand::Install { kubernetes, kind, names } } => {
             use lily_e2e::tools::KubernetesVersions;
             let versions = match kubernetes.as_slice() {
                 [] => KubernetesVersions::Default,
                 [all] if all == "all" => KubernetesVersions::All,
                 v => KubernetesVersions::Also(v.to_vec()),
             };
+            let sets: Vec<String> = if kind { vec!["kind".to_string()] } else { Vec::new() };
             let mp = indicatif::MultiProgress::new();
-            let done = lily_e2e::tools::install(&names, &versions, &mp).await.context("tools install failed")?;
+            let done = lily_e2e::tools::install(&names, &versions, &sets, &mp).await.context("tools install failed")?;
             for d in done {
                 if d.built {
                     println!("{} {}: built in {:.0}s", d.name, d.version, d.seconds);
@@ -417,6 +442,19 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             println!("{}", hex::encode(sha2::Sha256::digest(lily_e2e::tools::LOCK.as_bytes())));
             Ok(ExitCode::SUCCESS)
         }
+        Command::Tools { command: ToolsCommand::Path { binaries, version } } => {
+            let tools = Tools::new();
+            for b in &binaries {
+                let path = tools.path(b)?;
+                if version {
+                    let (tool, _) = tools.lock().pin_for(b).expect("path found the pin");
+                    println!("{b} {}", tool.version);
+                } else {
+                    println!("{}", path.display());
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Tools { command: ToolsCommand::List } => {
             let lock = lily_e2e::tools::Lock::load();
             let default = lock.kubernetes_version().to_string();
@@ -425,7 +463,10 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
                 for b in &t.binaries {
                     match tools.path(&b.name) {
                         Ok(p) => println!("{:<24} {:<10} {}", b.name, t.version, p.display()),
-                        Err(_) => println!("{:<24} {:<10} not installed", b.name, t.version),
+                        Err(_) => match &t.set {
+                            Some(set) => println!("{:<24} {:<10} not installed (lily-e2e tools install --{set})", b.name, t.version),
+                            None => println!("{:<24} {:<10} not installed", b.name, t.version),
+                        },
                     }
                 }
             }
@@ -442,10 +483,22 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::List { scenarios } => scenarios::list(&scenarios),
         Command::Check { scenarios } => scenarios::check(&scenarios),
         Command::Schema => scenarios::schema(),
-        Command::Bench { command: BenchCommand::Cluster { runs, nodes, zones, kubernetes } } => {
+        Command::Bench { command: BenchCommand::Cluster { runs, providers, nodes, zones, kubernetes } } => {
             let tools = Tools::at_kubernetes(kubernetes.as_deref())?;
-            tools.check_kubernetes()?;
-            bench::cluster(runs as usize, ClusterSpec { nodes, zones, ..Default::default() }, tools).await
+            let mut chosen: Vec<Box<dyn cluster::ClusterProvider>> = Vec::new();
+            for p in providers {
+                match p {
+                    ProviderArg::Local => {
+                        tools.check_kubernetes()?;
+                        chosen.push(Box::new(cluster::local::Local::new(tools.clone())));
+                    }
+                    ProviderArg::Kind => chosen.push(Box::new(cluster::kind::Kind::new(tools.clone()))),
+                    ProviderArg::Existing => {
+                        anyhow::bail!("--providers existing: an existing cluster is not started, so there is nothing to time")
+                    }
+                }
+            }
+            bench::cluster(runs as usize, ClusterSpec { nodes, zones, ..Default::default() }, &chosen).await
         }
         Command::Bench { command: BenchCommand::Postgres { runs, providers } } => {
             let names: Vec<String> = providers.iter().map(|p| lily_e2e::scenario::env::PostgresKind::from(*p).name().to_string()).collect();

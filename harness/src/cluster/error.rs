@@ -10,11 +10,14 @@ use kube::config::KubeconfigError;
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
     /// `--provider` names no provider.
-    #[error("unknown cluster provider `{name}`; choose local or existing")]
+    #[error("unknown cluster provider `{name}`; choose local, kind or existing")]
     UnknownProvider { name: String },
-    /// `--provider kind`, which is planned but not there yet.
-    #[error("the kind provider is not available yet; use --provider local (the default) or --provider existing")]
-    KindUnavailable,
+    /// The kind provider's node image is not in the Docker engine.
+    #[error("the kind node image {image} is not in the docker engine{}; build it with ./ci/node-image.sh (as root)", if .detail.is_empty() { String::new() } else { format!(" ({})", .detail) })]
+    KindImageMissing { image: String, detail: String },
+    /// `kind create cluster` failed; `tail` is the end of its output.
+    #[error("kind create cluster {name} failed ({status}): {tail}")]
+    KindCreate { name: String, status: String, tail: String },
     /// `--zones` outside 1..=26 (zones are lettered).
     #[error("--zones must be between 1 and 26, not {zones}")]
     BadZones { zones: usize },

@@ -7,12 +7,14 @@
 //!
 //! - [`local::Local`], the embedded default: etcd, kube-apiserver, kube-controller-manager,
 //!   kube-scheduler and kwok as child processes on loopback, with simulated nodes.
+//! - [`kind::Kind`]: real kubelets in Docker containers (kind), from the project's node image.
 //! - [`existing::Existing`]: a cluster someone else runs, reached by kubeconfig and context.
 //!
 //! Their failures are [`ClusterError`]s.
 
 pub mod error;
 pub mod existing;
+pub mod kind;
 pub mod kubeconfig;
 pub mod local;
 pub mod nodes;
@@ -156,7 +158,7 @@ pub fn provider(name: &str, existing: existing::Existing) -> Result<Box<dyn Clus
     match name {
         "local" => Ok(Box::new(local::Local::new(crate::tools::Tools::new()))),
         "existing" => Ok(Box::new(existing)),
-        "kind" => Err(ClusterError::KindUnavailable.into()),
+        "kind" => Ok(Box::new(kind::Kind::new(crate::tools::Tools::new()))),
         other => Err(ClusterError::UnknownProvider { name: other.to_string() }.into()),
     }
 }

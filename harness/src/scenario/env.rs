@@ -35,6 +35,8 @@ pub enum ProviderKind {
     Local,
     /// A cluster given by kubeconfig and context.
     Existing,
+    /// kind, from the project's node image.
+    Kind,
 }
 
 /// The PostgreSQL provider.
@@ -117,6 +119,13 @@ pub struct Env {
 impl Env {
     /// Starts the cluster, PostgreSQL and the chart repository, concurrently.
     pub async fn start(opts: &EnvOptions) -> Result<Env> {
+        if opts.provider == ProviderKind::Kind {
+            return Err(crate::error::Error::Invalid(
+                "scenarios do not run on --provider kind yet: their PostgreSQL and the Lily image must be reachable from the \
+                 kind nodes; `lily-e2e cluster exec --provider kind -- CMD` starts a kind cluster"
+                    .into(),
+            ));
+        }
         let tools = Tools::at_kubernetes(opts.kubernetes.as_deref())?;
         // Fail fast, before starting anything, on what the user can fix.
         tools.path("helm")?;
@@ -131,6 +140,7 @@ impl Env {
         let provider: Box<dyn cluster::ClusterProvider> = match opts.provider {
             ProviderKind::Local => Box::new(cluster::local::Local::new(tools.clone())),
             ProviderKind::Existing => Box::new(opts.existing.clone()),
+            ProviderKind::Kind => Box::new(cluster::kind::Kind::new(tools.clone())),
         };
         let pg_provider = postgres::provider(opts.postgres.name())?;
         let mut run = Run::create(opts.keep)?;
