@@ -2,6 +2,8 @@
 # Benchmarks (numbers to read, never asserted by tests):
 #  1. the local cluster: cold start to 3 nodes Ready, teardown, peak RSS of the control
 #     plane, min/median/max over 10 runs, on each pinned Kubernetes version that is built;
+#  1b. kind next to local where a Docker engine runs: start to every node Ready, teardown,
+#     median of 3 (1 control plane + 2 workers against 2 simulated nodes);
 #  2. PostgreSQL providers, start to ready (local, and container when ci/docker.sh has an
 #     engine), runs interleaved, median of 5;
 #  3. the whole conformance suite's wall time, cluster start included, median of 5
@@ -14,6 +16,10 @@ for v in $("$bin" tools list | awk '$1 == "kube-apiserver" {print $2} $1 == "kub
   echo "== local cluster, Kubernetes $v, 10 runs"
   "$bin" bench cluster --runs 10 --kubernetes "$v"
 done
+if ./ci/docker.sh && ./ci/node-image.sh; then
+  echo "== kind (1 control plane + 2 workers) next to the local cluster (2 nodes), 3 runs each, interleaved"
+  "$bin" bench cluster --providers local,kind --nodes 2 --runs 3
+fi
 if ./ci/docker.sh && ./ci/postgres-image.sh; then
   echo "== postgres providers, 5 runs each"
   LILY_E2E_POSTGRES_IMAGE="${LILY_E2E_POSTGRES_IMAGE:-lily-e2e/postgres:15-bookworm}" "$bin" bench postgres --providers local,container --runs 5

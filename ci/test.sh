@@ -13,15 +13,19 @@ if ! command -v chromium >/dev/null 2>&1; then apt_install chromium; fi
 # The container PostgreSQL provider's tests need a Docker engine and an image. Without a
 # registry, the image is lily-e2e's own, built from Debian packages (cached in the engine);
 # set LILY_E2E_POSTGRES_IMAGE to use another (e.g. postgres:15-alpine where pulls work).
-# If no engine can run, the container tests are skipped and say why.
+# If no engine can run, the container and kind tests are skipped and say why.
 if ./ci/docker.sh; then
   if [ -z "${LILY_E2E_POSTGRES_IMAGE:-}" ]; then
     ./ci/postgres-image.sh
     export LILY_E2E_POSTGRES_IMAGE=lily-e2e/postgres:15-bookworm
   fi
   export LILY_E2E_TEST_POSTGRES="${LILY_E2E_TEST_POSTGRES:-local,container}"
+  # The kind provider's tests: the kind set of tools and lily-e2e's node image (cached by its
+  # recipe). Where an engine runs, a node image that cannot be built fails the run.
+  ./ci/node-image.sh
+  export LILY_E2E_TEST_KIND=1
 else
-  echo "[test] no docker engine could be started (see above): the container provider's tests are skipped" >&2
+  echo "[test] no docker engine could be started (see above): the container provider's and the kind provider's tests are skipped" >&2
 fi
 
 export CI=true INSTA_UPDATE=no
