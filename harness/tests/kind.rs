@@ -175,11 +175,7 @@ fn cluster_up() -> Result<(), Failed> {
 /// The (pod IP, node) of the pods matching `selector` in `ns`.
 async fn pods_in(client: &kube::Client, ns: &str, selector: &str) -> Result<Vec<(String, String)>, Failed> {
     let list = Api::<Pod>::namespaced(client.clone(), ns).list(&ListParams::default().labels(selector)).await.map_err(fail)?;
-    Ok(list
-        .items
-        .into_iter()
-        .filter_map(|p| Some((p.status?.pod_ip?, p.spec?.node_name?)))
-        .collect())
+    Ok(list.items.into_iter().filter_map(|p| Some((p.status?.pod_ip?, p.spec?.node_name?))).collect())
 }
 
 fn killed_run_is_cleaned() -> Result<(), Failed> {
@@ -196,18 +192,17 @@ fn killed_run_is_cleaned() -> Result<(), Failed> {
     use std::io::BufRead;
     let stderr = child.stderr.take().expect("piped");
     let line = std::io::BufReader::new(stderr).lines().map_while(Result::ok).find(|l| l.starts_with("cluster up:"));
-    let id = line
-        .as_deref()
-        .and_then(|l| l.split("/lily-e2e-").nth(1))
-        .and_then(|rest| rest.split('/').next())
-        .map(str::to_string);
+    let id = line.as_deref().and_then(|l| l.split("/lily-e2e-").nth(1)).and_then(|rest| rest.split('/').next()).map(str::to_string);
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGKILL);
     let _ = child.wait();
     let id = id.ok_or_else(|| fail(format!("cluster exec printed no `cluster up` line: {line:?}")))?;
     let name = format!("lily-e2e-{id}");
     let before = node_containers(&name)?;
     if before.len() != 2 {
-        return Err(fail(format!("after SIGKILL, {name} has {} node containers, want 2 (the test cannot tell clean did anything)", before.len())));
+        return Err(fail(format!(
+            "after SIGKILL, {name} has {} node containers, want 2 (the test cannot tell clean did anything)",
+            before.len()
+        )));
     }
     let out = Command::new(bin).arg("clean").env("LILY_E2E_RUNS", registry.path()).output().map_err(fail)?;
     let text = String::from_utf8_lossy(&out.stdout);

@@ -357,7 +357,16 @@ impl ClusterArgs {
             self.provider != ProviderArg::Existing,
             "--kubernetes {spec} chooses the local control plane's version; an existing cluster runs its own (drop --kubernetes)"
         );
-        let version = lily_e2e::tools::Lock::load().resolve_kubernetes(spec)?;
+        let lock = lily_e2e::tools::Lock::load();
+        let version = lock.resolve_kubernetes(spec)?;
+        if self.provider == ProviderArg::Kind {
+            anyhow::ensure!(
+                version == lock.kubernetes_version(),
+                "--kubernetes {spec}: the kind provider runs the node image's Kubernetes, and ci/node-image.sh builds the default ({}) only; drop --kubernetes",
+                lock.kubernetes_version()
+            );
+            return Ok(None);
+        }
         Tools::at_kubernetes(Some(&version))?.check_kubernetes()?;
         Ok(Some(version))
     }
