@@ -132,6 +132,15 @@ impl Engine {
         Ok(out)
     }
 
+    /// The labels of image `image`, or `None` when the engine has no such image.
+    pub async fn image_labels(&self, image: &str) -> Result<Option<HashMap<String, String>>> {
+        match self.client()?.inspect_image(image).await {
+            Ok(i) => Ok(Some(i.config.and_then(|c| c.labels).unwrap_or_default())),
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(None),
+            Err(e) => Err(Error::Tool { what: format!("cannot inspect image {image}"), source: Some(Box::new(e)) }),
+        }
+    }
+
     /// Force-removes (with their anonymous volumes) the run containers `which` selects;
     /// returns them.
     pub async fn remove_containers(&self, which: impl Fn(&RunContainer) -> bool) -> Result<Vec<RunContainer>> {

@@ -74,11 +74,7 @@ pub struct SuiteArgs {
 impl SuiteArgs {
     /// Every setting resolved, and every input checked, before anything starts.
     fn env_options(&self, layout: Layout, keep: bool) -> anyhow::Result<EnvOptions> {
-        anyhow::ensure!(
-            self.cluster.provider != super::ProviderArg::Kind,
-            "scenarios do not run on --provider kind yet: their PostgreSQL and the Lily image must be reachable from the kind \
-             nodes; `lily-e2e cluster exec --provider kind -- CMD` starts a kind cluster"
-        );
+        anyhow::ensure!(self.cluster.provider != super::ProviderArg::Kind, "{}", lily_e2e::scenario::env::KIND_NOT_WIRED);
         let charts = self.charts.iter().map(|c| ChartSource::parse(c)).collect::<Result<Vec<_>, _>>()?;
         for c in &charts {
             c.check()?;

@@ -156,21 +156,29 @@ impl ClusterProvider for Kind {
 
 /// The etcd image tag the node image carries, or what to do when the image is not there.
 async fn node_image_etcd_tag(image: &str) -> Result<String> {
-    let docker = PathBuf::from("docker");
-    let args: Vec<OsString> = ["image", "inspect", "--format", &format!("{{{{ index .Config.Labels \"{ETCD_TAG_LABEL}\" }}}}"), image]
-        .iter()
-        .map(OsString::from)
-        .collect();
-    let out = crate::process::run_command(&docker, &args, &[], None, Duration::from_secs(30)).await.map_err(|e| Error::Tool {
-        what: "cannot run `docker image inspect` (is the docker CLI installed?)".into(),
-        source: Some(Box::new(e)),
-    })?;
-    let tag = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    if !out.status.success() || tag.is_empty() || tag == "<no value>" {
-        let stderr = crate::process::tail_of(&String::from_utf8_lossy(&out.stderr), 3, 400);
-        return Err(ClusterError::KindImageMissing { image: image.to_string(), detail: stderr }.into());
+    let engine = crate::engine::Engine::configured();
+    engine.check()?;
+    let labels = engine.image_labels(image).await?;
+    match labels.as_ref().and_then(|l| l.get(ETCD_TAG_LABEL)) {
+        Some(tag) if !tag.is_empty() => Ok(tag.clone()),
+        _ => {
+            let detail = if labels.is_some() { format!("the image has no label {ETCD_TAG_LABEL}") } else { String::new() };
+            Err(ClusterError::KindImageMissing { image: image.to_string(), detail }.into())
+        }
     }
-    Ok(tag)
+}
+
+/// Runs `program args` (`what` names it in errors) and fails, with the end of its stderr, if
+/// it does not exit 0.
+async fn run_ok(program: &Path, args: &[OsString], what: &str, timeout: Duration) -> Result<std::process::Output> {
+    let out = crate::process::run_command(program, args, &[], None, timeout)
+        .await
+        .map_err(|e| Error::Tool { what: format!("{what} did not finish"), source: Some(Box::new(e)) })?;
+    if !out.status.success() {
+        let tail = crate::process::tail_of(&String::from_utf8_lossy(&out.stderr), 10, 1500);
+        return Err(Error::Tool { what: format!("{what} failed ({}): {tail}", out.status), source: None });
+    }
+    Ok(out)
 }
 
 /// Waits until the `want` nodes are Ready, the `default` ServiceAccount exists (the
@@ -220,22 +228,8 @@ impl Running for KindCluster {
         // cluster was kept or not; there is no graceful stop worth waiting for.
         Box::pin(async move {
             self.deleted = true;
-            let out =
-                crate::process::run_command(&self.kind, &self.delete_args(), &[], None, Duration::from_secs(120)).await.map_err(|e| {
-                    Error::Tool { what: format!("kind delete cluster {} did not finish", self.name), source: Some(Box::new(e)) }
-                })?;
-            if !out.status.success() {
-                return Err(Error::Tool {
-                    what: format!(
-                        "kind delete cluster {} failed ({}): {}",
-                        self.name,
-                        out.status,
-                        crate::process::tail_of(&String::from_utf8_lossy(&out.stderr), 10, 1500)
-                    ),
-                    source: None,
-                });
-            }
-            Ok(())
+            let what = format!("kind delete cluster {}", self.name);
+            run_ok(&self.kind, &self.delete_args(), &what, Duration::from_secs(120)).await.map(drop)
         })
     }
 
@@ -264,17 +258,6 @@ impl Drop for KindCluster {
                 .status();
         }
     }
-}
-
-/// The kind clusters on this engine that this provider made, with their run ids.
-pub async fn clusters(kind: &Path) -> Result<Vec<(String, String)>> {
-    let out = crate::process::run_command(kind, &[OsString::from("get"), OsString::from("clusters")], &[], None, Duration::from_secs(30))
-        .await
-        .map_err(|e| Error::Tool { what: "cannot run `kind get clusters`".into(), source: Some(Box::new(e)) })?;
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| run_of_cluster(l.trim()).map(|id| (l.trim().to_string(), id.to_string())))
-        .collect())
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::Node;
 use kube::api::Api;
 use kube::runtime::watcher;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::run::{RunId, RUN_LABEL};
 
 /// Where the node's containerd looks for CNI configuration (its default).
@@ -98,16 +98,7 @@ async fn docker_exec(container: &str, cmd: &[&str]) -> Result<()> {
     let mut args: Vec<OsString> = vec!["exec".into(), container.into()];
     args.extend(cmd.iter().map(OsString::from));
     let what = format!("docker exec {container} {}", cmd.first().copied().unwrap_or(""));
-    let out = crate::process::run_command(&PathBuf::from("docker"), &args, &[], None, Duration::from_secs(30))
-        .await
-        .map_err(|e| Error::Tool { what: format!("cannot run {what}"), source: Some(Box::new(e)) })?;
-    if !out.status.success() {
-        return Err(Error::Tool {
-            what: format!("{what} failed ({}): {}", out.status, crate::process::tail_of(&String::from_utf8_lossy(&out.stderr), 5, 800)),
-            source: None,
-        });
-    }
-    Ok(())
+    super::run_ok(&PathBuf::from("docker"), &args, &what, Duration::from_secs(30)).await.map(drop)
 }
 
 #[cfg(test)]
