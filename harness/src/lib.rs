@@ -42,6 +42,7 @@ pub mod scenario;
 pub mod settings;
 pub mod sim;
 pub mod snapshot;
+pub mod standin;
 pub mod suite;
 pub mod tools;
 pub mod wait;

@@ -23,6 +23,9 @@ pub struct Settings {
     pub postgres_image: Option<String>,
     /// Leave containers in place after the run (`TESTCONTAINERS_COMMAND=keep`).
     pub keep_containers: bool,
+    /// The kind provider's node image (`LILY_E2E_KIND_IMAGE`); default lily-e2e's own
+    /// (`ci/node-image.sh`). An upstream `kindest/node` image keeps kind's own network.
+    pub kind_image: Option<String>,
 }
 
 static SETTINGS: OnceLock<Settings> = OnceLock::new();

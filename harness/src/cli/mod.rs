@@ -214,6 +214,10 @@ struct SettingsArgs {
     /// The container provider's image, name:tag. Default: postgres:15-alpine.
     #[arg(long, global = true, value_name = "IMAGE", env = "LILY_E2E_POSTGRES_IMAGE", hide_short_help = true)]
     postgres_image: Option<String>,
+    /// The kind provider's node image. Default: lily-e2e's own (./ci/node-image.sh); an
+    /// upstream kindest/node image (where a registry serves it) keeps kind's own network.
+    #[arg(long, global = true, value_name = "IMAGE", env = "LILY_E2E_KIND_IMAGE", hide_short_help = true)]
+    kind_image: Option<String>,
     /// testcontainers' switch: `keep` leaves the PostgreSQL container after the run.
     #[arg(long, global = true, value_name = "keep", env = "TESTCONTAINERS_COMMAND", hide = true)]
     testcontainers_command: Option<String>,
@@ -233,6 +237,7 @@ impl SettingsArgs {
             postgres_bin: self.postgres_bin,
             postgres_image: image,
             keep_containers: self.testcontainers_command.as_deref() == Some("keep"),
+            kind_image: nonempty(self.kind_image),
         })
     }
 }

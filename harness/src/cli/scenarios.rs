@@ -74,7 +74,6 @@ pub struct SuiteArgs {
 impl SuiteArgs {
     /// Every setting resolved, and every input checked, before anything starts.
     fn env_options(&self, layout: Layout, keep: bool) -> anyhow::Result<EnvOptions> {
-        anyhow::ensure!(self.cluster.provider != super::ProviderArg::Kind, "{}", lily_e2e::scenario::env::KIND_NOT_WIRED);
         let charts = self.charts.iter().map(|c| ChartSource::parse(c)).collect::<Result<Vec<_>, _>>()?;
         for c in &charts {
             c.check()?;
@@ -222,7 +221,7 @@ pub async fn suite(args: SuiteArgs, names: Vec<String>, keep: bool) -> anyhow::R
         super::check_writable_parent(&o.join("x.yaml"), "--outcomes")?;
     }
     let versions = opts.chart_sources().len();
-    let mut plan = SuitePlan::select(&plans, &names, !args.charts.is_empty(), versions)?;
+    let mut plan = SuitePlan::select(&plans, &names, !args.charts.is_empty(), versions)?.skip_unmet(opts.provider);
     if let Some((k, n)) = args.partition {
         plan = plan.partition(k, n);
         eprintln!("partition {k}/{n}: {} case(s)", plan.cases.len());
@@ -314,7 +313,7 @@ pub async fn reproduce(args: SuiteArgs, name: String, case: Option<usize>) -> an
     let plans = load(&layout, &args.extra_values()?)?;
     let opts = args.env_options(layout, true)?;
     let versions = opts.chart_sources().len();
-    let all = SuitePlan::select(&plans, std::slice::from_ref(&name), !args.charts.is_empty(), versions)?.cases;
+    let all = SuitePlan::select(&plans, std::slice::from_ref(&name), !args.charts.is_empty(), versions)?.skip_unmet(opts.provider).cases;
     let count = all.len();
     let planned = match case {
         Some(n) => all.into_iter().nth(n.saturating_sub(1)).with_context(|| format!("{name} has {count} case(s); --case counts from 1"))?,

@@ -39,6 +39,8 @@ pub const KIND_CLUSTER_LABEL: &str = "io.x-k8s.kind.cluster";
 const ETCD_TAG_LABEL: &str = "io.lily-e2e.etcd-image-tag";
 /// The StorageClass the node image installs (local-path-provisioner, node-bound volumes).
 pub const STORAGE_CLASS: &str = "standard";
+/// The provisioner of [`STORAGE_CLASS`] (rancher's local-path-provisioner).
+pub const LOCAL_PATH_PROVISIONER: &str = "rancher.io/local-path";
 
 /// How long `kind create cluster` may take (image boot, kubeadm init and joins).
 const CREATE_TIMEOUT: Duration = Duration::from_secs(600);
@@ -51,16 +53,39 @@ pub struct Kind {
     tools: Tools,
     /// The node image; default `lily-e2e/kind-node:<kubernetes version>`.
     pub image: Option<String>,
+    /// Images of the engine to load into every node's containerd once the cluster is up
+    /// (`kind load docker-image`): what pods run that no registry serves here.
+    pub load: Vec<String>,
+    /// StorageClasses to add beside `standard`, on the same local-path provisioner
+    /// (node-bound volumes, bound when the first consumer is scheduled): the classes the
+    /// operators' values name (`gp2`).
+    pub storage_classes: Vec<String>,
 }
 
 impl Kind {
     pub fn new(tools: Tools) -> Self {
-        Kind { tools, image: None }
+        Kind { tools, image: None, load: Vec::new(), storage_classes: Vec::new() }
     }
 
+    /// The node image: set here, else `--kind-image` (`LILY_E2E_KIND_IMAGE`), else
+    /// lily-e2e's own for the pinned Kubernetes.
     pub fn image(&self) -> String {
-        self.image.clone().unwrap_or_else(|| format!("lily-e2e/kind-node:{}", self.tools.kubernetes_version()))
+        self.image
+            .clone()
+            .or_else(|| crate::settings::get().kind_image.clone())
+            .unwrap_or_else(|| format!("lily-e2e/kind-node:{}", self.tools.kubernetes_version()))
     }
+}
+
+/// Which kind of node image a cluster boots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeImage {
+    /// lily-e2e's own (`ci/node-image.sh`): no kindnetd, so the provider sets up the pod
+    /// network; kubeadm is told the etcd image tag it carries.
+    Own { etcd_tag: String },
+    /// An upstream image (`kindest/node:...`, where a registry serves it): kind's own CNI
+    /// (kindnetd) and images.
+    Upstream,
 }
 
 /// The kind cluster name of a run.
@@ -76,24 +101,27 @@ pub fn run_of_cluster(name: &str) -> Option<&str> {
 }
 
 /// kind's cluster configuration: a control plane and one worker per planned node (with the
-/// plan's zone, region and pool labels), every node with the run label; no default CNI;
-/// kubeadm told the etcd image tag the node image carries. JSON, which kind reads as YAML.
-pub fn config(plan: &NodePlan, run: &RunId, etcd_tag: &str) -> String {
+/// plan's zone, region and pool labels), every node with the run label; for lily-e2e's own
+/// node image, no default CNI and kubeadm told the etcd image tag the image carries. JSON,
+/// which kind reads as YAML.
+pub fn config(plan: &NodePlan, run: &RunId, image: &NodeImage) -> String {
     let mut nodes = vec![serde_json::json!({"role": "control-plane", "labels": {RUN_LABEL: run.as_str()}})];
     for n in &plan.nodes {
         nodes.push(serde_json::json!({"role": "worker", "labels": {
             RUN_LABEL: run.as_str(), ZONE_LABEL: n.zone, REGION_LABEL: "kind-region", POOL_LABEL: n.pool,
         }}));
     }
-    let patch = format!("kind: ClusterConfiguration\netcd:\n  local:\n    imageTag: \"{etcd_tag}\"\n");
-    serde_json::json!({
+    let mut c = serde_json::json!({
         "kind": "Cluster",
         "apiVersion": "kind.x-k8s.io/v1alpha4",
-        "networking": {"disableDefaultCNI": true, "apiServerAddress": "127.0.0.1"},
-        "kubeadmConfigPatches": [patch],
+        "networking": {"apiServerAddress": "127.0.0.1"},
         "nodes": nodes,
-    })
-    .to_string()
+    });
+    if let NodeImage::Own { etcd_tag } = image {
+        c["networking"]["disableDefaultCNI"] = true.into();
+        c["kubeadmConfigPatches"] = serde_json::json!([format!("kind: ClusterConfiguration\netcd:\n  local:\n    imageTag: \"{etcd_tag}\"\n")]);
+    }
+    c.to_string()
 }
 
 impl ClusterProvider for Kind {
@@ -106,13 +134,13 @@ impl ClusterProvider for Kind {
             let plan = NodePlan::new(spec.nodes, spec.zones, spec.node_cpu, spec.node_memory_gib)?;
             let kind = self.tools.path("kind")?;
             let image = self.image();
-            let etcd_tag = node_image_etcd_tag(&image).await?;
+            let node_image = node_image(&image, self.image.is_none() && crate::settings::get().kind_image.is_none()).await?;
             let dir = run.subdir("cluster")?;
             let logs = run.subdir("logs")?;
             let name = cluster_name(run.id());
             let kubeconfig = dir.join("kubeconfig");
             let config_path = dir.join("kind.json");
-            crate::fsutil::write_private(&config_path, config(&plan, run.id(), &etcd_tag).as_bytes())?;
+            crate::fsutil::write_private(&config_path, config(&plan, run.id(), &node_image).as_bytes())?;
             // From here on, a failure (or a drop) deletes the cluster.
             let up = KindCluster { kind: kind.clone(), name: name.clone(), kubeconfig: kubeconfig.clone(), logs, deleted: false };
             let args: Vec<OsString> = [
@@ -146,25 +174,39 @@ impl ClusterProvider for Kind {
                 .into());
             }
             let client = kubeconfig::client(&kubeconfig, None).await?;
-            network::connect(&client, run.id(), plan.nodes.len() + 1).await?;
+            if matches!(node_image, NodeImage::Own { .. }) {
+                network::connect(&client, run.id(), plan.nodes.len() + 1).await?;
+            }
             settled(&client, run.id(), plan.nodes.len() + 1).await?;
+            if !self.load.is_empty() {
+                let mut args: Vec<OsString> = vec!["load".into(), "docker-image".into()];
+                args.extend(self.load.iter().map(OsString::from));
+                args.extend(["--name".into(), OsString::from(&name)]);
+                run_ok(&kind, &args, &format!("kind load docker-image {}", self.load.join(" ")), CREATE_TIMEOUT).await?;
+            }
+            for class in &self.storage_classes {
+                local_path_class(&client, class, run.id()).await?;
+            }
             let version = client.apiserver_version().await.map_err(Error::kube("read the kind cluster's version"))?.git_version;
             Ok(Cluster::new(client, kubeconfig, version, "kind", Box::new(up)))
         })
     }
 }
 
-/// The etcd image tag the node image carries, or what to do when the image is not there.
-async fn node_image_etcd_tag(image: &str) -> Result<String> {
+/// What the node image is: lily-e2e's own (it carries the etcd tag label), or an upstream
+/// one. lily-e2e's default image missing from the engine is an error saying how to build
+/// it; another image missing is kind's to pull.
+async fn node_image(image: &str, default: bool) -> Result<NodeImage> {
     let engine = crate::engine::Engine::configured();
     engine.check()?;
     let labels = engine.image_labels(image).await?;
     match labels.as_ref().and_then(|l| l.get(ETCD_TAG_LABEL)) {
-        Some(tag) if !tag.is_empty() => Ok(tag.clone()),
-        _ => {
+        Some(tag) if !tag.is_empty() => Ok(NodeImage::Own { etcd_tag: tag.clone() }),
+        _ if default => {
             let detail = if labels.is_some() { format!("the image has no label {ETCD_TAG_LABEL}") } else { String::new() };
             Err(ClusterError::KindImageMissing { image: image.to_string(), detail }.into())
         }
+        _ => Ok(NodeImage::Upstream),
     }
 }
 
@@ -206,6 +248,29 @@ async fn settled(client: &kube::Client, run: &RunId, want: usize) -> Result<()> 
     Ok(())
 }
 
+/// StorageClass `name` on the node image's local-path provisioner: node-bound volumes,
+/// bound when the first consumer is scheduled, deleted with their claim.
+pub fn local_path_class_object(name: &str, run: &RunId) -> StorageClass {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "storage.k8s.io/v1",
+        "kind": "StorageClass",
+        "metadata": {"name": name, "labels": {RUN_LABEL: run.as_str()}},
+        "provisioner": LOCAL_PATH_PROVISIONER,
+        "volumeBindingMode": "WaitForFirstConsumer",
+        "reclaimPolicy": "Delete",
+    }))
+    .expect("a StorageClass")
+}
+
+async fn local_path_class(client: &kube::Client, name: &str, run: &RunId) -> Result<()> {
+    let api: Api<StorageClass> = Api::all(client.clone());
+    match api.create(&Default::default(), &local_path_class_object(name, run)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(Error::kube(format!("create StorageClass {name}"))(e)),
+    }
+}
+
 /// A created kind cluster: deleted on teardown, or on drop if teardown never ran.
 #[derive(Debug)]
 struct KindCluster {
@@ -245,6 +310,15 @@ impl Running for KindCluster {
     fn sim_nodes(&self) -> Option<&[SimNode]> {
         None
     }
+
+    /// A node lost as a cloud loses an instance: its container stopped (kubelet, pods and
+    /// all); the caller deletes its Node object, as a cloud's node lifecycle controller does.
+    fn power_off<'a>(&'a self, node: &'a str) -> Option<BoxFuture<'a, Result<()>>> {
+        Some(Box::pin(async move {
+            let args: Vec<OsString> = ["stop", "--time", "0", node].iter().map(OsString::from).collect();
+            run_ok(Path::new("docker"), &args, &format!("docker stop {node}"), Duration::from_secs(60)).await.map(drop)
+        }))
+    }
 }
 
 impl Drop for KindCluster {
@@ -279,7 +353,7 @@ mod tests {
     fn the_config_has_a_control_plane_and_labelled_workers_and_no_default_cni() {
         let id = RunId::new();
         let plan = NodePlan::new(2, 2, 4, 8).unwrap();
-        let c: serde_json::Value = serde_json::from_str(&config(&plan, &id, "3.6.16-0")).unwrap();
+        let c: serde_json::Value = serde_json::from_str(&config(&plan, &id, &NodeImage::Own { etcd_tag: "3.6.16-0".into() })).unwrap();
         assert_eq!(c["apiVersion"], "kind.x-k8s.io/v1alpha4");
         assert_eq!(c["networking"]["disableDefaultCNI"], true);
         let nodes = c["nodes"].as_array().unwrap();
@@ -292,5 +366,15 @@ mod tests {
         assert!(nodes[1..].iter().all(|n| n["role"] == "worker" && n["labels"][RUN_LABEL] == id.as_str()));
         assert_eq!(nodes[2]["labels"][POOL_LABEL], "pool-b");
         assert!(c["kubeadmConfigPatches"][0].as_str().unwrap().contains("imageTag: \"3.6.16-0\""));
+    }
+
+    #[test]
+    fn an_upstream_node_image_keeps_kinds_own_network_and_etcd() {
+        let id = RunId::new();
+        let plan = NodePlan::new(2, 2, 4, 8).unwrap();
+        let c: serde_json::Value = serde_json::from_str(&config(&plan, &id, &NodeImage::Upstream)).unwrap();
+        assert_eq!(c["networking"].get("disableDefaultCNI"), None);
+        assert_eq!(c.get("kubeadmConfigPatches"), None);
+        assert_eq!(c["nodes"].as_array().unwrap().len(), 3);
     }
 }

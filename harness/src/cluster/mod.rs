@@ -97,6 +97,11 @@ pub trait Running: Send + Sync {
     fn sim(&self) -> Option<&crate::sim::SimCloud> {
         None
     }
+    /// Turns node `node`'s machine off, where the provider has machines (kind's node
+    /// containers); `None` where a node is only its Node object (simulated nodes).
+    fn power_off<'a>(&'a self, _node: &'a str) -> Option<BoxFuture<'a, Result<()>>> {
+        None
+    }
 }
 
 /// A started cluster.
@@ -142,6 +147,14 @@ impl Cluster {
     /// The simulated cloud and its fault knobs (local provider).
     pub fn sim(&self) -> Option<&crate::sim::SimCloud> {
         self.running.as_ref().and_then(|r| r.sim())
+    }
+
+    /// Turns node `node`'s machine off where the provider has one (see [`Running::power_off`]).
+    pub async fn power_off(&self, node: &str) -> Result<()> {
+        match self.running.as_ref().and_then(|r| r.power_off(node)) {
+            Some(f) => f.await,
+            None => Ok(()),
+        }
     }
 
     /// Stops the cluster, as `how` says, and waits for it.

@@ -53,11 +53,14 @@ pub struct Container {
     pub tag: String,
     /// Where the engine answers (`DOCKER_HOST` by default).
     pub engine: Engine,
+    /// A Docker network to put the container on (the kind provider's `kind`), whose address
+    /// becomes the server's address for pods ([`Postgres::pod_address`]).
+    pub network: Option<String>,
 }
 
 impl Default for Container {
     fn default() -> Self {
-        Container { image: DEFAULT_IMAGE.0.into(), tag: DEFAULT_IMAGE.1.into(), engine: Engine::configured() }
+        Container { image: DEFAULT_IMAGE.0.into(), tag: DEFAULT_IMAGE.1.into(), engine: Engine::configured(), network: None }
     }
 }
 
@@ -164,6 +167,9 @@ impl PostgresProvider for Container {
                     CopyTargetOptions::new("/docker-entrypoint-initdb.d/00-lily-e2e.sh").with_mode(0o755),
                     init_script(spec.tls, &password.scram_verifier()).into_bytes(),
                 );
+            if let Some(net) = &self.network {
+                request = request.with_network(net.clone());
+            }
             let mut ca_pem = None;
             if spec.tls {
                 let ca = pki::Ca::new("lily-e2e-postgres-ca")?;
@@ -211,6 +217,18 @@ impl PostgresProvider for Container {
                 })?;
                 (host, port)
             };
+            // On a network, pods reach the server at its address there, on its own port.
+            let pod_address = match &self.network {
+                Some(net) => {
+                    let c = running.container.as_ref().expect("just started");
+                    let ip = c.get_bridge_ip_address().await.map_err(|e| Error::Tool {
+                        what: format!("cannot read the address of the {image} container on network {net}"),
+                        source: Some(Box::new(e)),
+                    })?;
+                    Some((ip.to_string(), 5432))
+                }
+                None => None,
+            };
             let mode = if spec.tls { SslMode::Require } else { SslMode::Disable };
             let url = DbUrl::new("postgres", Some(password.clone()), &host, port, "postgres", mode);
             let exited = running.exited();
@@ -224,6 +242,7 @@ impl PostgresProvider for Container {
                         superuser: "postgres".into(),
                         superuser_password: password,
                         version,
+                        pod_address,
                     };
                     Ok(Postgres::new("container", endpoint, Box::new(running)))
                 }

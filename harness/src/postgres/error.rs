@@ -113,8 +113,10 @@ pub enum PostgresError {
     #[error("{0}")]
     Ambiguous(String),
 
-    /// The kind provider's pods could not reach the server yet.
-    #[error("the kind provider is not available yet: its pods would need the postgresql container's address on the kind network")]
+    /// The kind provider's pods cannot reach a server that is not on the kind network.
+    #[error(
+        "the kind provider's pods reach postgresql only on the kind network: use the container provider started on it (as the scenarios on --provider kind do)"
+    )]
     KindUnavailable,
     /// A cluster provider the Secret's host cannot be chosen for.
     #[error("unknown cluster provider `{name}`")]

@@ -170,6 +170,7 @@ impl PostgresProvider for Local {
                     superuser: SUPERUSER.into(),
                     superuser_password: password.clone(),
                     version: major.clone(),
+                    pod_address: None,
                 };
                 match ready(&mut server, &endpoint, START_TIMEOUT).await {
                     Ok(version) => {

@@ -155,6 +155,9 @@ pub struct Endpoint {
     pub superuser_password: Password,
     /// The server's version as it reports it, e.g. `15.14`.
     pub version: String,
+    /// Where pods reach the server, when that is not where the harness does (a container on
+    /// the kind network: its address there and its own port).
+    pub pod_address: Option<(String, u16)>,
 }
 
 /// A started server. Tear it down with [`Postgres::teardown`]; dropping it is a
@@ -199,6 +202,11 @@ impl Postgres {
     }
     pub fn version(&self) -> &str {
         &self.endpoint.version
+    }
+    /// Where pods reach the server, when that differs from [`Postgres::host`] and
+    /// [`Postgres::port`] (see [`secret::pod_host`]).
+    pub fn pod_address(&self) -> Option<(&str, u16)> {
+        self.endpoint.pod_address.as_ref().map(|(h, p)| (h.as_str(), *p))
     }
 
     /// The server's log files, for artifacts.
@@ -258,7 +266,14 @@ impl Postgres {
             .batch_execute(&acl_sql)
             .await
             .map_err(|source| PostgresError::Sql { what: format!("cannot restrict who connects to database `{name}`"), source })?;
-        Ok(Database { name: name.to_string(), user, password, host: self.endpoint.host.clone(), port: self.endpoint.port })
+        Ok(Database {
+            name: name.to_string(),
+            user,
+            password,
+            host: self.endpoint.host.clone(),
+            port: self.endpoint.port,
+            pod_address: self.endpoint.pod_address.clone(),
+        })
     }
 
     /// Stops the server and waits for it.
@@ -279,6 +294,8 @@ pub struct Database {
     /// The host and port as the harness reaches them.
     pub host: String,
     pub port: u16,
+    /// Where pods reach the server, when that differs (see [`Postgres::pod_address`]).
+    pub pod_address: Option<(String, u16)>,
 }
 
 impl std::fmt::Debug for Database {
@@ -303,6 +320,15 @@ impl Database {
     /// [`secret::pod_host`]).
     pub fn url_with_host(&self, host: &str, sslmode: SslMode) -> DbUrl {
         DbUrl::new(&self.user, Some(self.password.clone()), host, self.port, &self.name, sslmode)
+    }
+
+    /// The database's URL as the chart's pods reach it: the server's pod address where it
+    /// has one (the kind network), else the harness's.
+    pub fn pod_url(&self, sslmode: SslMode) -> DbUrl {
+        match &self.pod_address {
+            Some((host, port)) => DbUrl::new(&self.user, Some(self.password.clone()), host, *port, &self.name, sslmode),
+            None => self.url(sslmode),
+        }
     }
 }
 
@@ -343,7 +369,14 @@ mod tests {
         assert_eq!(format!("{p}"), "***");
         assert_eq!(format!("{p:?}"), "***");
         assert_eq!(serde_json::to_string(&p).unwrap(), "\"***\"");
-        let db = Database { name: "d".into(), user: "d_user".into(), password: p.clone(), host: "127.0.0.1".into(), port: 1 };
+        let db = Database {
+            name: "d".into(),
+            user: "d_user".into(),
+            password: p.clone(),
+            host: "127.0.0.1".into(),
+            port: 1,
+            pod_address: None,
+        };
         assert!(!format!("{db:?}").contains(p.expose()));
     }
 

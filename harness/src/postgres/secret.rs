@@ -14,8 +14,9 @@
 //!   their database step itself) and `existing` (the harness runs next to the cluster and
 //!   the server is the one it reaches): the PostgreSQL host as the harness sees it,
 //!   127.0.0.1 for the local PostgreSQL provider;
-//! - `kind` (future): the PostgreSQL container's address on the kind network, so that real
-//!   pods reach it.
+//! - `kind`: the PostgreSQL container's address on the kind network (and the server's own
+//!   port, 5432), so that real pods reach it; the harness reaches that address too (the
+//!   engine's networks are routed on its host).
 
 use std::collections::BTreeMap;
 
@@ -146,7 +147,7 @@ impl StorageSecret {
 pub fn pod_host(cluster_provider: &str, pg: &Postgres) -> Result<String> {
     match cluster_provider {
         "local" | "existing" => Ok(pg.host().to_string()),
-        "kind" => Err(PostgresError::KindUnavailable.into()),
+        "kind" => pg.pod_address().map(|(h, _)| h.to_string()).ok_or_else(|| PostgresError::KindUnavailable.into()),
         other => Err(PostgresError::UnknownClusterProvider { name: other.to_string() }.into()),
     }
 }

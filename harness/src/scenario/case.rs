@@ -193,7 +193,7 @@ async fn new_cx<'e>(env: &'e Env, plan: &ScenarioPlan, namespace: &str) -> Resul
         release: plan.release.clone(),
         namespace: namespace.to_string(),
         dir,
-        values: plan.values.clone(),
+        values: plan.values.iter().chain(&env.values).cloned().collect(),
         vars,
         outcome,
         notes: Vec::new(),

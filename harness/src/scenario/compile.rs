@@ -152,6 +152,11 @@ impl CasePlan {
     pub fn estimate(&self) -> std::time::Duration {
         self.steps.iter().map(|s| s.op.estimate()).sum()
     }
+
+    /// What the case's steps need of the cluster beyond the Kubernetes API.
+    pub fn needs(&self) -> BTreeSet<crate::scenario::steps::Need> {
+        self.steps.iter().filter_map(|s| s.op.needs()).collect()
+    }
 }
 
 impl ScenarioPlan {

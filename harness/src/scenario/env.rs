@@ -12,6 +12,7 @@ use crate::helm::{ChartRepo, ChartSource, Helm};
 use crate::layout::Layout;
 use crate::postgres::{self, Postgres, PostgresSpec};
 use crate::run::Run;
+use crate::scenario::steps::Need;
 use crate::tools::Tools;
 
 /// The fixture versions the suite serves by default, shaped like a chart release under
@@ -27,9 +28,8 @@ pub fn suite_sources(layout: &Layout) -> Vec<ChartSource> {
     crate::helm::chart::fixture_sources(&layout.fixture_chart(), &SUITE_FIXTURE_VERSIONS)
 }
 
-/// Why scenarios refuse `--provider kind` for now (checked before anything starts).
-pub const KIND_NOT_WIRED: &str = "scenarios do not run on --provider kind yet: their PostgreSQL and the Lily image must be \
-     reachable from the kind nodes; `lily-e2e cluster exec --provider kind -- CMD` starts a kind cluster";
+/// The Docker network kind puts its nodes on; PostgreSQL joins it on `--provider kind`.
+pub const KIND_NETWORK: &str = "kind";
 
 /// The cluster provider.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -41,6 +41,42 @@ pub enum ProviderKind {
     Existing,
     /// kind, from the project's node image.
     Kind,
+}
+
+impl ProviderKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ProviderKind::Local => "local",
+            ProviderKind::Existing => "existing",
+            ProviderKind::Kind => "kind",
+        }
+    }
+
+    /// Whether this provider's clusters give what a step needs beyond the API. The local
+    /// provider simulates both; a cluster of one's own attaches volumes (cloud block
+    /// storage) but its kubelets are not the harness's; kind's kubelets are real and its
+    /// local-path volumes are node-bound, never attached.
+    pub fn meets(self, need: Need) -> bool {
+        match (self, need) {
+            (ProviderKind::Local, _) => true,
+            (ProviderKind::Existing, Need::AttachingVolumes) => true,
+            (ProviderKind::Existing, Need::SimulatedKubelets) => false,
+            (ProviderKind::Kind, _) => false,
+        }
+    }
+
+    /// Why a case that needs `needs` cannot run on this provider, if it cannot.
+    pub fn unmet(self, needs: &std::collections::BTreeSet<Need>) -> Option<String> {
+        let missing: Vec<&str> = needs.iter().filter(|n| !self.meets(**n)).map(|n| n.describe()).collect();
+        if missing.is_empty() {
+            return None;
+        }
+        let why = match self {
+            ProviderKind::Kind => "; kind's kubelets are real and its local-path volumes are node-bound, never attached",
+            _ => "",
+        };
+        Some(format!("needs {}{why}: run it with --provider local", missing.join(" and ")))
+    }
 }
 
 /// The PostgreSQL provider.
@@ -116,6 +152,8 @@ pub struct Env {
     pub tools: Tools,
     pub artifacts: PathBuf,
     pub keep: bool,
+    /// Values files the provider adds after every case's own (kind: the stand-in image).
+    pub values: Vec<PathBuf>,
     /// Last, so it is dropped (its directory removed) after the parts above stopped.
     pub run: Run,
 }
@@ -137,19 +175,41 @@ impl Env {
         let provider: Box<dyn cluster::ClusterProvider> = match opts.provider {
             ProviderKind::Local => Box::new(cluster::local::Local::new(tools.clone())),
             ProviderKind::Existing => Box::new(opts.existing.clone()),
-            ProviderKind::Kind => return Err(crate::error::Error::Invalid(KIND_NOT_WIRED.into())),
+            ProviderKind::Kind => {
+                crate::standin::check(&crate::engine::Engine::configured()).await?;
+                let mut kind = cluster::kind::Kind::new(tools.clone());
+                kind.load = vec![crate::standin::image()];
+                kind.storage_classes = vec![crate::sim::DEFAULT_STORAGE_CLASS.to_string()];
+                Box::new(kind)
+            }
         };
-        let pg_provider = postgres::provider(opts.postgres.name())?;
+        // On kind, pods reach PostgreSQL only on the kind network: the container provider,
+        // started there once the cluster made the network.
+        let pg_provider: Box<dyn postgres::PostgresProvider> = match opts.provider {
+            ProviderKind::Kind => {
+                let mut c = postgres::container::Container::configured()?;
+                c.network = Some(KIND_NETWORK.to_string());
+                Box::new(c)
+            }
+            _ => postgres::provider(opts.postgres.name())?,
+        };
         let mut run = Run::create(opts.keep)?;
         let helm = Helm::new(run.subdir("helm-repo")?)?;
         let repo_dir = run.subdir("chart-repo")?;
         let pg_spec = PostgresSpec::default();
         // The chart repository first: a bad chart source fails before any process starts.
-        let repo = match ChartRepo::serve(&helm, &charts, &repo_dir).await {
-            Ok(r) => r,
-            Err(e) => return Err(e),
+        let repo = ChartRepo::serve(&helm, &charts, &repo_dir).await?;
+        let (cluster, pg) = if opts.provider == ProviderKind::Kind {
+            match provider.start(&opts.cluster, &run).await {
+                Ok(c) => {
+                    let pg = pg_provider.start(&pg_spec, &run).await;
+                    (Ok(c), pg)
+                }
+                Err(e) => (Err(e), Err(crate::error::Error::Invalid("not started: the cluster did not start".into()))),
+            }
+        } else {
+            tokio::join!(provider.start(&opts.cluster, &run), pg_provider.start(&pg_spec, &run))
         };
-        let (cluster, pg) = tokio::join!(provider.start(&opts.cluster, &run), pg_provider.start(&pg_spec, &run));
         // Whatever started is stopped by its Drop if the other part failed; when a component
         // failed (rather than the input), the run directory (its logs) is kept and named.
         let (cluster, postgres) = match (cluster, pg) {
@@ -162,7 +222,13 @@ impl Env {
                 return Err(err);
             }
         };
-        Ok(Env { cluster, postgres, repo, tools, artifacts: opts.artifacts.clone(), keep: opts.keep, run })
+        let mut values = Vec::new();
+        if opts.provider == ProviderKind::Kind {
+            let p = run.subdir("values")?.join("kind.yaml");
+            crate::fsutil::write_private(&p, crate::standin::values_overlay().as_bytes())?;
+            values.push(p);
+        }
+        Ok(Env { cluster, postgres, repo, tools, artifacts: opts.artifacts.clone(), keep: opts.keep, values, run })
     }
 
     /// Stops everything, in reverse order of dependence, and removes the run directory

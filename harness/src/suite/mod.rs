@@ -104,6 +104,15 @@ impl SuitePlan {
         Ok(SuitePlan { cases })
     }
 
+    /// Skips, saying why, the cases whose steps need what `provider`'s clusters do not give
+    /// (multi-attach's attaching volumes on kind).
+    pub fn skip_unmet(mut self, provider: crate::scenario::env::ProviderKind) -> SuitePlan {
+        for c in self.cases.iter_mut().filter(|c| c.skip.is_none()) {
+            c.skip = provider.unmet(&c.case().needs()).map(|why| format!("cannot apply on --provider {}: it {why}", provider.name()));
+        }
+        self
+    }
+
     /// Shard `k` of `n` (from 1), as `cargo nextest run --partition count:K/N` splits tests:
     /// unit `i` (in name order) goes to shard `i % n + 1`, where a unit is what shares an
     /// environment (all shared cases together, each exclusive case alone) or a skipped case.

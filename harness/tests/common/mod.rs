@@ -92,6 +92,7 @@ pub fn install_settings() {
         postgres_bin: var("LILY_E2E_POSTGRES_BIN").map(Into::into),
         postgres_image: var("LILY_E2E_POSTGRES_IMAGE"),
         keep_containers: var("TESTCONTAINERS_COMMAND").is_some_and(|v| v == "keep"),
+        kind_image: var("LILY_E2E_KIND_IMAGE"),
     });
 }
 

@@ -46,6 +46,9 @@ impl LoseZone {
         }
         let api = Api::<Node>::all(cx.client());
         for n in &nodes {
+            // A real machine (kind's node container) goes down first; a simulated node stops
+            // being heartbeated. Then the cloud's node lifecycle controller deletes the Node.
+            cx.env.cluster.power_off(n).await?;
             patch_node(cx, n, stop_heartbeat_patch(), "stop node").await?;
             api.delete(n, &DeleteParams::default()).await.map_err(Error::kube(format!("delete node {n}")))?;
         }
@@ -83,6 +86,10 @@ impl Operation for StopHeartbeat {
             Ok(())
         }
         .boxed()
+    }
+
+    fn needs(&self) -> Option<super::Need> {
+        Some(super::Need::SimulatedKubelets)
     }
 }
 
@@ -232,6 +239,10 @@ impl Operation for UnmountDelay {
 
     fn estimate(&self) -> Duration {
         self.delay
+    }
+
+    fn needs(&self) -> Option<super::Need> {
+        Some(super::Need::SimulatedKubelets)
     }
 }
 

@@ -152,6 +152,11 @@ impl Upgrade {
         };
         match (&self.expect_failure, r) {
             (None, Ok(())) => {}
+            // A pod the chart sized beyond every node never schedules: say that, not only
+            // that helm's wait ran out.
+            (None, Err(e)) if self.wait.is_some() => {
+                return Err(super::scheduling::unfit_pod(cx).await.ok().flatten().unwrap_or_else(|| e.into()));
+            }
             (None, Err(e)) => return Err(e.into()),
             (Some(re), Ok(())) => return Err(StepError::failed(format!("the upgrade was expected to fail with /{re}/ but succeeded"))),
             (Some(re), Err(Error::Helm(h))) if h.is_chart_failure() => {

@@ -19,6 +19,7 @@ pub mod helm;
 pub mod objects;
 pub mod postgres;
 pub mod runbook;
+pub mod scheduling;
 pub mod snapshot;
 pub mod values;
 
@@ -97,6 +98,26 @@ impl From<Error> for StepError {
 
 pub type StepResult = Result<(), StepError>;
 
+/// What a step may need of the cluster beyond the Kubernetes API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Need {
+    /// Kubelets whose volume unmounts and heartbeats the harness controls (the local
+    /// provider's simulated kubelets and kwok).
+    SimulatedKubelets,
+    /// A volume driver that attaches volumes to nodes (VolumeAttachments, the attach/detach
+    /// controller), as cloud block storage does.
+    AttachingVolumes,
+}
+
+impl Need {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Need::SimulatedKubelets => "kubelets whose unmounts and heartbeats the harness controls (the local provider's simulated kubelets)",
+            Need::AttachingVolumes => "an attaching volume driver (VolumeAttachments, the attach/detach controller)",
+        }
+    }
+}
+
 /// One compiled step.
 pub trait Operation: Send + Sync + std::fmt::Debug {
     fn run<'a, 'e>(&'a self, cx: &'a mut CaseCx<'e>) -> BoxFuture<'a, StepResult>;
@@ -114,6 +135,12 @@ pub trait Operation: Send + Sync + std::fmt::Debug {
 
     /// The runbook a `runbook` step runs (for `reproduce` to print its commands).
     fn runbook(&self) -> Option<&super::runbook::Runbook> {
+        None
+    }
+
+    /// What the step needs of the cluster beyond the Kubernetes API; a case with a step whose
+    /// need the cluster provider cannot meet is skipped, saying which (see [`Need`]).
+    fn needs(&self) -> Option<Need> {
         None
     }
 }

@@ -1,5 +1,6 @@
 //! Object steps: `expect-pod`, `expect-claim`, `expect-attachment`, `delete`, `save-node`.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,7 +14,7 @@ use kube::ResourceExt;
 
 use super::{object_ref, CaseCx, Cx, Operation, StepError, StepResult, Tpl, DEFAULT_WAIT};
 use crate::error::Error;
-use crate::labels::ZONE_LABEL;
+use crate::labels::{HOSTNAME_LABEL, ZONE_LABEL};
 use crate::scenario::compile::LoadError;
 use crate::scenario::model;
 use crate::wait::{Part, WaitError};
@@ -220,7 +221,7 @@ impl ExpectClaim {
         let mut zone = None;
         if !vol.is_empty() {
             let pv = Api::<PersistentVolume>::all(cx.client()).get(&vol).await.map_err(Error::kube(format!("get volume {vol}")))?;
-            zone = pv_zone(&pv);
+            zone = pv_zone(&pv, &cx.zones);
         }
         if let Some(z) = &zone_want {
             if zone.as_deref() != Some(z) {
@@ -251,19 +252,15 @@ impl Operation for ExpectClaim {
     }
 }
 
-/// The zone a PV's node affinity pins it to.
-pub fn pv_zone(pv: &PersistentVolume) -> Option<String> {
-    pv.spec
-        .as_ref()?
-        .node_affinity
-        .as_ref()?
-        .required
-        .as_ref()?
-        .node_selector_terms
-        .iter()
-        .flat_map(|t| t.match_expressions.iter().flatten())
-        .find(|e| e.key == ZONE_LABEL)
-        .and_then(|e| e.values.as_ref()?.first().cloned())
+/// The zone a PV's node affinity pins it to: its zone term (zonal block storage), or the
+/// zone of the node its hostname term names (node-bound volumes such as kind's local-path),
+/// looked up in `zones` (node name -> zone).
+pub fn pv_zone(pv: &PersistentVolume, zones: &BTreeMap<String, String>) -> Option<String> {
+    let terms = &pv.spec.as_ref()?.node_affinity.as_ref()?.required.as_ref()?.node_selector_terms;
+    let first = |key: &str| {
+        terms.iter().flat_map(|t| t.match_expressions.iter().flatten()).find(|e| e.key == key).and_then(|e| e.values.as_ref()?.first().cloned())
+    };
+    first(ZONE_LABEL).or_else(|| first(HOSTNAME_LABEL).and_then(|node| zones.get(&node).cloned()))
 }
 
 #[derive(Debug)]
@@ -312,6 +309,11 @@ impl ExpectAttachment {
 impl Operation for ExpectAttachment {
     fn run<'a, 'e>(&'a self, cx: &'a mut CaseCx<'e>) -> BoxFuture<'a, StepResult> {
         self.check(cx).boxed()
+    }
+
+    /// Attached somewhere needs a driver that attaches; attached nowhere holds on any cluster.
+    fn needs(&self) -> Option<super::Need> {
+        (!self.nodes.is_empty()).then_some(super::Need::AttachingVolumes)
     }
 }
 
@@ -416,5 +418,30 @@ impl Operation for SaveNode {
             Ok(())
         }
         .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pv(key: &str, value: &str) -> PersistentVolume {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "pv"},
+            "spec": {"nodeAffinity": {"required": {"nodeSelectorTerms": [
+                {"matchExpressions": [{"key": key, "operator": "In", "values": [value]}]}
+            ]}}}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_volume_is_in_its_zone_term_or_its_nodes_zone() {
+        let zones: BTreeMap<String, String> = [("kind-worker2".to_string(), "zone-b".to_string())].into();
+        assert_eq!(pv_zone(&pv(ZONE_LABEL, "zone-a"), &zones).as_deref(), Some("zone-a"));
+        // kind's local-path volumes name their node.
+        assert_eq!(pv_zone(&pv(HOSTNAME_LABEL, "kind-worker2"), &zones).as_deref(), Some("zone-b"));
+        assert_eq!(pv_zone(&pv(HOSTNAME_LABEL, "gone"), &zones), None);
+        assert_eq!(pv_zone(&pv("other", "x"), &zones), None);
     }
 }

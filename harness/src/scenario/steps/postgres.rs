@@ -27,7 +27,8 @@ impl CreateStorage {
     async fn apply(&self, cx: &mut CaseCx<'_>) -> StepResult {
         let db = cx.env.postgres.create_database(&database_name(&cx.namespace)).await.map_err(StepError::Errored)?;
         let binding = StorageBinding { name: self.name.clone(), ..StorageBinding::new(&self.secret) };
-        let url = db.url(crate::postgres::dsn::SslMode::Require);
+        // The URL the chart's pods use: on kind, the server's address on the kind network.
+        let url = db.pod_url(crate::postgres::dsn::SslMode::Require);
         let secret = binding.secret(&cx.namespace, cx.env.run.id(), &url);
         secret.create(&cx.client()).await.map_err(StepError::Errored)?;
         cx.outcome.name(&db.user, "<db-user>");
