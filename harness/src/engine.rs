@@ -141,6 +141,22 @@ impl Engine {
         }
     }
 
+    /// Makes sure the engine has image `image` (`name:tag`), pulling it if it has not; a pull
+    /// that fails is an error carrying the engine's words.
+    pub async fn ensure_image(&self, image: &str) -> Result<()> {
+        use futures::TryStreamExt;
+        if self.image_labels(image).await?.is_some() {
+            return Ok(());
+        }
+        let options = bollard::query_parameters::CreateImageOptionsBuilder::new().from_image(image).build();
+        self.client()?
+            .create_image(Some(options), None, None)
+            .try_collect::<Vec<_>>()
+            .await
+            .map(drop)
+            .map_err(|e| Error::Tool { what: format!("image {image} is not in the engine and cannot be pulled"), source: Some(Box::new(e)) })
+    }
+
     /// Force-removes (with their anonymous volumes) the run containers `which` selects;
     /// returns them.
     pub async fn remove_containers(&self, which: impl Fn(&RunContainer) -> bool) -> Result<Vec<RunContainer>> {

@@ -94,6 +94,7 @@ fn expect(ca: Option<&str>) -> Expect {
         application_name: "lily".into(),
         ca_pem: ca.map(str::to_string),
         timeout: Duration::from_secs(10),
+        pod_session: false,
     }
 }
 

@@ -77,6 +77,20 @@ impl Container {
     }
 }
 
+impl Container {
+    /// Makes sure the engine has the image (pulling it where a registry serves it), so that
+    /// a run that starts PostgreSQL after its cluster (kind) fails before the cluster boots
+    /// when it cannot.
+    pub async fn prepare(&self) -> Result<()> {
+        self.engine.check()?;
+        let image = format!("{}:{}", self.image, self.tag);
+        self.engine
+            .ensure_image(&image)
+            .await
+            .map_err(|e| Error::Tool { what: start_failure(&image, true), source: Some(Box::new(e)) })
+    }
+}
+
 /// testcontainers' switch: `keep` leaves containers in place after the run, for debugging.
 pub const KEEP_ENV: &str = "TESTCONTAINERS_COMMAND";
 

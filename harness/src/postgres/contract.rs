@@ -51,6 +51,14 @@ pub fn migration_note(schema: &str) -> String {
     format!("performed by the harness (lily migrate --schema {schema}: CREATE SCHEMA IF NOT EXISTS)")
 }
 
+/// What the summary says of the schema when the chart's own pod made it (real kubelets):
+/// the schema was there before the harness looked, and the pod's session shows.
+pub fn pod_migration_note(schema: &str) -> String {
+    format!(
+        "performed by the chart's pod (schema {schema} existed before the check; the pod's own session shows in pg_stat_activity under the ApplicationName, over TLS)"
+    )
+}
+
 /// Where a URL came from: a Secret and a key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SecretRef {
@@ -89,6 +97,9 @@ pub struct Expect {
     /// The CA for `sslmode=verify-ca`/`verify-full`.
     pub ca_pem: Option<String>,
     pub timeout: Duration,
+    /// The chart's pods really run (kind): their own session must already show, over TLS,
+    /// under `application_name`, and the schema must already exist (the pod migrated).
+    pub pod_session: bool,
 }
 
 /// The redacted outcome, for scenario snapshots.
@@ -161,6 +172,30 @@ pub async fn check_url(source: &SecretRef, url_text: &str, expect: &Expect) -> R
         e.into_error(format!("{source}: cannot connect to {target}{hint}"))
     })?;
 
+    // Where pods really run (kind), the chart's pod migrated and keeps its session open:
+    // that is checked before the harness creates anything.
+    if expect.pod_session {
+        let row = client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1), \
+                        EXISTS (SELECT 1 FROM pg_stat_activity a JOIN pg_stat_ssl s ON s.pid = a.pid \
+                                WHERE a.pid <> pg_backend_pid() AND a.datname = current_database() \
+                                  AND a.application_name = $2 AND s.ssl)",
+                &[&expect.schema, &expect.application_name],
+            )
+            .await
+            .map_err(sql(format!("{source}: cannot read pg_stat_activity in {target}")))?;
+        let (schema, session): (bool, bool) = (row.get(0), row.get(1));
+        if !session {
+            return Err(fail(format!(
+                "{source}: no session of the chart's pod shows in pg_stat_activity of {target} under application_name `{}` over TLS",
+                expect.application_name
+            )));
+        }
+        if !schema {
+            return Err(fail(format!("{source}: the chart's pod is connected, but schema `{}` does not exist in {target}", expect.schema)));
+        }
+    }
     let create = format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(&expect.schema));
     client.batch_execute(&create).await.map_err(|e| -> Error {
         match e.as_db_error() {
@@ -224,7 +259,7 @@ pub async fn check_url(source: &SecretRef, url_text: &str, expect: &Expect) -> R
         sslmode: url.sslmode,
         tls_in_use,
         application_name: seen,
-        migration: migration_note(&expect.schema),
+        migration: if expect.pod_session { pod_migration_note(&expect.schema) } else { migration_note(&expect.schema) },
     })
 }
 
@@ -239,11 +274,13 @@ pub struct PodCheck {
     pub application_name: Option<String>,
     pub ca_pem: Option<String>,
     pub timeout: Duration,
+    /// The pod really runs (kind): its own session and migration are checked too.
+    pub pod_session: bool,
 }
 
 impl Default for PodCheck {
     fn default() -> Self {
-        PodCheck { storage: None, application_name: None, ca_pem: None, timeout: DEFAULT_TIMEOUT }
+        PodCheck { storage: None, application_name: None, ca_pem: None, timeout: DEFAULT_TIMEOUT, pod_session: false }
     }
 }
 
@@ -634,6 +671,7 @@ pub async fn check_pod(client: &Client, namespace: &str, pod: &str, opts: &PodCh
         application_name: wiring.application_name.clone(),
         ca_pem: opts.ca_pem.clone(),
         timeout: opts.timeout,
+        pod_session: opts.pod_session,
     };
     let mut summary = check_url(&wiring.secret, &text, &expect).await?;
     summary.config_map = Some(wiring.config_map);
@@ -931,6 +969,7 @@ mod tests {
             application_name: "lily".into(),
             ca_pem: None,
             timeout: Duration::from_secs(1),
+            pod_session: false,
         }
     }
 

@@ -189,6 +189,7 @@ impl Env {
             ProviderKind::Kind => {
                 let mut c = postgres::container::Container::configured()?;
                 c.network = Some(KIND_NETWORK.to_string());
+                c.prepare().await?;
                 Box::new(c)
             }
             _ => postgres::provider(opts.postgres.name())?,

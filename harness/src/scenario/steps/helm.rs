@@ -147,7 +147,17 @@ impl Upgrade {
             _ => Ok(()),
         };
         let r = match known {
-            Ok(()) => cx.helm.helm.upgrade_install(&cx.release, &chart, &opts).await.map(|_| ()),
+            Ok(()) => {
+                let install = cx.helm.helm.upgrade_install(&cx.release, &chart, &opts);
+                match self.wait {
+                    // While helm waits, a pod no node can fit ends the wait with the chart's finding.
+                    Some(wait) => tokio::select! {
+                        r = install => r.map(|_| ()),
+                        Some(f) = super::scheduling::watch_unfit(cx.client(), cx.namespace.clone(), wait) => return Err(f),
+                    },
+                    None => install.await.map(|_| ()),
+                }
+            }
             Err(e) => Err(e),
         };
         match (&self.expect_failure, r) {

@@ -31,12 +31,16 @@ pub struct ExpectPod {
     /// As written, for the outcome.
     timeout_text: Option<String>,
     observe: bool,
+    gone: bool,
 }
 
 impl ExpectPod {
     pub fn compile(s: &model::ExpectPod, cx: &mut Cx<'_>) -> Result<Box<dyn Operation>, LoadError> {
         if s.name.is_none() {
             cx.scope.require("pod", &cx.site, "name")?;
+        }
+        if s.gone && (s.phase.is_some() || s.container.is_some() || s.zone.is_some() || s.node.is_some() || s.not_node.is_some() || s.observe) {
+            return Err(cx.site.error("gone", "a pod that is gone has no phase, container, zone or node: give `gone` with `name` and `timeout` only"));
         }
         Ok(Box::new(ExpectPod {
             name: cx.opt_tpl("name", &s.name)?,
@@ -48,6 +52,7 @@ impl ExpectPod {
             timeout: cx.duration("timeout", &s.timeout, DEFAULT_WAIT)?,
             timeout_text: s.timeout.clone(),
             observe: s.observe,
+            gone: s.gone,
         }))
     }
 
@@ -55,6 +60,11 @@ impl ExpectPod {
         let name = cx.fill_or(&self.name, "pod")?;
         let (zone, node, not_node) = (cx.fill_opt(&self.zone)?, cx.fill_opt(&self.node)?, cx.fill_opt(&self.not_node)?);
         let api = Api::<Pod>::namespaced(cx.client(), &cx.namespace);
+        if self.gone {
+            crate::wait::until(&api, &name, &format!("pod {name} to be gone"), self.timeout, |p: Option<&Pod>| p.is_none()).await?;
+            cx.outcome.record("pod", serde_json::json!({"pod": name, "gone": true}));
+            return Ok(());
+        }
         let zones = cx.zones.clone();
         let mut what = format!("pod {name}");
         for (k, v) in [("phase", &self.phase), ("zone", &zone), ("node", &node), ("not on node", &not_node), ("container", &self.container)]

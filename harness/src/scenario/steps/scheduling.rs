@@ -111,24 +111,42 @@ pub fn oversized(pod: &Pod, nodes: &[Node]) -> Option<(String, String, String)> 
     ))
 }
 
+/// Whether the scheduler left `pod` unschedulable for want of CPU or memory.
+fn insufficient(pod: &Pod) -> bool {
+    pod.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|cs| {
+        cs.iter().any(|c| c.type_ == "PodScheduled" && c.status == "False" && c.message.as_deref().unwrap_or("").contains("Insufficient"))
+    })
+}
+
+fn finding(pods: &[&Pod], nodes: &[Node]) -> Option<StepError> {
+    pods.iter().filter(|p| insufficient(p)).find_map(|p| oversized(p, nodes)).map(|(object, problem, fix)| StepError::chart(object, problem, fix))
+}
+
 /// The chart finding for the first pod of the case's namespace that the scheduler left
 /// unschedulable for want of CPU or memory no node has, if there is one.
 pub async fn unfit_pod(cx: &CaseCx<'_>) -> Result<Option<StepError>, Error> {
     let pods = Api::<Pod>::namespaced(cx.client(), &cx.namespace).list(&ListParams::default()).await.map_err(Error::kube("list pods"))?;
-    let unschedulable: Vec<&Pod> = pods
-        .items
-        .iter()
-        .filter(|p| {
-            p.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|cs| {
-                cs.iter().any(|c| c.type_ == "PodScheduled" && c.status == "False" && c.message.as_deref().unwrap_or("").contains("Insufficient"))
-            })
-        })
-        .collect();
-    if unschedulable.is_empty() {
+    if !pods.items.iter().any(insufficient) {
         return Ok(None);
     }
     let nodes = Api::<Node>::all(cx.client()).list(&ListParams::default()).await.map_err(Error::kube("list nodes"))?.items;
-    Ok(unschedulable.into_iter().find_map(|p| oversized(p, &nodes)).map(|(object, problem, fix)| StepError::chart(object, problem, fix)))
+    Ok(finding(&pods.items.iter().collect::<Vec<_>>(), &nodes))
+}
+
+/// Watches the namespace's pods for `timeout` and resolves with the chart finding as soon as
+/// one is unschedulable for want of what no node has (so `helm --wait` is not waited out);
+/// `None` if none is within `timeout` or the watch cannot run (the wait it shortens still
+/// reports).
+pub async fn watch_unfit(client: kube::Client, namespace: String, timeout: std::time::Duration) -> Option<StepError> {
+    let nodes = Api::<Node>::all(client.clone()).list(&ListParams::default()).await.ok()?.items;
+    let api = Api::<Pod>::namespaced(client, &namespace);
+    let what = format!("a pod of namespace {namespace} that no node can fit");
+    let pods = crate::wait::until_list(&api, kube::runtime::watcher::Config::default(), &what, timeout, |pods: &[std::sync::Arc<Pod>]| {
+        finding(&pods.iter().map(|p| p.as_ref()).collect::<Vec<_>>(), &nodes).is_some()
+    })
+    .await
+    .ok()?;
+    finding(&pods.iter().collect::<Vec<_>>(), &nodes)
 }
 
 #[cfg(test)]
