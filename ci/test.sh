@@ -23,6 +23,8 @@ if ./ci/docker.sh; then
   # The kind provider's tests: the kind set of tools and lily-e2e's node image (cached by its
   # recipe). Where an engine runs, a node image that cannot be built fails the run.
   ./ci/node-image.sh
+  # The scenarios on kind run the chart's pod from lily-e2e's stand-in Lily image.
+  ./ci/lily-image.sh
   export LILY_E2E_TEST_KIND=1
 else
   echo "[test] no docker engine could be started (see above): the container provider's and the kind provider's tests are skipped" >&2

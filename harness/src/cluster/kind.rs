@@ -35,6 +35,8 @@ use crate::tools::Tools;
 pub const CLUSTER_PREFIX: &str = "lily-e2e-";
 /// The label kind puts on a cluster's node containers, its value the cluster name.
 pub const KIND_CLUSTER_LABEL: &str = "io.x-k8s.kind.cluster";
+/// The repository of lily-e2e's own node images (`ci/node-image.sh`).
+pub const OWN_IMAGE_REPO: &str = "lily-e2e/kind-node";
 /// The node image's label naming the etcd image tag it carries (kubeadm is told to use it).
 const ETCD_TAG_LABEL: &str = "io.lily-e2e.etcd-image-tag";
 /// The StorageClass the node image installs (local-path-provisioner, node-bound volumes).
@@ -73,7 +75,7 @@ impl Kind {
         self.image
             .clone()
             .or_else(|| crate::settings::get().kind_image.clone())
-            .unwrap_or_else(|| format!("lily-e2e/kind-node:{}", self.tools.kubernetes_version()))
+            .unwrap_or_else(|| format!("{OWN_IMAGE_REPO}:{}", self.tools.kubernetes_version()))
     }
 }
 
@@ -134,7 +136,7 @@ impl ClusterProvider for Kind {
             let plan = NodePlan::new(spec.nodes, spec.zones, spec.node_cpu, spec.node_memory_gib)?;
             let kind = self.tools.path("kind")?;
             let image = self.image();
-            let node_image = node_image(&image, self.image.is_none() && crate::settings::get().kind_image.is_none()).await?;
+            let node_image = node_image(&image, image.starts_with(OWN_IMAGE_REPO)).await?;
             let dir = run.subdir("cluster")?;
             let logs = run.subdir("logs")?;
             let name = cluster_name(run.id());
@@ -194,15 +196,15 @@ impl ClusterProvider for Kind {
 }
 
 /// What the node image is: lily-e2e's own (it carries the etcd tag label), or an upstream
-/// one. lily-e2e's default image missing from the engine is an error saying how to build
-/// it; another image missing is kind's to pull.
-async fn node_image(image: &str, default: bool) -> Result<NodeImage> {
+/// one. One of lily-e2e's (`ours`, by name) missing from the engine is an error saying how
+/// to build it; another image missing is kind's to pull.
+async fn node_image(image: &str, ours: bool) -> Result<NodeImage> {
     let engine = crate::engine::Engine::configured();
     engine.check()?;
     let labels = engine.image_labels(image).await?;
     match labels.as_ref().and_then(|l| l.get(ETCD_TAG_LABEL)) {
         Some(tag) if !tag.is_empty() => Ok(NodeImage::Own { etcd_tag: tag.clone() }),
-        _ if default => {
+        _ if ours => {
             let detail = if labels.is_some() { format!("the image has no label {ETCD_TAG_LABEL}") } else { String::new() };
             Err(ClusterError::KindImageMissing { image: image.to_string(), detail }.into())
         }
