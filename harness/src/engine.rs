@@ -149,12 +149,10 @@ impl Engine {
             return Ok(());
         }
         let options = bollard::query_parameters::CreateImageOptionsBuilder::new().from_image(image).build();
-        self.client()?
-            .create_image(Some(options), None, None)
-            .try_collect::<Vec<_>>()
-            .await
-            .map(drop)
-            .map_err(|e| Error::Tool { what: format!("image {image} is not in the engine and cannot be pulled"), source: Some(Box::new(e)) })
+        self.client()?.create_image(Some(options), None, None).try_collect::<Vec<_>>().await.map(drop).map_err(|e| Error::Tool {
+            what: format!("image {image} is not in the engine and cannot be pulled"),
+            source: Some(Box::new(e)),
+        })
     }
 
     /// Force-removes (with their anonymous volumes) the run containers `which` selects;

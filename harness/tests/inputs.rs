@@ -44,7 +44,7 @@ fn fixture() -> String {
 #[case::kubernetes_not_pinned(&["suite", "--kubernetes", "1.33"], &[], &["--kubernetes 1.33: not a pinned Kubernetes version", "v1.32.13", "v1.37.2"])]
 #[case::kubernetes_not_built(&["run", "install", "--kubernetes", "1.37"], &[("LILY_E2E_CACHE", "/nonexistent/lily-e2e-cache")], &["v1.37.2 is not installed", "lily-e2e tools install --kubernetes v1.37.2"])]
 #[case::kubernetes_on_an_existing_cluster(&["cluster", "exec", "--provider", "existing", "--kubernetes", "1.32", "--", "true"], &[], &["an existing cluster runs its own"])]
-#[case::suite_on_kind_without_an_engine(&["suite", "--provider", "kind"], &[("DOCKER_HOST", "unix:///nonexistent/docker.sock")], &["no docker engine is reachable", "ci/docker.sh"])]
+#[case::suite_on_kind_without_an_engine(&["suite", "--provider", "kind"], &[("DOCKER_HOST", "unix:///nonexistent/docker.sock")], &["--provider kind needs a Docker engine", "none is reachable", "./ci/docker.sh"])]
 #[case::kubernetes_on_kind(&["cluster", "exec", "--provider", "kind", "--kubernetes", "1.32", "--", "true"], &[], &["the kind provider runs the node image's Kubernetes", "drop --kubernetes"])]
 #[case::tools_path_not_installed(&["tools", "path", "kubelet"], &[("LILY_E2E_CACHE", "/nonexistent/lily-e2e-cache")], &["kubelet v1.34.4 is not installed", "lily-e2e tools install --kind"])]
 #[case::bench_existing_provider(&["bench", "cluster", "--providers", "existing"], &[], &["nothing to time"])]

@@ -40,7 +40,10 @@ fn main() {
         trial("a kind cluster is labelled, networked across nodes, has node-bound volumes, and is deleted", cluster_up),
         trial("a killed run's kind cluster is removed by clean", killed_run_is_cleaned),
         trial("a missing node image is an error naming the image and how to build it", missing_image),
-        trial("the install scenario runs on kind: the chart's pod from the stand-in, or the chart finding when no node fits it", install_on_kind),
+        trial(
+            "the install scenario runs on kind: the chart's pod from the stand-in, or the chart finding when no node fits it",
+            install_on_kind,
+        ),
         trial("the multi-attach cases are skipped on kind, saying why", multi_attach_skipped_on_kind),
     ];
     libtest_mimic::run(&args, trials).exit();
@@ -292,7 +295,9 @@ fn install_on_kind() -> Result<(), Failed> {
             "more than any node can allocate",
         ];
         if ok || outcome != "failed" || !want.iter().all(|w| message.contains(w)) {
-            return Err(fail(format!("install on kind, a machine too small for the chart: want the chart finding, got {outcome}: {message}\n{text}")));
+            return Err(fail(format!(
+                "install on kind, a machine too small for the chart: want the chart finding, got {outcome}: {message}\n{text}"
+            )));
         }
         // Found while helm waited, not after its 120s timeout.
         let step = case["slowest-step"]["seconds"].as_f64().unwrap_or(f64::MAX);

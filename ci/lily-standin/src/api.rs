@@ -43,10 +43,8 @@ async fn answer(mut stream: TcpStream, body: &str) -> std::io::Result<()> {
         }
         _ => ("400 Bad Request", "{\"error\":\"bad request\"}"),
     };
-    let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
+    let response =
+        format!("HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
     stream.write_all(response.as_bytes()).await?;
     stream.shutdown().await
 }

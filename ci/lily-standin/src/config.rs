@@ -64,10 +64,9 @@ impl PgStorage {
     /// The database URL: from the variable `URLEnv` names, else `URL`.
     pub fn url(&self, table: &str) -> Result<String, Error> {
         match (&self.url_env, &self.url) {
-            (Some(var), _) => std::env::var(var)
-                .ok()
-                .filter(|v| !v.is_empty())
-                .ok_or_else(|| Error::MissingUrl { table: table.into(), var: var.clone() }),
+            (Some(var), _) => {
+                std::env::var(var).ok().filter(|v| !v.is_empty()).ok_or_else(|| Error::MissingUrl { table: table.into(), var: var.clone() })
+            }
             (None, Some(url)) if !url.is_empty() => Ok(url.clone()),
             (None, _) => Err(Error::NoUrl { table: table.into() }),
         }
@@ -219,7 +218,17 @@ mod tests {
         assert_eq!(tcp_socket("/ip4/0.0.0.0/tcp/1234/http").unwrap(), "0.0.0.0:1234".parse().unwrap());
         assert_eq!(tcp_socket("/ip4/127.0.0.1/tcp/1347").unwrap(), "127.0.0.1:1347".parse().unwrap());
         assert_eq!(tcp_socket("/ip6/::/tcp/0").unwrap(), "[::]:0".parse().unwrap());
-        for bad in ["", "/ip4/0.0.0.0/udp/1", "/ip4/::/tcp/1", "/ip6/1.2.3.4/tcp/1", "/ip4/x/tcp/1", "/ip4/1.2.3.4/tcp/70000", "/ip4/1.2.3.4/tcp/1/ws", "/dns4/h/tcp/1", "ip4/1.2.3.4/tcp/1"] {
+        for bad in [
+            "",
+            "/ip4/0.0.0.0/udp/1",
+            "/ip4/::/tcp/1",
+            "/ip6/1.2.3.4/tcp/1",
+            "/ip4/x/tcp/1",
+            "/ip4/1.2.3.4/tcp/70000",
+            "/ip4/1.2.3.4/tcp/1/ws",
+            "/dns4/h/tcp/1",
+            "ip4/1.2.3.4/tcp/1",
+        ] {
             assert!(tcp_socket(bad).is_err(), "{bad:?}");
         }
     }

@@ -111,9 +111,10 @@ fn run(args: &[String]) -> Result<(), Error> {
             let schema = args::flag(rest, "schema")?.unwrap_or_else(|| "public".into());
             let url = match args::flag(rest, "db")? {
                 Some(u) => u,
-                None => std::env::var("LILY_DB").ok().filter(|u| !u.is_empty()).ok_or_else(|| {
-                    Error::Failed("no database: set LILY_DB (or --db) to a postgres:// URL".into())
-                })?,
+                None => std::env::var("LILY_DB")
+                    .ok()
+                    .filter(|u| !u.is_empty())
+                    .ok_or_else(|| Error::Failed("no database: set LILY_DB (or --db) to a postgres:// URL".into()))?,
             };
             block_on(async {
                 let db = db::DbUrl::parse(&url)?;

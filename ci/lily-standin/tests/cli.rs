@@ -139,7 +139,9 @@ fn daemon_without_its_storage_url_names_the_variable() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
-        err.contains("[Storage.Postgresql.db]: environment variable LILY_STORAGE_POSTGRESQL_DB_URL (named by its URLEnv) is not set or empty"),
+        err.contains(
+            "[Storage.Postgresql.db]: environment variable LILY_STORAGE_POSTGRESQL_DB_URL (named by its URLEnv) is not set or empty"
+        ),
         "{err}"
     );
     // Set but empty is the same.

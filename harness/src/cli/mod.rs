@@ -249,7 +249,9 @@ pub enum ProviderArg {
     Local,
     /// A cluster you already have (`--kubeconfig`, `--context`).
     Existing,
-    /// kind: real kubelets in Docker containers, from lily-e2e's node image (./ci/node-image.sh).
+    /// kind: real kubelets in Docker containers, from lily-e2e's node image (./ci/node-image.sh);
+    /// scenarios run the chart's pod from the stand-in Lily image (./ci/lily-image.sh), with
+    /// PostgreSQL as a container on the kind network, and skip multi-attach.
     Kind,
 }
 

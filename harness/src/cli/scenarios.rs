@@ -35,7 +35,8 @@ pub struct SuiteArgs {
     pub values: Vec<PathBuf>,
     /// PostgreSQL provider: `local` (Debian's binaries) or `container` (testcontainers on a
     /// Docker engine; image postgres:15-alpine, or LILY_E2E_POSTGRES_IMAGE=name:tag, e.g.
-    /// the one ci/postgres-image.sh builds).
+    /// the one ci/postgres-image.sh builds). On --provider kind always a container on the
+    /// kind network, where pods reach it.
     #[arg(long, value_enum, default_value_t = PostgresArg::Local, env = "LILY_E2E_POSTGRES")]
     pub postgres: PostgresArg,
     /// Write a JUnit XML report here.
@@ -212,6 +213,9 @@ pub async fn suite(args: SuiteArgs, names: Vec<String>, keep: bool) -> anyhow::R
     let layout = args.scenarios.layout()?;
     let plans = load(&layout, &args.extra_values()?)?;
     let opts = args.env_options(layout, keep)?;
+    if opts.provider == lily_e2e::scenario::env::ProviderKind::Kind {
+        lily_e2e::scenario::env::kind_preflight().await?;
+    }
     if let Some(j) = &args.junit {
         super::check_writable_parent(j, "--junit")?;
     }
@@ -312,6 +316,9 @@ pub async fn reproduce(args: SuiteArgs, name: String, case: Option<usize>) -> an
     let layout = args.scenarios.layout()?;
     let plans = load(&layout, &args.extra_values()?)?;
     let opts = args.env_options(layout, true)?;
+    if opts.provider == lily_e2e::scenario::env::ProviderKind::Kind {
+        lily_e2e::scenario::env::kind_preflight().await?;
+    }
     let versions = opts.chart_sources().len();
     let all = SuitePlan::select(&plans, std::slice::from_ref(&name), !args.charts.is_empty(), versions)?.skip_unmet(opts.provider).cases;
     let count = all.len();

@@ -121,7 +121,8 @@ pub fn config(plan: &NodePlan, run: &RunId, image: &NodeImage) -> String {
     });
     if let NodeImage::Own { etcd_tag } = image {
         c["networking"]["disableDefaultCNI"] = true.into();
-        c["kubeadmConfigPatches"] = serde_json::json!([format!("kind: ClusterConfiguration\netcd:\n  local:\n    imageTag: \"{etcd_tag}\"\n")]);
+        c["kubeadmConfigPatches"] =
+            serde_json::json!([format!("kind: ClusterConfiguration\netcd:\n  local:\n    imageTag: \"{etcd_tag}\"\n")]);
     }
     c.to_string()
 }

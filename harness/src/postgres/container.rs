@@ -84,10 +84,7 @@ impl Container {
     pub async fn prepare(&self) -> Result<()> {
         self.engine.check()?;
         let image = format!("{}:{}", self.image, self.tag);
-        self.engine
-            .ensure_image(&image)
-            .await
-            .map_err(|e| Error::Tool { what: start_failure(&image, true), source: Some(Box::new(e)) })
+        self.engine.ensure_image(&image).await.map_err(|e| Error::Tool { what: start_failure(&image, true), source: Some(Box::new(e)) })
     }
 }
 

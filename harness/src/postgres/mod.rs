@@ -369,14 +369,8 @@ mod tests {
         assert_eq!(format!("{p}"), "***");
         assert_eq!(format!("{p:?}"), "***");
         assert_eq!(serde_json::to_string(&p).unwrap(), "\"***\"");
-        let db = Database {
-            name: "d".into(),
-            user: "d_user".into(),
-            password: p.clone(),
-            host: "127.0.0.1".into(),
-            port: 1,
-            pod_address: None,
-        };
+        let db =
+            Database { name: "d".into(), user: "d_user".into(), password: p.clone(), host: "127.0.0.1".into(), port: 1, pod_address: None };
         assert!(!format!("{db:?}").contains(p.expose()));
     }
 

@@ -31,6 +31,31 @@ pub fn suite_sources(layout: &Layout) -> Vec<ChartSource> {
 /// The Docker network kind puts its nodes on; PostgreSQL joins it on `--provider kind`.
 pub const KIND_NETWORK: &str = "kind";
 
+/// The PostgreSQL of a kind run: the container provider, on the kind network.
+fn kind_postgres() -> Result<postgres::container::Container> {
+    let mut c = postgres::container::Container::configured()?;
+    c.network = Some(KIND_NETWORK.to_string());
+    Ok(c)
+}
+
+/// What a kind run needs from the Docker engine, checked before anything starts: the engine,
+/// the stand-in Lily image, and the PostgreSQL image (pulled where a registry serves it).
+pub async fn kind_preflight() -> Result<()> {
+    let engine = crate::engine::Engine::configured();
+    engine.check().map_err(|e| {
+        let cause = match &e {
+            crate::error::Error::Tool { source: Some(s), .. } => s.to_string(),
+            other => other.to_string(),
+        };
+        crate::error::Error::Invalid(format!(
+            "--provider kind needs a Docker engine that runs privileged containers, and none is reachable (DOCKER_HOST or \
+             /var/run/docker.sock: {cause}); start one with ./ci/docker.sh"
+        ))
+    })?;
+    crate::standin::check(&engine).await?;
+    kind_postgres()?.prepare().await
+}
+
 /// The cluster provider.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ProviderKind {
@@ -176,7 +201,7 @@ impl Env {
             ProviderKind::Local => Box::new(cluster::local::Local::new(tools.clone())),
             ProviderKind::Existing => Box::new(opts.existing.clone()),
             ProviderKind::Kind => {
-                crate::standin::check(&crate::engine::Engine::configured()).await?;
+                kind_preflight().await?;
                 let mut kind = cluster::kind::Kind::new(tools.clone());
                 kind.load = vec![crate::standin::image()];
                 kind.storage_classes = vec![crate::sim::DEFAULT_STORAGE_CLASS.to_string()];
@@ -186,12 +211,7 @@ impl Env {
         // On kind, pods reach PostgreSQL only on the kind network: the container provider,
         // started there once the cluster made the network.
         let pg_provider: Box<dyn postgres::PostgresProvider> = match opts.provider {
-            ProviderKind::Kind => {
-                let mut c = postgres::container::Container::configured()?;
-                c.network = Some(KIND_NETWORK.to_string());
-                c.prepare().await?;
-                Box::new(c)
-            }
+            ProviderKind::Kind => Box::new(kind_postgres()?),
             _ => postgres::provider(opts.postgres.name())?,
         };
         let mut run = Run::create(opts.keep)?;

@@ -314,7 +314,8 @@ pub struct ExpectPod {
     /// Observe instead of assert: record whether the pod got there within the timeout (for
     /// findings such as "the runbook did not recover within 60s") and go on either way.
     #[serde(default)]
-    pub observe: bool,    /// The pod no longer exists (a deleted release's pod has terminated); alone, with `name`
+    pub observe: bool,
+    /// The pod no longer exists (a deleted release's pod has terminated); alone, with `name`
     /// and `timeout` only.
     #[serde(default)]
     pub gone: bool,

@@ -112,7 +112,9 @@ pub enum Need {
 impl Need {
     pub fn describe(self) -> &'static str {
         match self {
-            Need::SimulatedKubelets => "kubelets whose unmounts and heartbeats the harness controls (the local provider's simulated kubelets)",
+            Need::SimulatedKubelets => {
+                "kubelets whose unmounts and heartbeats the harness controls (the local provider's simulated kubelets)"
+            }
             Need::AttachingVolumes => "an attaching volume driver (VolumeAttachments, the attach/detach controller)",
         }
     }

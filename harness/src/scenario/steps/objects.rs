@@ -39,8 +39,12 @@ impl ExpectPod {
         if s.name.is_none() {
             cx.scope.require("pod", &cx.site, "name")?;
         }
-        if s.gone && (s.phase.is_some() || s.container.is_some() || s.zone.is_some() || s.node.is_some() || s.not_node.is_some() || s.observe) {
-            return Err(cx.site.error("gone", "a pod that is gone has no phase, container, zone or node: give `gone` with `name` and `timeout` only"));
+        if s.gone
+            && (s.phase.is_some() || s.container.is_some() || s.zone.is_some() || s.node.is_some() || s.not_node.is_some() || s.observe)
+        {
+            return Err(cx
+                .site
+                .error("gone", "a pod that is gone has no phase, container, zone or node: give `gone` with `name` and `timeout` only"));
         }
         Ok(Box::new(ExpectPod {
             name: cx.opt_tpl("name", &s.name)?,
@@ -268,7 +272,11 @@ impl Operation for ExpectClaim {
 pub fn pv_zone(pv: &PersistentVolume, zones: &BTreeMap<String, String>) -> Option<String> {
     let terms = &pv.spec.as_ref()?.node_affinity.as_ref()?.required.as_ref()?.node_selector_terms;
     let first = |key: &str| {
-        terms.iter().flat_map(|t| t.match_expressions.iter().flatten()).find(|e| e.key == key).and_then(|e| e.values.as_ref()?.first().cloned())
+        terms
+            .iter()
+            .flat_map(|t| t.match_expressions.iter().flatten())
+            .find(|e| e.key == key)
+            .and_then(|e| e.values.as_ref()?.first().cloned())
     };
     first(ZONE_LABEL).or_else(|| first(HOSTNAME_LABEL).and_then(|node| zones.get(&node).cloned()))
 }

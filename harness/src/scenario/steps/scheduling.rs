@@ -56,7 +56,10 @@ pub fn largest_allocatable(nodes: &[Node], resource: &str) -> f64 {
         .iter()
         .filter(|n| !n.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false))
         .filter(|n| {
-            !n.spec.as_ref().and_then(|s| s.taints.as_ref()).is_some_and(|t| t.iter().any(|t| t.effect == "NoSchedule" || t.effect == "NoExecute"))
+            !n.spec
+                .as_ref()
+                .and_then(|s| s.taints.as_ref())
+                .is_some_and(|t| t.iter().any(|t| t.effect == "NoSchedule" || t.effect == "NoExecute"))
         })
         .filter_map(|n| n.status.as_ref()?.allocatable.as_ref()?.get(resource).and_then(|q: &Quantity| quantity(&q.0)))
         .fold(0.0, f64::max)
@@ -99,7 +102,8 @@ pub fn oversized(pod: &Pod, nodes: &[Node]) -> Option<(String, String, String)> 
     if over.is_empty() {
         return None;
     }
-    let owner = pod.owner_references().first().map(|o| format!("{} {}", o.kind, o.name)).unwrap_or_else(|| format!("Pod {}", pod.name_any()));
+    let owner =
+        pod.owner_references().first().map(|o| format!("{} {}", o.kind, o.name)).unwrap_or_else(|| format!("Pod {}", pod.name_any()));
     Some((
         format!("{owner} (pod {})", pod.name_any()),
         format!(
@@ -119,7 +123,10 @@ fn insufficient(pod: &Pod) -> bool {
 }
 
 fn finding(pods: &[&Pod], nodes: &[Node]) -> Option<StepError> {
-    pods.iter().filter(|p| insufficient(p)).find_map(|p| oversized(p, nodes)).map(|(object, problem, fix)| StepError::chart(object, problem, fix))
+    pods.iter()
+        .filter(|p| insufficient(p))
+        .find_map(|p| oversized(p, nodes))
+        .map(|(object, problem, fix)| StepError::chart(object, problem, fix))
 }
 
 /// The chart finding for the first pod of the case's namespace that the scheduler left
@@ -141,11 +148,12 @@ pub async fn watch_unfit(client: kube::Client, namespace: String, timeout: std::
     let nodes = Api::<Node>::all(client.clone()).list(&ListParams::default()).await.ok()?.items;
     let api = Api::<Pod>::namespaced(client, &namespace);
     let what = format!("a pod of namespace {namespace} that no node can fit");
-    let pods = crate::wait::until_list(&api, kube::runtime::watcher::Config::default(), &what, timeout, |pods: &[std::sync::Arc<Pod>]| {
-        finding(&pods.iter().map(|p| p.as_ref()).collect::<Vec<_>>(), &nodes).is_some()
-    })
-    .await
-    .ok()?;
+    let pods =
+        crate::wait::until_list(&api, kube::runtime::watcher::Config::default(), &what, timeout, |pods: &[std::sync::Arc<Pod>]| {
+            finding(&pods.iter().map(|p| p.as_ref()).collect::<Vec<_>>(), &nodes).is_some()
+        })
+        .await
+        .ok()?;
     finding(&pods.iter().collect::<Vec<_>>(), &nodes)
 }
 
@@ -178,7 +186,11 @@ mod tests {
     }
 
     fn node(name: &str, cpu: &str, memory: &str, taint: bool) -> Node {
-        let taints = if taint { serde_json::json!([{"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}]) } else { serde_json::json!([]) };
+        let taints = if taint {
+            serde_json::json!([{"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}])
+        } else {
+            serde_json::json!([])
+        };
         serde_json::from_value(serde_json::json!({
             "metadata": {"name": name},
             "spec": {"taints": taints},
