@@ -165,7 +165,17 @@ impl Upgrade {
             // A pod the chart sized beyond every node never schedules: say that, not only
             // that helm's wait ran out.
             (None, Err(e)) if self.wait.is_some() => {
-                return Err(super::scheduling::unfit_pod(cx).await.ok().flatten().unwrap_or_else(|| e.into()));
+                if let Some(finding) = super::scheduling::unfit_pod(cx).await.ok().flatten() {
+                    return Err(finding);
+                }
+                // helm says only that its deadline passed: add what kept the pods from ready.
+                return Err(match StepError::from(e) {
+                    StepError::Failed(m) => {
+                        let seen = super::scheduling::unready_pods(cx).await;
+                        StepError::Failed(if seen.is_empty() { m } else { format!("{m}\n  last seen: {seen}") })
+                    }
+                    other => other,
+                });
             }
             (None, Err(e)) => return Err(e.into()),
             (Some(re), Ok(())) => return Err(StepError::failed(format!("the upgrade was expected to fail with /{re}/ but succeeded"))),

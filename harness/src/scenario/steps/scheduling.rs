@@ -157,6 +157,50 @@ pub async fn watch_unfit(client: kube::Client, namespace: String, timeout: std::
     finding(&pods.iter().collect::<Vec<_>>(), &nodes)
 }
 
+/// What keeps each of the namespace's pods from being ready, in a line, for a wait that ran
+/// out (helm's own message says only "context deadline exceeded"): its phase and each
+/// unready container's state, and a container held by its postStart hook named as such (the
+/// kubelet counts a container started only once that hook returns).
+pub fn unready(pod: &Pod) -> Option<String> {
+    let status = pod.status.as_ref()?;
+    let spec = pod.spec.as_ref()?;
+    let inits_done = status
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .all(|c| c.state.as_ref().and_then(|s| s.terminated.as_ref()).is_some_and(|t| t.exit_code == 0));
+    let mut parts = Vec::new();
+    for c in status.container_statuses.iter().flatten().filter(|c| !c.ready) {
+        let waiting = c.state.as_ref().and_then(|s| s.waiting.as_ref()).map(|w| w.reason.clone().unwrap_or_default());
+        let post_start =
+            spec.containers.iter().find(|x| x.name == c.name).and_then(|x| x.lifecycle.as_ref()).and_then(|l| l.post_start.as_ref());
+        parts.push(match (waiting, post_start) {
+            (Some(r), Some(_)) if inits_done && (r == "PodInitializing" || r == "ContainerCreating") => {
+                format!("container {} is held by its postStart hook (it counts as started once the hook returns)", c.name)
+            }
+            (Some(r), _) => format!("container {} waiting ({r})", c.name),
+            (None, _) => format!("container {} not ready", c.name),
+        });
+    }
+    for c in status.init_container_statuses.iter().flatten() {
+        if let Some(w) = c.state.as_ref().and_then(|s| s.waiting.as_ref()) {
+            parts.push(format!("init container {} waiting ({})", c.name, w.reason.clone().unwrap_or_default()));
+        } else if c.state.as_ref().and_then(|s| s.running.as_ref()).is_some() {
+            parts.push(format!("init container {} running", c.name));
+        }
+    }
+    let phase = status.phase.clone().unwrap_or_default();
+    (!parts.is_empty() || phase != "Running").then(|| format!("pod {} {phase}: {}", pod.name_any(), parts.join(", ")))
+}
+
+/// [`unready`] for every pod of the case's namespace, `; `-separated (empty when all are ready).
+pub async fn unready_pods(cx: &CaseCx<'_>) -> String {
+    match Api::<Pod>::namespaced(cx.client(), &cx.namespace).list(&ListParams::default()).await {
+        Ok(pods) => pods.items.iter().filter_map(unready).collect::<Vec<_>>().join("; "),
+        Err(_) => String::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,5 +255,31 @@ mod tests {
         );
         // Nodes large enough: no finding.
         assert!(oversized(&pod(), &[node("big", "32", "256Gi", false)]).is_none());
+    }
+
+    #[test]
+    fn a_container_held_by_its_post_start_hook_is_named() {
+        let mut p = pod();
+        p.spec.as_mut().unwrap().containers[0].lifecycle =
+            Some(serde_json::from_value(serde_json::json!({"postStart": {"exec": {"command": ["/bin/sh", "-c", "sleep 180"]}}})).unwrap());
+        let done = serde_json::json!({"terminated": {"exitCode": 0}});
+        p.status = Some(
+            serde_json::from_value(serde_json::json!({
+                "phase": "Pending",
+                "initContainerStatuses": [
+                    {"name": "init-datastore", "ready": true, "restartCount": 0, "image": "i", "imageID": "", "state": done},
+                    {"name": "init-sync", "ready": true, "restartCount": 0, "image": "i", "imageID": "", "state": done},
+                ],
+                "containerStatuses": [{"name": "daemon", "ready": false, "restartCount": 0, "image": "i", "imageID": "", "state": {"waiting": {"reason": "PodInitializing"}}}],
+            }))
+            .unwrap(),
+        );
+        assert_eq!(
+            unready(&p).as_deref(),
+            Some("pod lily-daemon-0 Pending: container daemon is held by its postStart hook (it counts as started once the hook returns)")
+        );
+        // Without the hook, it is only waiting.
+        p.spec.as_mut().unwrap().containers[0].lifecycle = None;
+        assert_eq!(unready(&p).as_deref(), Some("pod lily-daemon-0 Pending: container daemon waiting (PodInitializing)"));
     }
 }
