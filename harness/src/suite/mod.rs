@@ -274,6 +274,11 @@ pub struct Suite {
     pub parallel: usize,
     /// A case that runs longer ends as an error naming where it was.
     pub case_deadline: Duration,
+    /// Cases of one shared environment at a time. Simulated nodes are as large as a case
+    /// needs; kind's are this machine's size, and every Lily pod reserves a CPU (the chart's
+    /// init-database asks for one, and a pod keeps its largest init request), so there its
+    /// cases run one after the other.
+    pub shared_concurrency: usize,
     /// Render every install with helm before any environment starts ([`preflight`]).
     pub preflight: bool,
     /// Compare each case's normalised outcome with a reviewed one ([`outcomes`]).
@@ -282,7 +287,18 @@ pub struct Suite {
 
 impl Suite {
     pub fn new(opts: EnvOptions, cancel: CancellationToken) -> Suite {
-        Suite { pool: EnvPool::new(opts), cancel, parallel: 2, case_deadline: Duration::from_secs(600), preflight: true, outcomes: None }
+        // On real kubelets every pod start of the real chart takes over three minutes (its
+        // postStart hook sleeps 180s), and a case starts up to three.
+        let kind = opts.provider == crate::scenario::env::ProviderKind::Kind;
+        Suite {
+            pool: EnvPool::new(opts),
+            cancel,
+            parallel: 2,
+            case_deadline: Duration::from_secs(if kind { 1500 } else { 600 }),
+            shared_concurrency: if kind { 1 } else { usize::MAX },
+            preflight: true,
+            outcomes: None,
+        }
     }
 
     /// Runs one case on an environment it is lent, reporting its start, steps and end.
@@ -393,7 +409,10 @@ impl Suite {
                 Ok(l) => l,
                 Err(e) => return (not_started(&batch, &e, reporter), None, Vec::new()),
             };
-            let runs = futures::future::join_all(batch.iter().map(|c| self.run_case_on(&lease, c, Until::End, reporter))).await;
+            let runs: Vec<CaseRun> = futures::stream::iter(batch.iter().map(|c| self.run_case_on(&lease, c, Until::End, reporter)))
+                .buffered(self.shared_concurrency.max(1))
+                .collect()
+                .await;
             let kubeconfig = lease.cluster.kubeconfig().display().to_string();
             let namespaces = runs.iter().map(|r| (r.report.name.clone(), r.namespace.clone(), kubeconfig.clone())).collect();
             let kept = match lease {
