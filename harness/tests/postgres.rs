@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use lily_e2e::engine::Engine;
 use lily_e2e::postgres::contract::{self, ContractSummary, Expect, PodCheck, SecretRef};
-use lily_e2e::postgres::secret::{self, StorageBinding};
+use lily_e2e::postgres::secret::StorageBinding;
 use lily_e2e::postgres::{container, DbUrl, HostKind, Password, Postgres, PostgresError, PostgresProvider, PostgresSpec, SslMode};
 use lily_e2e::reap;
 use lily_e2e::run::{self, Run};
@@ -188,8 +188,7 @@ async fn serves_the_contract(pg: &Postgres, run: &Run) {
         assert!(db.password.expose().contains(c));
     }
     let binding = StorageBinding::new("lily-db");
-    let host = secret::pod_host("local", pg).unwrap();
-    let url = db.url_with_host(&host, SslMode::Require);
+    let url = db.pod_url(SslMode::Require);
     let sec = binding.secret("lily", run.id(), &url);
     let text = String::from_utf8(sec.object().data.as_ref().unwrap()["url"].0.clone()).unwrap();
     assert!(
@@ -546,11 +545,10 @@ async fn contract_check_follows_the_chart_pod_to_its_secret(#[case] provider: &s
     let ns = "default";
 
     let binding = StorageBinding { application_name: "lily-k".into(), ..StorageBinding::new("lily-db") };
-    let host = secret::pod_host(cluster.provider, &pg).unwrap();
-    let url = db.url_with_host(&host, SslMode::Require);
+    let url = db.pod_url(SslMode::Require);
     binding.secret(ns, run.id(), &url).create(&client).await.unwrap();
     let plain = StorageBinding { secret_name: "lily-db-plain".into(), ..binding.clone() };
-    plain.secret(ns, run.id(), &db.url_with_host(&host, SslMode::Disable)).create(&client).await.unwrap();
+    plain.secret(ns, run.id(), &db.pod_url(SslMode::Disable)).create(&client).await.unwrap();
 
     // The instance's config map, as the chart renders it for storage entry `db`.
     let env = binding.env_name();

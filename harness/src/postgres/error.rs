@@ -112,13 +112,4 @@ pub enum PostgresError {
     /// The check cannot tell what to check without being told (which storage entry).
     #[error("{0}")]
     Ambiguous(String),
-
-    /// The kind provider's pods cannot reach a server that is not on the kind network.
-    #[error(
-        "the kind provider's pods reach postgresql only on the kind network: use the container provider started on it (as the scenarios on --provider kind do)"
-    )]
-    KindUnavailable,
-    /// A cluster provider the Secret's host cannot be chosen for.
-    #[error("unknown cluster provider `{name}`")]
-    UnknownClusterProvider { name: String },
 }

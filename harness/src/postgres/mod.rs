@@ -186,7 +186,7 @@ impl Postgres {
     }
 
     /// The host as the harness reaches it. For what to put in a Secret, see
-    /// [`secret::pod_host`].
+    /// [`Database::pod_url`].
     pub fn host(&self) -> &str {
         &self.endpoint.host
     }
@@ -204,7 +204,7 @@ impl Postgres {
         &self.endpoint.version
     }
     /// Where pods reach the server, when that differs from [`Postgres::host`] and
-    /// [`Postgres::port`] (see [`secret::pod_host`]).
+    /// [`Postgres::port`] (see [`Database::pod_url`]).
     pub fn pod_address(&self) -> Option<(&str, u16)> {
         self.endpoint.pod_address.as_ref().map(|(h, p)| (h.as_str(), *p))
     }
@@ -313,17 +313,12 @@ impl std::fmt::Debug for Database {
 impl Database {
     /// The database's URL as the harness reaches it.
     pub fn url(&self, sslmode: SslMode) -> DbUrl {
-        self.url_with_host(&self.host, sslmode)
+        DbUrl::new(&self.user, Some(self.password.clone()), &self.host, self.port, &self.name, sslmode)
     }
 
-    /// The database's URL with another host (what a pod would use; see
-    /// [`secret::pod_host`]).
-    pub fn url_with_host(&self, host: &str, sslmode: SslMode) -> DbUrl {
-        DbUrl::new(&self.user, Some(self.password.clone()), host, self.port, &self.name, sslmode)
-    }
-
-    /// The database's URL as the chart's pods reach it: the server's pod address where it
-    /// has one (the kind network), else the harness's.
+    /// The database's URL as the chart's pods reach it, what the Secret holds: the server's
+    /// pod address where it has one (the kind network), else the harness's (simulated pods
+    /// run no containers; an existing cluster runs next to the harness).
     pub fn pod_url(&self, sslmode: SslMode) -> DbUrl {
         match &self.pod_address {
             Some((host, port)) => DbUrl::new(&self.user, Some(self.password.clone()), host, *port, &self.name, sslmode),

@@ -9,7 +9,7 @@
 //! run id; [`StorageBinding::values`] is that values fragment.
 //!
 //! ## Which host goes in the URL
-//! The URL must name a host the chart's pods would reach ([`pod_host`]):
+//! The URL must name a host the chart's pods would reach ([`Database::pod_url`](super::Database::pod_url)):
 //! - cluster provider `local` (simulated nodes: pods run no containers, the harness performs
 //!   their database step itself) and `existing` (the harness runs next to the cluster and
 //!   the server is the one it reaches): the PostgreSQL host as the harness sees it,
@@ -28,7 +28,7 @@ use kube::Client;
 use serde::Serialize;
 
 use super::dsn::DbUrl;
-use super::{Postgres, PostgresError};
+
 use crate::error::{Error, Result};
 use crate::run::{RunId, RUN_LABEL};
 
@@ -139,16 +139,6 @@ impl StorageSecret {
             .await
             .map_err(Error::kube(format!("create secret {}/{}", self.namespace, self.name)))?;
         Ok(())
-    }
-}
-
-/// The host to put in the Secret's URL for cluster provider `cluster_provider` (see the
-/// module docs).
-pub fn pod_host(cluster_provider: &str, pg: &Postgres) -> Result<String> {
-    match cluster_provider {
-        "local" | "existing" => Ok(pg.host().to_string()),
-        "kind" => pg.pod_address().map(|(h, _)| h.to_string()).ok_or_else(|| PostgresError::KindUnavailable.into()),
-        other => Err(PostgresError::UnknownClusterProvider { name: other.to_string() }.into()),
     }
 }
 
